@@ -1,0 +1,1 @@
+"""PACGen Studio: put your own objects into generated images, exactly where you want them."""

@@ -1,0 +1,161 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionGLIGENPipeline
+from diffusers.models.attention import GatedSelfAttentionDense
+
+from pacgen import lora
+from pacgen.concepts import ConceptError
+from pacgen.layout import Box, LayoutError
+from pacgen.sampling import blend, guided
+
+BOXES = [Box("a dog", (0.1, 0.2, 0.5, 0.9)), Box("a red ball", (0.6, 0.6, 0.95, 0.95))]
+
+
+def pixels(result):
+    return np.stack([np.asarray(image) for image in result.images]).astype(np.int16)
+
+
+def test_same_seed_same_image_and_different_seeds_differ(pipe):
+    first = pipe("a dog on grass", boxes=BOXES, seed=3, num_inference_steps=6)
+    again = pipe("a dog on grass", boxes=BOXES, seed=3, num_inference_steps=6)
+    other = pipe("a dog on grass", boxes=BOXES, seed=4, num_inference_steps=6)
+    assert np.array_equal(pixels(first), pixels(again))
+    assert np.abs(pixels(first) - pixels(other)).mean() > 1
+
+
+def test_image_k_of_a_batch_equals_a_single_run_with_seed_plus_k(pipe):
+    batch = pipe("a dog", boxes=BOXES, seed=10, num_images=2, num_inference_steps=4, output_type="np")
+    single = pipe("a dog", boxes=BOXES, seed=11, num_inference_steps=4, output_type="np")
+    assert batch.seeds == [10, 11]
+    assert np.abs(batch.images[1] - single.images[0]).max() < 1e-4
+
+
+@pytest.mark.parametrize("scheduler", ["dpm++", "ddim"])
+def test_matches_diffusers_gligen_pipeline_without_concepts(pipe, scheduler):
+    """The reference check: no concept, regional off -> diffusers' own GLIGEN pipeline, pixel for pixel."""
+    comp = pipe.components
+    ours = pipe("a dog and a ball on grass", boxes=BOXES, seed=7, num_inference_steps=8, guidance_scale=7.5,
+                grounding_fraction=0.5, regional=False, scheduler=scheduler, output_type="np")
+    reference = StableDiffusionGLIGENPipeline(
+        vae=comp.vae, text_encoder=comp.text_encoder, tokenizer=comp.tokenizer, unet=comp.unet,
+        scheduler=pipe.make_scheduler(scheduler), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    reference.set_progress_bar_config(disable=True)
+    theirs = reference(
+        "a dog and a ball on grass", gligen_phrases=[b.label for b in BOXES], gligen_boxes=[list(b.xyxy) for b in BOXES],
+        gligen_scheduled_sampling_beta=0.5, num_inference_steps=8, guidance_scale=7.5, height=64, width=64,
+        generator=torch.Generator().manual_seed(7), output_type="np",
+    ).images
+    assert np.abs(ours.images[0] - theirs[0]).max() <= 1e-3
+
+
+def test_fusers_run_exactly_during_the_grounded_fraction(pipe):
+    unet = pipe.components.unet
+    calls, fuser_calls = [], []
+    fuser = next(m for m in unet.modules() if isinstance(m, GatedSelfAttentionDense))
+    unet.register_forward_pre_hook(lambda *_: calls.append(len(calls)))
+    fuser.register_forward_pre_hook(lambda *_: fuser_calls.append(len(calls) - 1))
+    pipe("a dog", boxes=BOXES, seed=0, num_inference_steps=10, grounding_fraction=0.3, scheduler="ddim")
+    assert len(calls) == 10
+    assert fuser_calls == [0, 1, 2]
+
+
+def test_grounding_moves_content_into_the_box(pipe):
+    """Fusers are live on tiny (open gates): the same seed with the box elsewhere changes the image."""
+    left = pipe("a dog", boxes=[Box("a dog", (0.0, 0.0, 0.5, 1.0))], seed=1, num_inference_steps=6, grounding_fraction=1)
+    right = pipe("a dog", boxes=[Box("a dog", (0.5, 0.0, 1.0, 1.0))], seed=1, num_inference_steps=6, grounding_fraction=1)
+    assert not np.array_equal(pixels(left), pixels(right))
+
+
+def test_blended_step_is_concept_inside_and_base_outside():
+    """On a real UNet prediction: the blend takes branch c inside the box and b outside."""
+    from pacgen.layout import region_masks
+    from pacgen.models import build_tiny
+
+    comp = build_tiny()
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(3, 77, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        noise = comp.unet(latents, 500, encoder_hidden_states=text).sample
+    base, concept = guided(noise, 3, 5.0)
+    masks = region_masks([Box("<c>", (0.25, 0.25, 0.75, 0.5))], 16, 16)
+    eps = blend(base, [concept], masks)
+    inside = masks[0].bool()
+    assert torch.allclose(eps[..., inside], concept[..., inside], atol=1e-6)
+    assert torch.allclose(eps[..., ~inside], base[..., ~inside], atol=1e-6)
+    uncond, cond = noise[0:1], noise[2:3]
+    assert torch.allclose(concept, uncond + 5.0 * (cond - uncond))
+
+
+def test_per_row_adapters_equal_separate_passes(pipe, random_concept):
+    first = pipe.load_concept(random_concept(pipe, "one", "sks", seed=1))
+    second = pipe.load_concept(random_concept(pipe, "two", "ohwx", seed=2))
+    unet = pipe.components.unet
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).expand(3, -1, -1, -1)
+    text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)).expand(3, -1, -1)
+    names = [lora.BASE_ROW, first.adapter_name, second.adapter_name]
+    with torch.no_grad(), lora.row_adapters(unet, names):
+        mixed = unet(latents, 400, encoder_hidden_states=text).sample
+    separate = []
+    for name in ([], [first.adapter_name], [second.adapter_name]):
+        lora.activate(unet, name)
+        with torch.no_grad():
+            separate.append(unet(latents[:1], 400, encoder_hidden_states=text[:1]).sample)
+    assert torch.allclose(mixed, torch.cat(separate), atol=1e-5)
+    assert not torch.allclose(separate[0], separate[1], atol=1e-3)
+
+
+def test_regional_sampling_keeps_the_concept_inside_its_box(pipe, random_concept):
+    """With a strong concept LoRA, the regional image stays closer to the plain one outside the box."""
+    pipe.load_concept(random_concept(pipe, strength=0.6))
+    box = [Box("<my dog>", (0.0, 0.0, 0.5, 0.5))]
+    kwargs = dict(seed=5, num_inference_steps=8, output_type="np")
+    plain = pipe("a dog", boxes=[Box("a dog", box[0].xyxy)], **kwargs).images[0]
+    regional = pipe("a <my dog>", boxes=box, **kwargs).images[0]
+    whole = pipe("a <my dog>", boxes=box, regional=False, **kwargs).images[0]
+    outside = np.ones((64, 64), bool)
+    outside[:40, :40] = False
+    assert np.abs(regional - plain)[outside].mean() < np.abs(whole - plain)[outside].mean()
+    assert np.abs(regional - plain)[:32, :32].mean() > 0.01
+
+
+def test_concept_on_another_base_model_is_refused(pipe, random_concept):
+    concept = random_concept(pipe)
+    concept.base_fingerprint = "0123456789abcdef"
+    with pytest.raises(ConceptError, match="retrain it on this model"):
+        pipe.load_concept(concept)
+
+
+def test_unknown_concept_and_unboxed_concept_are_refused(pipe, random_concept):
+    with pytest.raises(LayoutError, match="unknown concept '<cat>'"):
+        pipe("a <cat>", boxes=BOXES, num_inference_steps=1)
+    pipe.load_concept(random_concept(pipe))
+    with pytest.raises(LayoutError, match="has no box"):
+        pipe("<my dog> on grass", boxes=BOXES, num_inference_steps=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(height=60), "multiples of 8"),
+        (dict(num_inference_steps=0), "steps must be at least 1"),
+        (dict(guidance_scale=-1.0), "must not be negative"),
+        (dict(grounding_fraction=1.5), "between 0 and 1"),
+        (dict(scheduler="magic"), "unknown scheduler"),
+        (dict(boxes=[Box("word " * 80, (0, 0, 1, 1))]), "tokens long"),
+    ],
+)
+def test_bad_generation_settings_are_refused(pipe, kwargs, message):
+    with pytest.raises(LayoutError, match=message):
+        pipe("a dog", **{"num_inference_steps": 2, **kwargs})
+
+
+def test_tiny_is_identical_in_another_process(pipe):
+    code = "from pacgen.models import build_tiny; print(build_tiny().fingerprint)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == pipe.components.fingerprint
