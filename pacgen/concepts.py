@@ -141,7 +141,8 @@ class ConceptLibrary:
 
     def resolve(self, ref: str) -> Concept:
         """A concept folder path, or the name of a concept in this library."""
-        return Concept.load(ref) if Path(ref).is_dir() else self.get(ref)
+        looks_like_path = Path(ref).exists() or os.sep in ref
+        return Concept.load(ref) if looks_like_path else self.get(ref)
 
     def identifiers(self) -> set[str]:
         return {c.identifier for c in self.list()}
