@@ -55,6 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--out", default="out.png", help="output PNG; several images get -0, -1, ... suffixes")
+
+    train = commands.add_parser("train", help="train a concept from 3-5 photos of one object")
+    _add_model_args(train)
+    train.add_argument("--images", nargs="+", required=True, help="3 to 5 photos of the object")
+    train.add_argument("--name", required=True, help="how prompts refer to it: <name>")
+    train.add_argument("--class-noun", default="", help="what the object is, e.g. dog, mug, star")
+    train.add_argument("--steps", type=int, default=500)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--rank", type=int, default=4)
+    train.add_argument("--batch-size", type=int, default=1)
+    train.add_argument("--resolution", type=int, default=None)
+    train.add_argument("--no-prior", action="store_true", help="skip prior preservation (no class images)")
+    train.add_argument("--class-images", type=int, default=100)
+    train.add_argument("--prior-weight", type=float, default=1.0)
+    train.add_argument("--augment-strength", type=float, default=1.0, help="0 = plain DreamBooth, 1 = PACGen default")
+    train.add_argument("--caption-modifiers", action="store_true", help='add "far away"/"close up" to captions')
+    train.add_argument("--gradient-checkpointing", action="store_true")
+    train.add_argument("--use-8bit-adam", action="store_true")
+    train.add_argument("--preview-every", type=int, default=0, help="save a preview image every K steps")
+    train.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -100,7 +120,48 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"{path}  seed={seed}  {result.timings['total_s']:.1f}s")
 
 
-COMMANDS = {"generate": cmd_generate}
+def cmd_train(args: argparse.Namespace) -> None:
+    from .augment import AugmentConfig
+    from .concepts import ConceptLibrary
+    from .sampling import PACGenPipeline
+    from .training import TrainConfig, train_concept
+
+    augment = AugmentConfig.with_strength(args.augment_strength)
+    augment.caption_modifiers = args.caption_modifiers
+    config = TrainConfig(
+        steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=args.batch_size,
+        resolution=args.resolution, prior_preservation=not args.no_prior, num_class_images=args.class_images,
+        prior_weight=args.prior_weight, augment=augment, gradient_checkpointing=args.gradient_checkpointing,
+        use_8bit_adam=args.use_8bit_adam, preview_every=args.preview_every, seed=args.seed,
+    )
+    config.validate()
+    library = ConceptLibrary(args.data_dir)
+    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
+    bars: dict[str, tqdm] = {}
+    events = train_concept(pipe, args.images, args.name, args.class_noun, config, library)
+    try:
+        for event in events:
+            if event.phase in ("class-images", "training"):
+                if event.phase not in bars:
+                    for finished in bars.values():
+                        finished.close()
+                    bars[event.phase] = tqdm(total=event.total, desc=event.phase, unit="step")
+                bar = bars[event.phase]
+                bar.update(event.step - bar.n)
+                if event.loss_smoothed is not None:
+                    bar.set_postfix(loss=f"{event.loss_smoothed:.4f}")
+            if event.preview is not None:
+                event.preview.save(library.root / f"preview-{event.step:05d}.png")
+            if event.concept is not None:
+                print(f"saved concept '{event.concept.name}' to {event.concept.path} "
+                      f"(prompt it as <{event.concept.name}>; identifier {event.concept.identifier})")
+    finally:
+        events.close()
+        for bar in bars.values():
+            bar.close()
+
+
+COMMANDS = {"generate": cmd_generate, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ the grounding adapters stay exactly as they were trained (the plug-and-play prop
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -37,9 +38,18 @@ def lora_config(rank: int, alpha: float) -> LoraConfig:
     return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TARGET_MODULES)
 
 
+@contextmanager
+def _several_adapters_expected() -> Iterator[None]:
+    """PEFT warns whenever a second adapter joins a model; holding several concepts is the point here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        yield
+
+
 def add_adapter(unet: UNet2DConditionModel, name: str, rank: int, alpha: float) -> None:
     """A fresh trainable LoRA on the attention projections (its B matrices start at zero)."""
-    unet.add_adapter(lora_config(rank, alpha), adapter_name=name)
+    with _several_adapters_expected():
+        unet.add_adapter(lora_config(rank, alpha), adapter_name=name)
 
 
 def save_adapter(unet: UNet2DConditionModel, name: str, folder: str | Path) -> Path:
@@ -73,7 +83,8 @@ def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
 def load_adapter(unet: UNet2DConditionModel, state: dict[str, torch.Tensor], name: str) -> None:
     """Attach a LoRA state dict to the UNet under `name` (inactive until selected)."""
     try:
-        unet.load_lora_adapter(state, prefix="unet", adapter_name=name)
+        with _several_adapters_expected():
+            unet.load_lora_adapter(state, prefix="unet", adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as error:
         raise LoraFileError(f"LoRA for '{name}' does not fit this model ({str(error).splitlines()[0]})") from None
 

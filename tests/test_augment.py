@@ -1,0 +1,66 @@
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pacgen.augment import AugmentConfig, augment, augment_many, border_colour, preview_grid
+from pacgen.errors import PACGenError
+
+
+def gradient_photo(size=64):
+    x = np.linspace(0, 255, size, dtype=np.uint8)
+    return Image.fromarray(np.stack([np.tile(x, (size, 1)), np.tile(x[:, None], (1, size)), np.full((size, size), 90, np.uint8)], -1))
+
+
+def test_zoom_out_pastes_the_photo_exactly_where_the_mask_says():
+    config = AugmentConfig(zoom_out_prob=1.0, zoom_in_prob=0.0, flip_prob=0.0, zoom_out_scale=(0.3, 0.6))
+    photo = gradient_photo()
+    for seed in range(20):
+        sample = augment(photo, 64, config, random.Random(seed))
+        ys, xs = np.nonzero(sample.mask)
+        side = xs.max() - xs.min() + 1
+        assert side == ys.max() - ys.min() + 1  # a square region
+        assert 0.3 * 64 - 1 <= side <= 0.6 * 64 + 1 and sample.kind == "zoom-out"
+        x0, y0, x1, y1 = (round(v * 64) for v in sample.box)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        pixels = np.asarray(sample.image)
+        expected = np.asarray(photo.resize((side, side), Image.Resampling.LANCZOS))
+        assert np.array_equal(pixels[y0:y1, x0:x1], expected)
+        assert (pixels[~sample.mask] == border_colour(photo)).all()
+
+
+def test_zoom_in_crops_and_keeps_the_whole_canvas_in_the_loss():
+    config = AugmentConfig(zoom_out_prob=0.0, zoom_in_prob=1.0, flip_prob=0.0)
+    sample = augment(gradient_photo(), 64, config, random.Random(0))
+    assert sample.kind == "zoom-in" and sample.mask.all()
+    assert config.zoom_in_scale[0] <= sample.scale <= config.zoom_in_scale[1]
+
+
+def test_flip_mirrors_the_photo():
+    config = AugmentConfig(zoom_out_prob=0.0, zoom_in_prob=0.0, flip_prob=1.0)
+    photo = gradient_photo()
+    sample = augment(photo, 64, config, random.Random(0))
+    assert np.array_equal(np.asarray(sample.image), np.asarray(photo)[:, ::-1])
+
+
+def test_caption_modifiers_follow_scale_only_when_enabled():
+    on = AugmentConfig(zoom_out_prob=1.0, zoom_in_prob=0.0, zoom_out_scale=(0.3, 0.4), caption_modifiers=True)
+    off = AugmentConfig(zoom_out_prob=1.0, zoom_in_prob=0.0, zoom_out_scale=(0.3, 0.4))
+    assert augment(gradient_photo(), 64, on, random.Random(0)).modifier == "far away"
+    assert augment(gradient_photo(), 64, off, random.Random(0)).modifier == ""
+
+
+def test_many_samples_are_reproducible_and_mixed():
+    photos = [gradient_photo(), gradient_photo().rotate(90), gradient_photo().rotate(180)]
+    first = augment_many(photos, 30, 64, AugmentConfig(), seed=3)
+    again = augment_many(photos, 30, 64, AugmentConfig(), seed=3)
+    assert [s.box for s in first] == [s.box for s in again]
+    assert {s.kind for s in first} == {"zoom-out", "zoom-in", "original"}
+    assert preview_grid(first[:8]).size == (4 * 64, 2 * 64)
+
+
+def test_strength_zero_is_plain_dreambooth_and_bad_ranges_are_refused():
+    assert {s.kind for s in augment_many([gradient_photo()] * 3, 10, 64, AugmentConfig.with_strength(0))} == {"original"}
+    with pytest.raises(PACGenError, match="zoom_out_scale"):
+        AugmentConfig(zoom_out_scale=(0.8, 0.2)).validate()

@@ -1,0 +1,132 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from pacgen import lora
+from pacgen.augment import AugmentConfig
+from pacgen.concepts import ConceptLibrary
+from pacgen.layout import Box
+from pacgen.mini.kit import KIT, kit_photos
+from pacgen.training import TrainConfig, TrainingCancelled, class_image_dir, train_concept
+
+FAST = dict(num_class_images=2, class_image_steps=2, samples_per_photo=4)
+
+
+@pytest.fixture
+def photos():
+    return kit_photos(KIT[0], n=3, size=64)
+
+
+@pytest.fixture
+def library(tmp_path):
+    return ConceptLibrary(tmp_path / "home")
+
+
+def run(events):
+    return list(events)
+
+
+def instance_loss(pipe, photos, prompt):
+    """Denoising loss on the training photos with fixed noise and timesteps."""
+    comp = pipe.components
+    pixels = pipe.image_processor.preprocess([p.resize((64, 64)) for p in photos])
+    with torch.no_grad():
+        latents = comp.vae.encode(pixels).latent_dist.mean * comp.vae.config.scaling_factor
+        gen = torch.Generator().manual_seed(0)
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.tensor([100, 400, 700])
+        noisy = pipe.make_scheduler("ddim").add_noise(latents, noise, t)
+        text = pipe.encode_prompts([prompt] * 3)
+        return float(((comp.unet(noisy, t, encoder_hidden_states=text).sample - noise) ** 2).mean())
+
+
+def test_training_lowers_loss_keeps_base_and_fusers_identical_and_saves(pipe, photos, library):
+    before = {k: v.clone() for k, v in pipe.components.unet.state_dict().items()}
+    loss_before = instance_loss(pipe, photos, "a photo of sks star")
+    config = TrainConfig(steps=30, learning_rate=2e-3, prior_preservation=False, samples_per_photo=2,
+                         augment=AugmentConfig.none())
+    events = run(train_concept(pipe, photos, "my star", "star", config, library))
+    steps = [e for e in events if e.phase == "training"]
+    assert [e.step for e in steps] == list(range(1, 31)) and steps[-1].eta_s == 0
+    concept = events[-1].concept
+    assert events[-1].phase == "done" and concept.identifier == "sks"
+    lora.activate(pipe.components.unet, [concept.adapter_name])
+    assert instance_loss(pipe, photos, "a photo of sks star") < loss_before * 0.97
+    lora.activate(pipe.components.unet, [])
+    after = {k: v for k, v in pipe.components.unet.state_dict().items() if "lora_" not in k}
+    for key, value in before.items():
+        assert torch.equal(after[key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")]
+                           if key not in after else after[key], value), key
+    folder = library.get("my star").path
+    assert {p.name for p in folder.iterdir()} >= {"pytorch_lora_weights.safetensors", "concept.json", "thumbnail.png",
+                                                 "README.md"}
+
+
+def test_saved_lora_loads_back_and_changes_generation_only_when_used(pipe, photos, library):
+    run(train_concept(pipe, photos, "my star", "star", TrainConfig(steps=5, learning_rate=5e-3, **FAST), library))
+    from pacgen.sampling import PACGenPipeline
+
+    fresh = PACGenPipeline.from_pretrained("tiny", device="cpu")
+    kwargs = dict(num_inference_steps=4, seed=1, output_type="np")
+    plain = fresh("a star on grass", boxes=[Box("a star", (0.2, 0.2, 0.7, 0.7))], **kwargs).images[0]
+    fresh.load_concept(library.get("my star"))
+    unused = fresh("a star on grass", boxes=[Box("a star", (0.2, 0.2, 0.7, 0.7))], **kwargs).images[0]
+    used = fresh("<my star> on grass", boxes=[Box("<my star>", (0.2, 0.2, 0.7, 0.7))], **kwargs).images[0]
+    assert np.array_equal(plain, unused)
+    assert np.abs(used - plain).max() > 1e-3
+
+
+def test_lora_loads_into_plain_diffusers_stable_diffusion(pipe, photos, library):
+    """Interoperability: the same file in diffusers' own SD pipeline gives what our whole-image mode gives."""
+    run(train_concept(pipe, photos, "my star", "star", TrainConfig(steps=5, learning_rate=5e-3, **FAST), library))
+    concept = library.get("my star")
+    ours = pipe("a photo of <my star>", regional=False, grounding_fraction=0.0, num_inference_steps=4, seed=2,
+                scheduler="ddim", output_type="np").images[0]
+    comp = pipe.components
+    sd = StableDiffusionPipeline(comp.vae, comp.text_encoder, comp.tokenizer, comp.unet, pipe.make_scheduler("ddim"),
+                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.set_progress_bar_config(disable=True)
+    sd.load_lora_weights(str(concept.path), adapter_name="interop")
+    sd.set_adapters(["interop"])
+    theirs = sd("a photo of sks star", num_inference_steps=4, height=64, width=64, output_type="np",
+                generator=torch.Generator().manual_seed(2)).images[0]
+    assert np.abs(ours - theirs).max() <= 1e-3
+
+
+@pytest.mark.parametrize("how", ["event", "close"])
+def test_cancel_leaves_nothing_behind(pipe, photos, library, how):
+    cancel = threading.Event()
+    events = train_concept(pipe, photos, "my star", "star", TrainConfig(steps=50, **FAST), library, cancel)
+    if how == "event":
+        with pytest.raises(TrainingCancelled):
+            for event in events:
+                if event.phase == "training" and event.step == 3:
+                    cancel.set()
+    else:
+        for event in events:
+            if event.phase == "training" and event.step == 3:
+                events.close()
+    assert library.list() == [] and not (library.root / "concepts" / "my-star").exists()
+    assert list((library.root / "staging").glob("*")) == []
+    assert "my star" not in pipe.concepts and not lora.adapter_names(pipe.components.unet)
+
+
+def test_class_images_are_cached_and_reused(pipe, photos, library):
+    first = run(train_concept(pipe, photos, "first", "star", TrainConfig(steps=1, **FAST), library))
+    assert sum(e.phase == "class-images" for e in first) == 2
+    folder = class_image_dir(library, pipe.components.fingerprint, "a photo of a star", 64)
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    second = run(train_concept(pipe, photos, "second", "star", TrainConfig(steps=1, **FAST), library))
+    assert not any(e.phase == "class-images" for e in second)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
+    assert second[-1].concept.identifier != first[-1].concept.identifier
+
+
+def test_previews_show_the_concept_while_training(pipe, photos, library):
+    config = TrainConfig(steps=4, preview_every=2, **FAST)
+    previews = [e.preview for e in train_concept(pipe, photos, "my star", "star", config, library) if e.preview]
+    assert len(previews) == 2 and all(isinstance(p, Image.Image) and p.size == (64, 64) for p in previews)
