@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from .lora import LORA_FILE, LoraFileError, read_lora_file
 logger = logging.getLogger(__name__)
 META_FILE = "concept.json"
 THUMBNAIL_FILE = "thumbnail.png"
+IMPORT_SUFFIXES = {".json", ".safetensors", ".png", ".md"}
+MAX_IMPORT_BYTES = 512 * 2**20
 
 
 class ConceptError(PACGenError):
@@ -190,3 +193,45 @@ class ConceptLibrary:
         target = self.concepts_dir / slugify(new_name)
         concept.path.rename(target)
         return Concept.load(target)
+
+    def export_zip(self, name: str, dest: str | Path) -> Path:
+        """Pack a concept folder into `<dest>/<slug>.zip` for sharing or backup."""
+        concept = self.get(name)
+        target = Path(dest) / f"{concept.path.name}.zip"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(concept.path.rglob("*")):
+                if file.is_file():
+                    archive.write(file, file.relative_to(concept.path).as_posix())
+        return target
+
+    def import_zip(self, archive_path: str | Path, fingerprint: str) -> Concept:
+        """Add a concept from a zip made by `export_zip`, checking it before anything enters the library.
+
+        Only plain relative paths, a bounded size, safetensors weights and a matching base model are accepted.
+        """
+        archive_path = Path(archive_path)
+        try:
+            archive = zipfile.ZipFile(archive_path)
+        except (zipfile.BadZipFile, OSError):
+            raise ConceptError(f"{archive_path.name} is not a zip file") from None
+        with archive, self.staging() as staged:
+            members = archive.infolist()
+            names = {m.filename for m in members}
+            if META_FILE not in names or LORA_FILE not in names:
+                raise ConceptError(f"{archive_path.name} is not a concept export: it needs {META_FILE} and {LORA_FILE}")
+            if sum(m.file_size for m in members) > MAX_IMPORT_BYTES:
+                raise ConceptError(f"{archive_path.name} unpacks to more than {MAX_IMPORT_BYTES // 2**20} MB")
+            for member in members:
+                parts = Path(member.filename).parts
+                if member.filename.startswith("/") or ".." in parts or ":" in member.filename:
+                    raise ConceptError(f"{archive_path.name} contains an unsafe path: {member.filename}")
+                if not member.is_dir() and Path(member.filename).suffix.lower() not in IMPORT_SUFFIXES:
+                    raise ConceptError(f"{archive_path.name} contains {member.filename}: only "
+                                       f"{', '.join(sorted(IMPORT_SUFFIXES))} files are accepted (no pickles)")
+            archive.extractall(staged)
+            concept = Concept.load(staged)
+            if concept.base_fingerprint != fingerprint:
+                raise ConceptError(f"concept '{concept.name}' was trained on '{concept.base_model}', a different "
+                                   "base model from the one loaded; it cannot be used here")
+            return self.commit(staged, concept)

@@ -103,6 +103,10 @@ def check_class_noun(noun: str) -> str:
     return noun
 
 
+def class_prompt(class_noun: str) -> str:
+    return f"a photo of a {class_noun}"
+
+
 def choose_identifier(pipe: PACGenPipeline, taken: set[str]) -> str:
     """The first rare word that is one token for this tokenizer and not used by another concept."""
     tokenizer = pipe.components.tokenizer
@@ -146,7 +150,7 @@ class _Batches:
     """Latents, loss masks and text embeddings prepared once; training steps only index into them."""
 
     def __init__(self, pipe: PACGenPipeline, samples: list[Sample], captions: list[str], class_images: list[Image.Image],
-                 class_prompt: str, resolution: int):
+                 prior_prompt: str, resolution: int):
         comp = pipe.components
         self.latents = self._encode(pipe, [s.image for s in samples])
         size = self.latents.shape[-1]
@@ -156,7 +160,7 @@ class _Batches:
         table = dict(zip(unique, pipe.encode_prompts(unique)))
         self.text = torch.stack([table[c] for c in captions])
         self.class_latents = self._encode(pipe, class_images) if class_images else None
-        self.class_text = pipe.encode_prompts([class_prompt])[0] if class_images else None
+        self.class_text = pipe.encode_prompts([prior_prompt])[0] if class_images else None
 
     @staticmethod
     @torch.no_grad()
@@ -236,12 +240,12 @@ def train_concept(
     photos = load_photos(images, min_side=min(resolution // 2, 256))
     identifier = choose_identifier(pipe, library.identifiers() | {c.identifier for c in pipe.concepts.values()})
     instance_prompt = f"a photo of {identifier} {class_noun}"
-    class_prompt = f"a photo of a {class_noun}"
+    prior_prompt = class_prompt(class_noun)
 
     # 2. Class images for prior preservation, cached per base model, prompt and size.
     class_images: list[Image.Image] = []
     if config.prior_preservation:
-        for item in _class_images(pipe, library, class_prompt, config, resolution, cancel):
+        for item in _class_images(pipe, library, prior_prompt, config, resolution, cancel):
             if isinstance(item, TrainEvent):
                 yield item
             else:
@@ -252,7 +256,7 @@ def train_concept(
                      message="encoding augmented photos")
     samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, config.augment, config.seed)
     captions = [", ".join(filter(None, [instance_prompt, s.modifier])) for s in samples]
-    data = _Batches(pipe, samples, captions, class_images, class_prompt, resolution)
+    data = _Batches(pipe, samples, captions, class_images, prior_prompt, resolution)
 
     # 4. A fresh LoRA under the concept's adapter name; everything else frozen, fusers never called.
     concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint,
