@@ -83,7 +83,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                                  label="Augmentation strength (0 = plain DreamBooth)")
                             preview_every = gr.Slider(0, 500, value=defaults.preview_every, step=1,
                                                       label="Preview every K steps (0 = off)")
-                        estimate = gr.Markdown()
+                        estimate = gr.Markdown(studio.estimate(0, "", defaults))
                         with gr.Row():
                             aug_button = gr.Button("Preview augmentation")
                             train_button = gr.Button("Train", variant="primary")
@@ -111,12 +111,13 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         )
                         table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["str"] + ["number"] * 4,
                                              column_count=(5, "fixed"), row_count=(0, "dynamic"), interactive=True,
+                                             elem_id="boxes",
                                              label="Boxes (edit, then 'Show on canvas'; delete a row to drop a box)")
                         table_button = gr.Button("Show table on canvas", size="sm")
                         with gr.Row():
                             example_buttons = [gr.Button(e["prompt"], size="sm") for e in studio.examples()]
                     with gr.Column():
-                        prompt = gr.Textbox(label="Prompt", placeholder="a photo of <my dog> on the beach",
+                        prompt = gr.Textbox(label="Prompt", placeholder="a photo of <my dog> on the beach", elem_id="prompt",
                                             info="Concepts are written <name>; boxed concepts are added if missing.")
                         negative = gr.Textbox(label="Negative prompt")
                         with gr.Accordion("Advanced settings", open=False):

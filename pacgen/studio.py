@@ -161,9 +161,11 @@ class Studio:
         comp = self.pipe.components
         if comp.device.type == "cpu":
             lines.append("Running on CPU: fine for the embedded models; the real SD-1.4 model needs a GPU.")
-        if comp.model_id in ("mini", "tiny"):
+        if comp.model_id == "mini":
             lines.append(f"Embedded model: {self.size}x{self.size} toy images. Use phrases from its world "
                          "(colours, shapes such as star/circle/square, backgrounds grass/sand/sky/night).")
+        elif comp.model_id == "tiny":
+            lines.append("Test model `tiny`: random weights, so every image is noise; the controls all work.")
         if self.skipped:
             lines.append("Not loaded (trained on another base model): " + ", ".join(self.skipped))
         return "\n\n".join(f"⚠️ {line}" for line in lines)
