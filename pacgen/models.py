@@ -143,26 +143,43 @@ def fingerprint(unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> str:
 
 
 def build_toy_tokenizer(words: list[str] | tuple[str, ...] = TOY_WORDS) -> CLIPTokenizer:
-    """A real CLIP BPE tokenizer over a small vocabulary: bytes, plus one merge chain per listed word.
+    """A real CLIP BPE tokenizer over a small vocabulary: bytes, plus merges that make each listed word one token.
 
-    Any text still tokenizes (unlisted words fall back to characters); listed words are one token each.
+    Any text still tokenizes (unlisted words fall back to characters). Merges are added per word, then
+    words that earlier merges split (BPE applies merges by rank, so "and" can split "sand") get one more
+    merge joining their pieces, until every listed word is a single token.
     """
     alphabet = sorted(ByteLevel.alphabet())
     vocab = {c: i for i, c in enumerate(alphabet)}
     for c in alphabet:
         vocab[c + "</w>"] = len(vocab)
     merges: list[tuple[str, str]] = []
-    for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = symbols[0]
-        for symbol in symbols[1:]:
-            if (merged, symbol) not in merges:
-                merges.append((merged, symbol))
-            merged += symbol
+
+    def join(pieces: list[str]) -> None:
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            if (merged, piece) not in merges:
+                merges.append((merged, piece))
+            merged += piece
             vocab.setdefault(merged, len(vocab))
+
+    for word in words:
+        join(list(word[:-1]) + [word[-1] + "</w>"])
+    for _ in range(len(words)):
+        tokenizer = _clip_tokenizer(vocab, merges)
+        split = [pieces for pieces in map(tokenizer.tokenize, words) if len(pieces) > 1]
+        if not split:
+            return tokenizer
+        for pieces in split:
+            join(pieces)
+    raise RuntimeError("toy vocabulary did not converge to one token per word")
+
+
+def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> CLIPTokenizer:
+    full = dict(vocab)
     for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+        full[special] = len(full)
+    return CLIPTokenizer(vocab=full, merges=list(merges), model_max_length=77)
 
 
 def toy_text_encoder(tokenizer: CLIPTokenizer, hidden: int, layers: int, heads: int) -> CLIPTextModel:

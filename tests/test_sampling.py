@@ -159,3 +159,11 @@ def test_tiny_is_identical_in_another_process(pipe):
     code = "from pacgen.models import build_tiny; print(build_tiny().fingerprint)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == pipe.components.fingerprint
+
+
+def test_toy_vocabulary_words_and_identifiers_are_single_tokens(pipe):
+    from pacgen.models import IDENTIFIER_CANDIDATES, TOY_WORDS
+
+    tokenizer = pipe.components.tokenizer
+    assert [w for w in TOY_WORDS if len(tokenizer.tokenize(w)) != 1] == []
+    assert all(len(tokenizer.tokenize(w)) == 1 for w in IDENTIFIER_CANDIDATES)
