@@ -1,0 +1,383 @@
+"""Train the embedded `mini` model from scratch on the procedural toy world.
+
+    python -m pacgen.mini.train --out assets/mini --work /tmp/mini-work --minutes-vae 8 --minutes-unet 60 --seed 0
+
+Stages: render a fixed set of scenes; train a VAE (f=2: 32x32 images, 16x16 latents); encode the scenes
+once; train the UNet (GLIGEN fusers included) jointly with a small text encoder. Each stage's step count
+is fixed from its time budget after 20 timed steps, checkpointed to --work (--resume continues) and
+recorded, so `--vae-steps/--unet-steps` reproduce a run exactly. The model is written in fp16.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import math
+import multiprocessing
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from pacgen.layout import MAX_BOXES
+from pacgen.mini.world import sample_scene
+from pacgen.models import SD_SCHEDULER_CONFIG, Components, build_toy_tokenizer, open_gates, toy_text_encoder
+
+KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoencoder as in SD
+CAPTION_DROP = 0.1  # rows trained with the empty prompt, for classifier-free guidance
+GROUNDED = 0.8  # rows with fusers on that see their boxes; the others get null grounding tokens (masks 0)
+FUSERS_OFF = 0.25  # rows without the `gligen` kwarg, as sampling after `grounding_fraction` and LoRA training run
+LR_FLOOR = 0.05  # cosine decay ends at 5% of the peak: the loss plateaus at a constant rate
+TIMING_STEPS = 20  # steps timed before the budget in minutes is turned into a fixed step count
+MAX_MB = 40
+
+
+@dataclass
+class Config:
+    out: Path
+    work: Path
+    minutes_vae: float
+    minutes_unet: float
+    vae_steps: int | None  # when given, replaces the budget in minutes: exact reproduction
+    unet_steps: int | None
+    seed: int
+    size: int
+    scenes: int
+    batch: int
+    lr: float
+    vae_lr: float
+    warmup: int
+    text_hidden: int
+    threads: int
+    device: str
+    resume: bool
+    checkpoint_minutes: float
+    log_seconds: float
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (assets/mini)")
+    p.add_argument("--work", type=Path, required=True, help="scene cache and checkpoints")
+    p.add_argument("--minutes-vae", type=float, default=8.0)
+    p.add_argument("--minutes-unet", type=float, default=60.0)
+    p.add_argument("--vae-steps", type=int, help="fixed step count instead of --minutes-vae")
+    p.add_argument("--unet-steps", type=int, help="fixed step count instead of --minutes-unet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=32, help="image side in pixels, a multiple of 8")
+    p.add_argument("--scenes", type=int, default=40_000, help="size of the fixed training set")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the UNet stage")
+    p.add_argument("--vae-lr", type=float, default=2e-3, help="peak learning rate of the VAE stage")
+    p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warmup")
+    p.add_argument("--text-hidden", type=int, default=96, help="text encoder width = cross-attention width")
+    p.add_argument("--threads", type=int, default=2, help="torch threads, and scene-rendering processes")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--log-seconds", type=float, default=30.0)
+    cfg = Config(**vars(p.parse_args(argv)))
+    if cfg.size % 8 or cfg.batch < 4:
+        p.error("--size must be a multiple of 8 and --batch at least 4")
+    return cfg
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def render_one(job: tuple[int, int, int]) -> tuple[np.ndarray, str, list]:
+    seed, index, size = job
+    scene = sample_scene(np.random.default_rng([seed, index]), size=size)
+    return np.asarray(scene.image), scene.caption, [(o.box, o.spec.phrase) for o in scene.objects]
+
+
+def scenes_path(cfg: Config) -> Path:
+    return cfg.work / f"scenes-seed{cfg.seed}-n{cfg.scenes}-{cfg.size}px.pt"
+
+
+def render_scenes(cfg: Config, tokenizer: CLIPTokenizer) -> dict:
+    """The fixed training set, tokenized; scene i depends only on (seed, i), whatever the process count."""
+    path = scenes_path(cfg)
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    started, jobs = time.perf_counter(), [(cfg.seed, i, cfg.size) for i in range(cfg.scenes)]
+    log(f"[scenes] rendering {cfg.scenes} scenes with {cfg.threads} processes")
+    if cfg.threads > 1:
+        with multiprocessing.Pool(cfg.threads) as pool:
+            rendered = pool.map(render_one, jobs, chunksize=256)
+    else:
+        rendered = [render_one(job) for job in jobs]
+    images, captions, objects = zip(*rendered, strict=True)
+    phrases = sorted({phrase for objs in objects for _, phrase in objs})
+    slots = max(len(objs) for objs in objects)
+    boxes, obj_phrase = torch.zeros(len(objects), slots, 4), torch.full((len(objects), slots), -1)
+    for i, objs in enumerate(objects):
+        for j, (box, phrase) in enumerate(objs):
+            boxes[i, j], obj_phrase[i, j] = torch.tensor(box), phrases.index(phrase)
+    tokens = tokenizer(list(phrases), padding=True, return_tensors="pt")  # as PACGenPipeline.encode_phrases
+    data = {
+        "images": torch.from_numpy(np.stack(images)),
+        "captions": list(captions),
+        "caption_ids": tokenize_prompts(tokenizer, list(captions)),
+        "boxes": boxes,
+        "obj_phrase": obj_phrase,  # index into phrases, -1 for an empty slot
+        "phrases": phrases,
+        "phrase_ids": tokens.input_ids,
+        "phrase_mask": tokens.attention_mask,
+    }
+    torch.save(data, path)
+    log(f"[scenes] rendered {cfg.scenes} in {time.perf_counter() - started:.0f}s -> {path}")
+    return data
+
+
+def tokenize_prompts(tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+    """Padded to 77 tokens like PACGenPipeline.encode_prompts, so the UNet sees the same padding it will get."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def build_models(cfg: Config, tokenizer: CLIPTokenizer) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
+    """Attention only at 8x8 and 4x4 latents: at 16x16 it took 37% of a training step in the sizing runs."""
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=cfg.size,
+        mid_block_add_attention=False,  # 12% of the VAE's training step
+    )
+    text_encoder = toy_text_encoder(tokenizer, hidden=cfg.text_hidden, layers=2, heads=4)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.size // 2, block_out_channels=(64, 96, 128), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 3, 4),  # diffusers' name for the head count: 32 channels per head
+        cross_attention_dim=cfg.text_hidden, norm_num_groups=16, attention_type="gated",
+    )
+    open_gates(unet, 1.0)  # closed gates pass no gradient into freshly initialised fusers
+    return vae, text_encoder, unet
+
+
+def learning_rate(peak: float, warmup: int, step: int, total: int | None) -> float:
+    """The lesser of a linear warmup and a cosine decay to LR_FLOOR.
+
+    `total` is still unknown (None) during the timed first steps, where (default warmup) the warmup is the
+    lesser anyway: so a timed run and its replay with a fixed step count follow the same schedule.
+    """
+    cosine = 1.0 if total is None else LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * step / total))
+    return peak * min((step + 1) / warmup, cosine)
+
+
+def train_stage(name: str, modules: dict[str, torch.nn.Module], loss_fn: Callable[[torch.Generator], torch.Tensor],
+                cfg: Config, peak_lr: float, minutes: float, steps: int | None) -> dict:
+    """Optimise `loss_fn` for the stage's step budget, checkpointing every few minutes; returns its state."""
+    path = cfg.work / f"{name}.pt"
+    params = [p for module in modules.values() for p in module.parameters()]
+    opt = torch.optim.AdamW(params, lr=peak_lr)
+    gen = torch.Generator().manual_seed(cfg.seed * 2 + (name == "unet"))
+    state = {"step": 0, "total": steps, "loss": float("nan"), "seconds": 0.0}
+    if cfg.resume and path.exists():
+        checkpoint = torch.load(path, weights_only=False)
+        if checkpoint["scenes"] != str(scenes_path(cfg)):
+            raise SystemExit(f"{path} was trained on {checkpoint['scenes']}: resume with its --seed/--scenes/--size")
+        for key, module in modules.items():
+            module.load_state_dict(checkpoint["modules"][key])
+        opt.load_state_dict(checkpoint["opt"])
+        gen.set_state(checkpoint["gen"])
+        state = checkpoint["state"]
+        log(f"[{name}] resumed at step {state['step']}/{state['total'] or '?'}")
+
+    def save() -> None:
+        checkpoint = {"modules": {k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
+                      "gen": gen.get_state(), "state": state, "scenes": str(scenes_path(cfg)), "config": vars(cfg)}
+        torch.save(checkpoint, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # a kill while saving never leaves a broken checkpoint
+
+    for module in modules.values():
+        module.train()
+    first_step, tick = state["step"], time.monotonic()
+    last_log = last_save = tick
+    window_step, timed_from = first_step, state["seconds"]
+    while True:
+        step = state["step"]
+        if state["total"] is None and step - first_step == TIMING_STEPS:
+            step_s = (state["seconds"] - timed_from) / (TIMING_STEPS - 2)
+            state["total"] = step + max(0, int((minutes * 60 - state["seconds"]) / step_s))
+            log(f"[{name}] {step_s:.2f} s/step: {minutes} min -> {state['total']} steps")
+        elif step - first_step == 2:  # the first steps are slow (allocations): not timed
+            timed_from = state["seconds"]
+        if state["total"] is not None and step >= state["total"]:
+            break
+        lr = learning_rate(peak_lr, cfg.warmup, step, state["total"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(gen)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"[{name}] loss is {loss.item()} at step {step}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        value = loss.item()
+        state["loss"] = value if math.isnan(state["loss"]) else 0.98 * state["loss"] + 0.02 * value
+        state["step"] += 1
+        now = time.monotonic()
+        state["seconds"] += now - tick
+        tick = now
+        if now - last_log >= cfg.log_seconds or state["step"] == state["total"]:
+            rate = (state["step"] - window_step) / (now - last_log)
+            eta = f"{(state['total'] - state['step']) / rate / 60:.1f} min" if state["total"] else "?"
+            log(f"[{name}] step {state['step']}/{state['total'] or '?'} loss {state['loss']:.4f} lr {lr:.2e} "
+                f"{rate * cfg.batch:.1f} img/s ETA {eta}")
+            last_log, window_step = now, state["step"]
+        if now - last_save >= cfg.checkpoint_minutes * 60:
+            save()
+            last_save = time.monotonic()
+    save()
+    for module in modules.values():
+        module.eval()
+    return state
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, cfg: Config, device: torch.device) -> Callable:
+    def loss(gen: torch.Generator) -> torch.Tensor:
+        x = to_pixels(images[torch.randint(len(images), (cfg.batch,), generator=gen)]).to(device)
+        with autocast(device):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+            recon = vae.decode(z).sample.float()
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + KL_WEIGHT * posterior.kl().mean()
+    return loss
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1], the VAE's range."""
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Latent means of all scenes, scaled to unit std; the factor goes into the VAE config (SD's 0.18215)."""
+    means = torch.cat([vae.encode(to_pixels(chunk).to(device)).latent_dist.mean.float().cpu()
+                       for chunk in images.split(256)])
+    scale = 1.0 / means[:4096].std().item()
+    vae.register_to_config(scaling_factor=scale)
+    return means * scale
+
+
+def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dict, latents: torch.Tensor,
+              empty_ids: torch.Tensor, cfg: Config, device: torch.device) -> Callable:
+    """Epsilon-prediction DDPM loss; each batch mixes grounded, null-grounded and fuser-free rows."""
+    noise_scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
+    plain = round(cfg.batch * FUSERS_OFF)
+
+    def loss(gen: torch.Generator) -> torch.Tensor:
+        rows = torch.randint(len(latents), (cfg.batch,), generator=gen)
+        x0 = latents[rows].to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen).to(device)
+        dropped = torch.rand(cfg.batch, generator=gen) < CAPTION_DROP
+        grounded = torch.rand(cfg.batch, generator=gen) < GROUNDED
+        ids = torch.where(dropped[:, None], empty_ids, data["caption_ids"][rows]).to(device)
+        xt = noise_scheduler.add_noise(x0, noise, t)
+        with autocast(device):
+            text = text_encoder(ids)[0]
+            gligen = grounding(text_encoder, data, rows[plain:], grounded[plain:], device)
+            eps = torch.cat([
+                unet(xt[:plain], t[:plain], encoder_hidden_states=text[:plain]).sample,
+                unet(xt[plain:], t[plain:], encoder_hidden_states=text[plain:],
+                     cross_attention_kwargs={"gligen": gligen}).sample,
+            ])
+        return F.mse_loss(eps.float(), noise)
+    return loss
+
+
+def grounding(text_encoder: CLIPTextModel, data: dict, rows: torch.Tensor, keep: torch.Tensor,
+              device: torch.device) -> dict[str, torch.Tensor]:
+    """GLIGEN inputs for `rows`: boxes and pooled phrase features in the first slots, masks 0 elsewhere."""
+    index = data["obj_phrase"][rows]
+    valid = (index >= 0) & keep[:, None]
+    count, slots = index.shape
+    boxes = torch.zeros(count, MAX_BOXES, 4, device=device)
+    boxes[:, :slots] = data["boxes"][rows].to(device)
+    features = torch.zeros(count, MAX_BOXES, text_encoder.config.hidden_size, device=device)
+    if valid.any():
+        phrases = index[valid]
+        features[:, :slots][valid.to(device)] = text_encoder(
+            input_ids=data["phrase_ids"][phrases].to(device), attention_mask=data["phrase_mask"][phrases].to(device)
+        ).pooler_output.float()
+    masks = torch.zeros(count, MAX_BOXES, device=device)
+    masks[:, :slots] = valid.float().to(device)
+    return {"boxes": boxes, "positive_embeddings": features, "masks": masks}
+
+
+def save_model(components: Components, cfg: Config, stages: dict[str, dict], command: str) -> None:
+    """Write the fp16 diffusers folder and TRAINING.md; the loader casts back to fp32 on CPU."""
+    half = {name: copy.deepcopy(getattr(components, name)).cpu().half() for name in ("vae", "text_encoder", "unet")}
+    Components(half["vae"], half["text_encoder"], components.tokenizer, half["unet"], dict(SD_SCHEDULER_CONFIG),
+               "mini").save(cfg.out)
+    megabytes = sum(f.stat().st_size for f in cfg.out.rglob("*") if f.is_file()) / 1e6
+    params = {name: sum(p.numel() for p in module.parameters()) for name, module in half.items()}
+    lines = [
+        "# How `mini` was trained", "",
+        f"- command: `python -m pacgen.mini.train {command}`",
+        (f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; device: {cfg.device}, "
+         f"{cfg.threads} threads; torch {torch.__version__}"),
+        (f"- seed {cfg.seed}; {cfg.scenes} scenes at {cfg.size}x{cfg.size}; batch {cfg.batch}; "
+         f"peak lr: VAE {cfg.vae_lr}, UNet {cfg.lr}"),
+        f"- VAE scaling factor: {components.vae.config.scaling_factor:.5f}",
+    ]
+    for name, state in stages.items():
+        lines.append(f"- {name}: {state['total']} steps in {state['seconds'] / 60:.1f} min "
+                     f"({state['total'] * cfg.batch / state['seconds']:.1f} img/s), final loss (EMA) "
+                     f"{state['loss']:.4f}; replay with `--{name}-steps {state['total']}`")
+    lines += ["- parameters: " + ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in params.items()),
+              f"- size on disk: {megabytes:.1f} MB (fp16)"]
+    (cfg.out / "TRAINING.md").write_text("\n".join(lines) + "\n")
+    log(f"[save] {cfg.out}: {megabytes:.1f} MB")
+    if megabytes > MAX_MB:
+        raise RuntimeError(f"{cfg.out} is {megabytes:.1f} MB, over the {MAX_MB} MB the repository allows")
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    cfg = parse_args(argv)
+    torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_toy_tokenizer()
+    vae, text_encoder, unet = (m.to(device) for m in build_models(cfg, tokenizer))
+    data = render_scenes(cfg, tokenizer)
+    vae_state = train_stage("vae", {"vae": vae}, vae_loss(vae, data["images"], cfg, device),
+                            cfg, cfg.vae_lr, cfg.minutes_vae, cfg.vae_steps)
+    cache = cfg.work / "latents.pt"
+    cached = torch.load(cache) if cfg.resume and cache.exists() else {}
+    if cached.get("vae_step") == vae_state["step"]:
+        latents = cached["latents"]
+        vae.register_to_config(scaling_factor=cached["scale"])
+    else:
+        log(f"[encode] encoding {len(data['images'])} scenes")
+        latents = encode_scenes(vae, data["images"], device)
+        torch.save({"latents": latents, "scale": vae.config.scaling_factor, "vae_step": vae_state["step"]}, cache)
+        log(f"[encode] {len(latents)} scenes, scaling factor {vae.config.scaling_factor:.4f}")
+    empty_ids = tokenize_prompts(tokenizer, [""])[0]
+    loss = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device)
+    unet_state = train_stage("unet", {"unet": unet, "text_encoder": text_encoder}, loss,
+                             cfg, cfg.lr, cfg.minutes_unet, cfg.unet_steps)
+    save_model(Components(vae, text_encoder, tokenizer, unet, dict(SD_SCHEDULER_CONFIG), "mini"),
+               cfg, {"vae": vae_state, "unet": unet_state}, shlex.join(sys.argv[1:] if argv is None else argv))
+    return cfg.out
+
+
+if __name__ == "__main__":
+    main()
