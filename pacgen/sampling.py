@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 from diffusers.image_processor import VaeImageProcessor
@@ -329,7 +328,3 @@ class PACGenPipeline:
             masks[names.index(box.concept)] += mask
         return masks.to(device=comp.device, dtype=comp.dtype)
 
-
-def images_to_array(images: list) -> np.ndarray:
-    """Stack PIL images into a uint8 (n, h, w, 3) array, for comparisons and scoring."""
-    return np.stack([np.asarray(image.convert("RGB")) for image in images])
