@@ -142,6 +142,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
             # ------------------------------------------------------------------------------ Library
             with gr.Tab("Library", id="library"):
+                gr.Markdown("Concepts you trained or imported. Each card: name · identifier and class noun · "
+                            "base model · date.")
                 cards = gr.Gallery(studio.cards(), label="Concepts", columns=4, height=300, allow_preview=False,
                                    elem_classes=["concept-cards"])
                 with gr.Row():
@@ -150,9 +152,12 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     delete_button = gr.Button("Delete", variant="stop")
                     export_button = gr.Button("Download as zip")
-                download = gr.File(label="Download", interactive=False)
-                upload = gr.File(label="Import a concept zip", file_types=[".zip"], type="filepath")
-                import_button = gr.Button("Import")
+                with gr.Row():
+                    download = gr.File(label="Download", interactive=False, height=120)
+                    with gr.Column():
+                        upload = gr.File(label="Import a concept zip", file_types=[".zip"], type="filepath",
+                                         height=120)
+                        import_button = gr.Button("Import")
                 library_status = gr.Markdown()
 
         # ---------------------------------------------------------------------------------- events
