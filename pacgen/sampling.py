@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -243,21 +244,25 @@ class PACGenPipeline:
         regional_rows = ["negative", "base"] + [f"concept:{n}" for n in names]
         whole_rows = ["negative", "all concepts"]
         encoded = time.perf_counter()
-        with torch.inference_mode():
+        adapters = [self.concepts[n].adapter_name for n in names]
+        row_adapters = [a for a in [lora.BASE_ROW] * 2 + adapters for _ in range(num_images)]
+        # Adapter routing is set once per phase: walking the UNet's modules every step costs milliseconds.
+        with torch.inference_mode(), ExitStack() as routing:
+            if regional_steps:
+                routing.enter_context(lora.row_adapters(comp.unet, row_adapters))
             for i, t in enumerate(timesteps):
+                if i == regional_steps:  # regional phase over (or never begun): concepts on every row
+                    routing.close()
+                    lora.activate(comp.unet, adapters)
                 rows = regional_rows if i < regional_steps else whole_rows
                 hidden = torch.cat([embeds[r].expand(num_images, -1, -1) for r in rows])
                 kwargs = {"gligen": self._gligen_kwargs(grounding, len(rows), num_images)} if i < grounded_steps else None
                 model_in = sched.scale_model_input(torch.cat([latents] * len(rows)), t)
+                noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
                 if i < regional_steps:
-                    adapters = [lora.BASE_ROW] * 2 + [self.concepts[n].adapter_name for n in names]
-                    with lora.row_adapters(comp.unet, [a for a in adapters for _ in range(num_images)]):
-                        noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
                     base, *per_concept = guided(noise, len(rows), guidance_scale)
                     eps = blend(base, per_concept, masks)
                 else:
-                    lora.activate(comp.unet, [self.concepts[n].adapter_name for n in names])
-                    noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
                     (eps,) = guided(noise, len(rows), guidance_scale)
                 latents = sched.step(eps, t, latents).prev_sample
                 if callback is not None:

@@ -301,6 +301,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, data: _Batches, config: Tr
         unet.enable_gradient_checkpointing()
     unet.train()
     smoothed = None
+    device = comp.device  # read once: diffusers' `.device` walks every module
     loop_started = time.perf_counter()
     autocast = torch.autocast(comp.device.type, dtype=comp.dtype, enabled=comp.dtype != torch.float32)
     scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)  # fp16 gradients underflow unscaled
@@ -316,7 +317,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, data: _Batches, config: Tr
                 text = torch.cat([text, data.class_text.expand(config.batch_size, -1, -1)])
             noise = torch.randn(latents.shape, generator=generator).to(latents)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-            timesteps = timesteps.to(comp.device)
+            timesteps = timesteps.to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             with autocast:
                 prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample

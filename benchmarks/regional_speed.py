@@ -1,0 +1,178 @@
+"""Regional sampling cost: plain GLIGEN generation vs regionally guided sampling with 1, 2 and 3 concepts.
+
+Plain generation batches 2 UNet rows per step (unconditional + prompt); regional sampling with N
+concepts batches N + 2 (unconditional, base, one per concept, each concept row through its own LoRA).
+The target is a denoising time of at most 1.1 x (N + 2) / 2 times the plain one: no overhead beyond
+the extra rows, bar 10%.
+
+Every case uses the same model, size, steps, seed and scheduler. Concepts are random stand-in LoRAs
+(`pacgen.testing.write_random_concept`), each with its own box and referenced in the prompt as <cK>.
+"plain" runs on a pristine copy of the UNet that never had a LoRA; "plain + LoRAs" on the concepts'
+UNet with all three loaded but switched off (as in the app, where the library's concepts stay loaded).
+After one warm-up call of each UNet, the repeats run interleaved, so that load from other processes
+hits every case alike; the table gives medians of the pipeline's own `denoise_s` (wall clock) and of
+the process CPU time from the first UNet call to the last step (robust to preemption on a shared CPU).
+
+    python benchmarks/regional_speed.py --model tiny --steps 10 --repeats 3 --threads 1
+    python benchmarks/regional_speed.py --model sd14-random --size 256 --steps 4 --repeats 1 --threads 1
+    python benchmarks/regional_speed.py --model tiny --threads 1 --profile  # plus torch.profiler's top ops of N=3
+
+--model takes tiny, mini, a local diffusers folder, or sd14-random: SD-1.4 + GLIGEN sized, random weights.
+On a CPU shared with other work, --threads 1 keeps OpenMP threads from waiting on each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from pacgen.layout import Box
+from pacgen.models import (
+    IDENTIFIER_CANDIDATES,
+    SD_SCHEDULER_CONFIG,
+    Components,
+    build_toy_tokenizer,
+    open_gates,
+    toy_text_encoder,
+)
+from pacgen.sampling import DEFAULT_SCHEDULER, PACGenPipeline
+from pacgen.testing import write_random_concept
+
+MAX_CONCEPTS = 3
+PLAIN_PROMPT = "a photo of a dog and a cat on grass"
+PLAIN_BOXES = [Box("a dog", (0.05, 0.35, 0.45, 0.95)), Box("a cat", (0.55, 0.35, 0.95, 0.95))]
+CONCEPT_BOXES = [(0.02, 0.35, 0.32, 0.95), (0.35, 0.35, 0.65, 0.95), (0.68, 0.35, 0.98, 0.95)]
+
+
+def build_sd14_random() -> Components:
+    """SD-1.4 + GLIGEN architecture (UNet, VAE, CLIP-L-sized text encoder) with random weights."""
+    torch.manual_seed(0)
+    tokenizer = build_toy_tokenizer()
+    text_encoder = toy_text_encoder(tokenizer, hidden=768, layers=12, heads=12)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    unet = UNet2DConditionModel(  # diffusers' defaults are SD-1.x's block types
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        attention_type="gated",
+    )
+    open_gates(unet)
+    for module in (vae, text_encoder, unet):
+        module.eval().requires_grad_(False)
+    return Components(vae, text_encoder, tokenizer, unet, dict(SD_SCHEDULER_CONFIG), "sd14-random")
+
+
+def load(model: str) -> PACGenPipeline:
+    if model == "sd14-random":
+        return PACGenPipeline(build_sd14_random())
+    return PACGenPipeline.from_pretrained(model, device="cpu", dtype=torch.float32)
+
+
+def regional_request(n: int) -> tuple[str, list[Box]]:
+    refs = [f"<c{k + 1}>" for k in range(n)]
+    return f"a photo of {' and '.join(refs)} on grass", [Box(ref, xyxy) for ref, xyxy in zip(refs, CONCEPT_BOXES)]
+
+
+def timed(pipe: PACGenPipeline, prompt: str, boxes: list[Box], regional: bool, **settings) -> dict[str, float]:
+    """The pipeline's timings plus `denoise_cpu_s`: process CPU time from the first UNet call to the last step."""
+    marks: list[float] = []
+
+    def first_unet_call(*_) -> None:
+        if not marks:
+            marks.append(time.process_time())
+
+    hook = pipe.components.unet.register_forward_pre_hook(first_unet_call)
+    try:
+        result = pipe(prompt, boxes=boxes, regional=regional, callback=lambda *_: marks.append(time.process_time()),
+                      **settings)
+    finally:
+        hook.remove()
+    return {**result.timings, "denoise_cpu_s": marks[-1] - marks[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny, mini, a diffusers folder, or sd14-random")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--profile", action="store_true", help="also profile one 3-concept call (torch.profiler)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    pipe = load(args.model)
+    plain_pipe = PACGenPipeline(dataclasses.replace(pipe.components, unet=copy.deepcopy(pipe.components.unet)))
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # write_random_concept deletes its own scratch adapter; PEFT warns about that
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+        for k in range(MAX_CONCEPTS):
+            folder = Path(tmp) / f"c{k + 1}"
+            write_random_concept(pipe, folder, f"c{k + 1}", IDENTIFIER_CANDIDATES[k], seed=k + 1)
+            pipe.load_concept(folder)
+
+    size = args.size or pipe.components.default_size
+    settings = {"num_inference_steps": args.steps, "seed": 0, "height": size, "width": size}
+    cases = {"plain": (0, plain_pipe, PLAIN_PROMPT, PLAIN_BOXES, False),
+             "plain + LoRAs": (0, pipe, PLAIN_PROMPT, PLAIN_BOXES, False)}
+    cases.update({f"regional {n}": (n, pipe, *regional_request(n), True) for n in range(1, MAX_CONCEPTS + 1)})
+
+    def run(case: str) -> dict[str, float]:
+        _, case_pipe, prompt, boxes, regional = cases[case]
+        return timed(case_pipe, prompt, boxes, regional, **settings)
+
+    run("plain")
+    run(f"regional {MAX_CONCEPTS}")
+    timings: dict[str, list[dict[str, float]]] = {case: [] for case in cases}
+    for _ in range(args.repeats):
+        for case in cases:
+            timings[case].append(run(case))
+
+    def median(case: str, key: str) -> float:
+        return statistics.median(t[key] for t in timings[case])
+
+    plain, plain_cpu = median("plain", "denoise_s"), median("plain", "denoise_cpu_s")
+    print(f"model {args.model}, {size}x{size}, {args.steps} steps ({DEFAULT_SCHEDULER}), seed 0, "
+          f"median of {args.repeats}, {args.threads} torch thread(s), torch {torch.__version__}\n")
+    print("| mode | concepts | UNet rows/step | denoise s | denoise CPU s | total s | ratio vs plain | ratio (CPU) "
+          "| target 1.1×(N+2)/2 | ok? (wall, CPU) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for case, (n, *_) in cases.items():
+        ratio, ratio_cpu = median(case, "denoise_s") / plain, median(case, "denoise_cpu_s") / plain_cpu
+        target = 1.1 * (n + 2) / 2
+        verdict = ", ".join("yes" if r <= target else "NO" for r in (ratio, ratio_cpu))
+        print(f"| {case} | {n} | {n + 2} | {median(case, 'denoise_s'):.3f} | {median(case, 'denoise_cpu_s'):.3f} "
+              f"| {median(case, 'total_s'):.3f} | {ratio:.2f} | {ratio_cpu:.2f} | {target:.2f} | {verdict} |")
+
+    if args.profile:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(f"regional {MAX_CONCEPTS}")
+        print(f"\ntorch.profiler, one 'regional {MAX_CONCEPTS}' call, top ops by self CPU time:\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
