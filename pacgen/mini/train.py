@@ -192,6 +192,8 @@ def train_stage(name: str, modules: dict[str, torch.nn.Module], loss_fn: Callabl
         opt.load_state_dict(checkpoint["opt"])
         gen.set_state(checkpoint["gen"])
         state = checkpoint["state"]
+        if steps is not None:  # an explicit budget wins on resume: it can also end a long run early
+            state["total"] = steps
         log(f"[{name}] resumed at step {state['step']}/{state['total'] or '?'}")
 
     def save() -> None:
