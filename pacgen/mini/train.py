@@ -48,6 +48,8 @@ class Config:
     minutes_unet: float
     vae_steps: int | None  # when given, replaces the budget in minutes: exact reproduction
     unet_steps: int | None
+    minutes_grounding: float
+    grounding_steps: int | None
     seed: int
     size: int
     scenes: int
@@ -71,6 +73,9 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--minutes-unet", type=float, default=60.0)
     p.add_argument("--vae-steps", type=int, help="fixed step count instead of --minutes-vae")
     p.add_argument("--unet-steps", type=int, help="fixed step count instead of --minutes-unet")
+    p.add_argument("--minutes-grounding", type=float, default=0.0,
+                   help="then train only the fusers and position net, on grounded rows (GLIGEN's own recipe)")
+    p.add_argument("--grounding-steps", type=int, help="fixed step count instead of --minutes-grounding")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image side in pixels, a multiple of 8")
     p.add_argument("--scenes", type=int, default=40_000, help="size of the fixed training set")
@@ -275,10 +280,11 @@ def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device
 
 
 def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dict, latents: torch.Tensor,
-              empty_ids: torch.Tensor, cfg: Config, device: torch.device) -> Callable:
+              empty_ids: torch.Tensor, cfg: Config, device: torch.device, fusers_off: float = FUSERS_OFF,
+              grounded_share: float = GROUNDED) -> Callable:
     """Epsilon-prediction DDPM loss; each batch mixes grounded, null-grounded and fuser-free rows."""
     noise_scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
-    plain = round(cfg.batch * FUSERS_OFF)
+    plain = round(cfg.batch * fusers_off)
 
     def loss(gen: torch.Generator) -> torch.Tensor:
         rows = torch.randint(len(latents), (cfg.batch,), generator=gen)
@@ -286,17 +292,16 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen).to(device)
         dropped = torch.rand(cfg.batch, generator=gen) < CAPTION_DROP
-        grounded = torch.rand(cfg.batch, generator=gen) < GROUNDED
+        grounded = torch.rand(cfg.batch, generator=gen) < grounded_share
         ids = torch.where(dropped[:, None], empty_ids, data["caption_ids"][rows]).to(device)
         xt = noise_scheduler.add_noise(x0, noise, t)
         with autocast(device):
             text = text_encoder(ids)[0]
             gligen = grounding(text_encoder, data, rows[plain:], grounded[plain:], device)
-            eps = torch.cat([
-                unet(xt[:plain], t[:plain], encoder_hidden_states=text[:plain]).sample,
-                unet(xt[plain:], t[plain:], encoder_hidden_states=text[plain:],
-                     cross_attention_kwargs={"gligen": gligen}).sample,
-            ])
+            parts = [unet(xt[:plain], t[:plain], encoder_hidden_states=text[:plain]).sample] if plain else []
+            parts.append(unet(xt[plain:], t[plain:], encoder_hidden_states=text[plain:],
+                              cross_attention_kwargs={"gligen": gligen}).sample)
+            eps = torch.cat(parts)
         return F.mse_loss(eps.float(), noise)
     return loss
 
@@ -376,8 +381,18 @@ def main(argv: list[str] | None = None) -> Path:
     loss = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device)
     unet_state = train_stage("unet", {"unet": unet, "text_encoder": text_encoder}, loss,
                              cfg, cfg.lr, cfg.minutes_unet, cfg.unet_steps)
+    states = {"vae": vae_state, "unet": unet_state}
+    if cfg.minutes_grounding > 0 or cfg.grounding_steps:
+        # Jointly trained, the UNet learns captions long before boxes; with everything else frozen, placing
+        # objects in their boxes is the only way left to lower the loss.
+        for name, param in [*unet.named_parameters(), *text_encoder.named_parameters()]:
+            param.requires_grad_("fuser" in name or "position_net" in name)
+        grounded_loss = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device,
+                                  fusers_off=0.0, grounded_share=1.0)
+        states["grounding"] = train_stage("grounding", {"unet": unet}, grounded_loss, cfg, cfg.lr,
+                                          cfg.minutes_grounding, cfg.grounding_steps)
     save_model(Components(vae, text_encoder, tokenizer, unet, dict(SD_SCHEDULER_CONFIG), "mini"),
-               cfg, {"vae": vae_state, "unet": unet_state}, shlex.join(sys.argv[1:] if argv is None else argv))
+               cfg, states, shlex.join(sys.argv[1:] if argv is None else argv))
     return cfg.out
 
 
