@@ -156,8 +156,6 @@ class PACGenPipeline:
             raise LayoutError(f"number of images must be at least 1, got {num_images}")
         if feather < 0:
             raise LayoutError(f"feather must be 0 or more latent cells, got {feather}")
-        if len(boxes) > MAX_BOXES:
-            raise LayoutError(f"{len(boxes)} boxes given; GLIGEN accepts at most {MAX_BOXES}")
         limit = self.components.tokenizer.model_max_length - 2
         for index, box in enumerate(boxes, start=1):
             if box.concept is None and self.token_count(box.label) > limit:

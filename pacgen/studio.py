@@ -25,7 +25,9 @@ from .layout import Box
 from .models import DEFAULT_MODEL, MINI_DIR, ModelLoadError
 from .photos import load_photos
 from .sampling import GenerationResult, PACGenPipeline
-from .training import TrainConfig, TrainEvent, TrainingCancelled, class_image_dir, class_prompt, train_concept
+from .training import (
+    PREVIEW_STEPS, TrainConfig, TrainEvent, TrainingCancelled, class_image_dir, class_prompt, train_concept,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
@@ -272,7 +274,7 @@ class Studio:
             missing = max(0, settings.num_class_images - len(list(folder.glob("*.png"))))
             class_s = missing * TrainConfig().class_image_steps * step
         previews = settings.steps // settings.preview_every if settings.preview_every else 0
-        total = train_s + class_s + previews * 20 * step
+        total = train_s + class_s + previews * PREVIEW_STEPS * step
         return (f"Estimated training time: about {_duration(total)} "
                 f"({settings.steps} steps, {photo_count or 'no'} photos selected).")
 

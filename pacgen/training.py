@@ -31,6 +31,7 @@ from .models import IDENTIFIER_CANDIDATES
 from .photos import PhotoSource, load_photos
 from .sampling import PACGenPipeline
 
+PREVIEW_STEPS = 20  # sampling steps of each preview image (also used by time estimates)
 PREVIEW_PROMPTS = ("a photo of {ref} on grass", "a photo of {ref} on sand", "a photo of {ref} at night")
 
 
@@ -150,7 +151,7 @@ class _Batches:
     """Latents, loss masks and text embeddings prepared once; training steps only index into them."""
 
     def __init__(self, pipe: PACGenPipeline, samples: list[Sample], captions: list[str], class_images: list[Image.Image],
-                 prior_prompt: str, resolution: int):
+                 prior_prompt: str):
         comp = pipe.components
         self.latents = self._encode(pipe, [s.image for s in samples])
         size = self.latents.shape[-1]
@@ -256,7 +257,7 @@ def train_concept(
                      message="encoding augmented photos")
     samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, config.augment, config.seed)
     captions = [", ".join(filter(None, [instance_prompt, s.modifier])) for s in samples]
-    data = _Batches(pipe, samples, captions, class_images, prior_prompt, resolution)
+    data = _Batches(pipe, samples, captions, class_images, prior_prompt)
 
     # 4. A fresh LoRA under the concept's adapter name; everything else frozen, fusers never called.
     concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint,
@@ -356,7 +357,8 @@ def _preview(pipe: PACGenPipeline, concept: Concept, step: int, seed: int) -> Im
     try:
         pipe.components.unet.eval()
         prompt = rng.choice(PREVIEW_PROMPTS).format(ref=ref)
-        result = pipe(prompt, boxes=[Box(ref, (x0, y0, x0 + side, y0 + side))], num_inference_steps=20, seed=seed)
+        result = pipe(prompt, boxes=[Box(ref, (x0, y0, x0 + side, y0 + side))], num_inference_steps=PREVIEW_STEPS,
+                      seed=seed)
     finally:
         del pipe.concepts[concept.name]
     pipe.components.unet.enable_adapters()
