@@ -3,8 +3,9 @@
 import torch
 
 from pacgen.layout import Box
-from pacgen.mini.train import main
-from pacgen.models import load_components
+from pacgen.mini.train import grounding, main, parse_args, recolour, render_scenes
+from pacgen.mini.world import SHAPES
+from pacgen.models import build_toy_tokenizer, load_components, toy_text_encoder
 from pacgen.sampling import PACGenPipeline
 
 
@@ -24,3 +25,31 @@ def test_trainer_writes_a_loadable_model(tmp_path):
     result = PACGenPipeline(components)("a red star on grass", boxes=[Box("a red star", (0.1, 0.1, 0.6, 0.6))],
                                         num_inference_steps=2, seed=0)
     assert result.images[0].size == (32, 32)
+
+
+def test_recolour_changes_only_the_chosen_rows_and_stays_in_range():
+    x = torch.rand(64, 3, 8, 8) * 2 - 1
+    same = recolour(x, torch.Generator().manual_seed(0), share=0.0)
+    assert torch.equal(same, x)
+    jittered = recolour(x, torch.Generator().manual_seed(0), share=1.0)
+    assert jittered.min() >= -1 and jittered.max() <= 1
+    changed = (jittered - x).abs().flatten(1).amax(1) > 1e-3
+    assert changed.float().mean() > 0.9  # a kit colour the world never paints now reaches the VAE
+
+
+def test_grounding_uses_bare_shape_nouns_as_concepts_are_grounded(tmp_path):
+    cfg = parse_args(["--out", str(tmp_path / "m"), "--work", str(tmp_path), "--scenes", "8", "--threads", "1"])
+    tokenizer = build_toy_tokenizer()
+    data = render_scenes(cfg, tokenizer)
+    settings = tokenizer.batch_decode(data["setting_ids"], skip_special_tokens=True)
+    assert [s.strip() for s in settings] == ["on " + c.rsplit(" on ", 1)[1] for c in data["captions"]]
+    nouns = {data["phrases"][i] for i in data["obj_noun"][data["obj_noun"] >= 0].tolist()}
+    assert nouns <= set(SHAPES) and nouns
+    text_encoder = toy_text_encoder(tokenizer, hidden=32, layers=1, heads=2)
+    rows, keep = torch.arange(8), torch.ones(8, dtype=torch.bool)
+    used = set()
+    for seed in range(20):
+        kwargs = grounding(text_encoder, data, rows, keep, torch.device("cpu"), torch.Generator().manual_seed(seed))
+        assert kwargs["masks"][:, :2].sum() == (data["obj_phrase"] >= 0).sum()
+        used.add(kwargs["positive_embeddings"][0, 0].sum().item())
+    assert len(used) == 2  # the first object is grounded sometimes as "a red star", sometimes as "star"

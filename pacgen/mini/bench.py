@@ -41,11 +41,28 @@ PLACEMENTS: dict[str, Box] = {
 }
 
 
+# The LoRAs a concept gets, by tag: the same steps, rate and rank; only the augmentation differs.
+LORAS: dict[str, AugmentConfig] = {
+    "plain": AugmentConfig.none(),
+    "pacgen": AugmentConfig(),
+    "mild": AugmentConfig(zoom_out_scale=(0.5, 0.9)),  # study only: narrower zoom-out range
+    "wide": AugmentConfig(zoom_out_prob=0.8, zoom_out_scale=(0.2, 0.9), zoom_in_prob=0.1),  # study only: wider
+    "modifiers": AugmentConfig(caption_modifiers=True),  # study only: "far away" / "close up" in captions
+}
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
-    lora: str | None  # which LoRA: "plain" (no augmentation), "pacgen" (augmented), None (no personalization)
+    lora: str | None  # a key of LORAS, or None for no personalization
     regional: bool = False
+    options: tuple[tuple[str, object], ...] = ()  # further PACGenPipeline keyword arguments
+
+    def prompt_words(self, box: Box) -> str:
+        """A LoRA trained with caption modifiers is asked for a small object the way it was taught."""
+        config = LORAS[self.lora] if self.lora else None
+        small = config is not None and config.caption_modifiers and box[2] - box[0] < config.small_below
+        return ", far away" if small else ""
 
 
 METHODS = (
@@ -53,6 +70,17 @@ METHODS = (
     Method("DreamBooth-LoRA, no augmentation", "plain"),
     Method("PACGen augmentation", "pacgen"),
     Method("PACGen augmentation + regional sampling", "pacgen", regional=True),
+)
+# `--study`: one default changed at a time from the last method above, to choose the shipped defaults.
+STUDY = (
+    Method("zoom-out range 0.5-0.9 (milder)", "mild", regional=True),
+    Method("zoom-out range 0.2-0.9, p 0.8 (wider)", "wide", regional=True),
+    Method("caption modifiers", "modifiers", regional=True),
+    Method("grounding phrase: identifier + class", "pacgen", regional=True,
+           options=(("grounding_phrase", "identifier"),)),
+    Method("grounding in every step (fraction 1.0)", "pacgen", regional=True, options=(("grounding_fraction", 1.0),)),
+    Method("regional guidance for the first half only", "pacgen", regional=True,
+           options=(("regional_fraction", 0.5),)),
 )
 REFERENCES = ("ground truth (renderer)", "ground truth through the VAE", "another kit concept (identity chance)")
 
@@ -95,8 +123,9 @@ class Bench:
             prompt, boxes = f"a photo of a {concept.class_noun} on {background}", [LayoutBox(concept.class_noun, box)]
         else:
             ref = f"<{name}>"
-            prompt, boxes = f"a photo of {ref} on {background}", [LayoutBox(ref, box)]
-        return self.pipe(prompt, boxes=boxes, regional=method.regional, seed=seed, num_inference_steps=steps).images[0]
+            prompt, boxes = f"a photo of {ref} on {background}{method.prompt_words(box)}", [LayoutBox(ref, box)]
+        return self.pipe(prompt, boxes=boxes, regional=method.regional, seed=seed, num_inference_steps=steps,
+                         **dict(method.options)).images[0]
 
 
 def references(concept: KitConcept, size: int) -> list[Image.Image]:
@@ -105,9 +134,8 @@ def references(concept: KitConcept, size: int) -> list[Image.Image]:
 
 
 def train(bench: Bench, concept: KitConcept, tag: str, args: argparse.Namespace, library: ConceptLibrary) -> str:
-    augment = AugmentConfig() if tag == "pacgen" else AugmentConfig.none()
     config = TrainConfig(steps=args.train_steps, learning_rate=args.lr, rank=args.rank,
-                         num_class_images=args.class_images, augment=augment, seed=args.seed)
+                         num_class_images=args.class_images, augment=LORAS[tag], seed=args.seed)
     name = f"{concept.name} {tag}"
     for event in train_concept(bench.pipe, kit_photos(concept, 5, bench.size), name, concept.class_noun, config,
                                library):
@@ -154,6 +182,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("docs"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--study", action="store_true",
+                   help="also score STUDY: variants of the default training and sampling settings, one change each")
     args = p.parse_args(argv)
     if not 1 <= args.concepts <= len(KIT):
         p.error(f"--concepts must be between 1 and {len(KIT)}")
@@ -172,16 +202,18 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench(pipe, scorer, texture_floors(decode, size), size)
     shutil.rmtree(args.work / "concepts", ignore_errors=True)  # stale concepts of an earlier run; class images stay
     library = ConceptLibrary(args.work)
-    results = {name: Scores() for name in [m.name for m in METHODS] + list(REFERENCES)}
+    methods = METHODS + (STUDY if args.study else ())
+    results = {name: Scores() for name in [m.name for m in methods] + list(REFERENCES)}
     by_concept: dict[str, dict[str, list[float]]] = {}
     shown: dict[tuple[str, str], Image.Image] = {}
     concepts = KIT[: args.concepts]
     for k, concept in enumerate(concepts):
         log(f"[{k + 1}/{len(concepts)}] {concept.name}: training")
-        names = {tag: train(bench, concept, tag, args, library) for tag in ("plain", "pacgen")}
+        tags = dict.fromkeys(m.lora for m in methods if m.lora)
+        names = {tag: train(bench, concept, tag, args, library) for tag in tags}
         refs = references(concept, size)
         other = KIT[(k + 1) % len(KIT)]  # drawn in the same box: identity's chance level
-        by_concept[concept.name] = {m.name: [] for m in METHODS}
+        by_concept[concept.name] = {m.name: [] for m in methods}
         log(f"[{k + 1}/{len(concepts)}] {concept.name}: generating")
         for placement, box in PLACEMENTS.items():
             for s in range(args.seeds):
@@ -190,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                 truth = render(background, [PlacedObject(concept, box)], size, rng)[0]
                 chance = render(background, [PlacedObject(other, box)], size, rng)[0]
                 images = {REFERENCES[0]: truth, REFERENCES[1]: decode([truth])[0], REFERENCES[2]: chance}
-                for method in METHODS:
+                for method in methods:
                     name = names[method.lora] if method.lora else ""
                     images[method.name] = bench.generate(method, concept, name, placement, background, seed,
                                                          args.steps)
@@ -206,15 +238,16 @@ def main(argv: list[str] | None = None) -> None:
         log(f"[{k + 1}/{len(concepts)}] done; {elapsed / 60:.1f} min so far, "
             f"~{elapsed / (k + 1) * (len(concepts) - k - 1) / 60:.1f} min to go")
     minutes = (time.perf_counter() - started) / 60
-    write_report(args, results, by_concept, bench, minutes)
-    rows = [REFERENCES[0]] + [m.name for m in METHODS]
+    stem = "mini_study" if args.study else "mini_bench"  # a study never overwrites the benchmark's own report
+    write_report(args, results, by_concept, bench, minutes, stem)
+    rows = [REFERENCES[0]] + [m.name for m in methods]
     grid(shown, rows, f"{concepts[0].name}: background {BACKGROUNDS[0]}, seed {args.seed * 1000}").save(
-        args.out / "mini_bench.png")
-    log(f"wrote {args.out / 'mini_bench.md'} and {args.out / 'mini_bench.png'} in {minutes:.1f} min")
+        args.out / f"{stem}.png")
+    log(f"wrote {args.out / stem}.md and .png in {minutes:.1f} min")
 
 
 def write_report(args: argparse.Namespace, results: dict[str, Scores], by_concept: dict[str, dict[str, list[float]]],
-                 bench: Bench, minutes: float) -> None:
+                 bench: Bench, minutes: float, stem: str) -> None:
     header = ("| method | identity (centre) | identity (corner) | identity (off-centre) | box IoU | artifact rate "
               "| background match |")
     rule = "|---|---|---|---|---|---|---|"
@@ -223,16 +256,19 @@ def write_report(args: argparse.Namespace, results: dict[str, Scores], by_concep
     lines = [
         "# mini benchmark: identity away from the photos' framing", "",
         f"`python -m pacgen.mini.bench --model {args.model} --concepts {n} --steps {args.steps} --seeds {args.seeds} "
-        f"--train-steps {args.train_steps} --lr {args.lr} --rank {args.rank} --class-images {args.class_images}` "
+        f"--train-steps {args.train_steps} --lr {args.lr} --rank {args.rank} --class-images {args.class_images}"
+        f"{' --study' if args.study else ''}` "
         f"({minutes:.1f} min, {args.threads} threads; model fingerprint `{bench.pipe.components.fingerprint}`).", "",
         header, rule, *[results[m.name].row(m.name) for m in METHODS], "",
+        *(["Study: each row changes one default of the last row above.", "", header, rule,
+           *[results[m.name].row(m.name) for m in STUDY], ""] if args.study else []),
         "Scorer calibration on the same boxes and backgrounds:", "", header.replace("| method", "| reference"), rule,
         *[results[r].row(r) for r in REFERENCES], "",
         "Identity by concept (mean over placements):", "",
         "| concept | " + " | ".join(m.name for m in METHODS) + " |", "|---|" + "---|" * len(METHODS),
         *[f"| {c} | " + " | ".join(f"{np.mean(v[m.name]):.3f}" for m in METHODS) + " |" for c, v in by_concept.items()],
         "",
-        "![grid](mini_bench.png)", "",
+        f"![grid]({stem}.png)", "",
         "## Settings", "",
         f"- {n} kit concepts, 5 photos each at {bench.size} px; two LoRAs per concept (no augmentation / PACGen's "
         f"default augmentation), {args.train_steps} steps, lr {args.lr}, rank {args.rank}, prior preservation with "
@@ -255,7 +291,7 @@ def write_report(args: argparse.Namespace, results: dict[str, Scores], by_concep
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mini_bench.md").write_text("\n".join(lines))
+    (args.out / f"{stem}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,12 @@ KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoe
 CAPTION_DROP = 0.1  # rows trained with the empty prompt, for classifier-free guidance
 GROUNDED = 0.8  # rows with fusers on that see their boxes; the others get null grounding tokens (masks 0)
 FUSERS_OFF = 0.25  # rows without the `gligen` kwarg, as sampling after `grounding_fraction` and LoRA training run
+# v1 trained every grounding phrase with its colour and every caption naming every object: the caption alone
+# told the UNet what to draw, so the fusers learnt almost nothing and the bare class noun a concept is grounded
+# with ("star") placed nothing. These make the grounding tokens carry information the caption does not.
+NOUN_PHRASE = 0.3  # objects grounded with their shape noun only, as concepts are ("star", not "a red star")
+BOX_ONLY_CAPTION = 0.3  # grounded rows whose caption names only the background: what and where come from boxes
+COLOUR_JITTER = 0.5  # VAE rows recoloured at random, so kit colours the world never paints (cream, teal) survive
 LR_FLOOR = 0.05  # cosine decay ends at 5% of the peak: the loss plateaus at a constant rate
 TIMING_STEPS = 20  # steps timed before the budget in minutes is turned into a fixed step count
 MAX_MB = 40
@@ -99,14 +105,15 @@ def autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def render_one(job: tuple[int, int, int]) -> tuple[np.ndarray, str, list]:
+def render_one(job: tuple[int, int, int]) -> tuple[np.ndarray, str, str, list]:
     seed, index, size = job
     scene = sample_scene(np.random.default_rng([seed, index]), size=size)
-    return np.asarray(scene.image), scene.caption, [(o.box, o.spec.phrase) for o in scene.objects]
+    return (np.asarray(scene.image), scene.caption, f"on {scene.background}",
+            [(o.box, o.spec.phrase, o.spec.shape) for o in scene.objects])
 
 
 def scenes_path(cfg: Config) -> Path:
-    return cfg.work / f"scenes-seed{cfg.seed}-n{cfg.scenes}-{cfg.size}px.pt"
+    return cfg.work / f"scenes-v2-seed{cfg.seed}-n{cfg.scenes}-{cfg.size}px.pt"
 
 
 def render_scenes(cfg: Config, tokenizer: CLIPTokenizer) -> dict:
@@ -121,20 +128,24 @@ def render_scenes(cfg: Config, tokenizer: CLIPTokenizer) -> dict:
             rendered = pool.map(render_one, jobs, chunksize=256)
     else:
         rendered = [render_one(job) for job in jobs]
-    images, captions, objects = zip(*rendered, strict=True)
-    phrases = sorted({phrase for objs in objects for _, phrase in objs})
+    images, captions, settings, objects = zip(*rendered, strict=True)
+    phrases = sorted({text for objs in objects for _, phrase, noun in objs for text in (phrase, noun)})
     slots = max(len(objs) for objs in objects)
     boxes, obj_phrase = torch.zeros(len(objects), slots, 4), torch.full((len(objects), slots), -1)
+    obj_noun = obj_phrase.clone()
     for i, objs in enumerate(objects):
-        for j, (box, phrase) in enumerate(objs):
-            boxes[i, j], obj_phrase[i, j] = torch.tensor(box), phrases.index(phrase)
+        for j, (box, phrase, noun) in enumerate(objs):
+            boxes[i, j] = torch.tensor(box)
+            obj_phrase[i, j], obj_noun[i, j] = phrases.index(phrase), phrases.index(noun)
     tokens = tokenizer(list(phrases), padding=True, return_tensors="pt")  # as PACGenPipeline.encode_phrases
     data = {
         "images": torch.from_numpy(np.stack(images)),
         "captions": list(captions),
         "caption_ids": tokenize_prompts(tokenizer, list(captions)),
+        "setting_ids": tokenize_prompts(tokenizer, list(settings)),  # the caption without its objects
         "boxes": boxes,
         "obj_phrase": obj_phrase,  # index into phrases, -1 for an empty slot
+        "obj_noun": obj_noun,  # the same objects' shape nouns
         "phrases": phrases,
         "phrase_ids": tokens.input_ids,
         "phrase_mask": tokens.attention_mask,
@@ -253,9 +264,20 @@ def train_stage(name: str, modules: dict[str, torch.nn.Module], loss_fn: Callabl
     return state
 
 
+def recolour(x: torch.Tensor, gen: torch.Generator, share: float = COLOUR_JITTER) -> torch.Tensor:
+    """A random channel permutation, gain and offset for `share` of the rows of a [-1, 1] batch."""
+    rows = torch.rand(len(x), generator=gen) < share
+    perm = torch.argsort(torch.rand(len(x), 3, generator=gen), dim=1)
+    gain = torch.empty(len(x), 3, 1, 1).uniform_(0.5, 1.2, generator=gen)
+    offset = torch.empty(len(x), 3, 1, 1).uniform_(-0.4, 0.4, generator=gen)
+    shuffled = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
+    jittered = (shuffled * gain + offset).clamp(-1, 1)
+    return torch.where(rows[:, None, None, None], jittered, x)
+
+
 def vae_loss(vae: AutoencoderKL, images: torch.Tensor, cfg: Config, device: torch.device) -> Callable:
     def loss(gen: torch.Generator) -> torch.Tensor:
-        x = to_pixels(images[torch.randint(len(images), (cfg.batch,), generator=gen)]).to(device)
+        x = recolour(to_pixels(images[torch.randint(len(images), (cfg.batch,), generator=gen)]), gen).to(device)
         with autocast(device):
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
@@ -282,7 +304,11 @@ def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device
 def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dict, latents: torch.Tensor,
               empty_ids: torch.Tensor, cfg: Config, device: torch.device, fusers_off: float = FUSERS_OFF,
               grounded_share: float = GROUNDED) -> Callable:
-    """Epsilon-prediction DDPM loss; each batch mixes grounded, null-grounded and fuser-free rows."""
+    """Epsilon-prediction DDPM loss; each batch mixes grounded, null-grounded and fuser-free rows.
+
+    Grounded rows sometimes name their objects by shape noun only, or only in the boxes (`NOUN_PHRASE`,
+    `BOX_ONLY_CAPTION`), so the fusers must learn what goes where from the grounding tokens.
+    """
     noise_scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
     plain = round(cfg.batch * fusers_off)
 
@@ -293,11 +319,14 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen).to(device)
         dropped = torch.rand(cfg.batch, generator=gen) < CAPTION_DROP
         grounded = torch.rand(cfg.batch, generator=gen) < grounded_share
-        ids = torch.where(dropped[:, None], empty_ids, data["caption_ids"][rows]).to(device)
+        box_only = (grounded & (torch.arange(cfg.batch) >= plain)
+                    & (torch.rand(cfg.batch, generator=gen) < BOX_ONLY_CAPTION))
+        ids = torch.where(box_only[:, None], data["setting_ids"][rows], data["caption_ids"][rows])
+        ids = torch.where(dropped[:, None], empty_ids, ids).to(device)
         xt = noise_scheduler.add_noise(x0, noise, t)
         with autocast(device):
             text = text_encoder(ids)[0]
-            gligen = grounding(text_encoder, data, rows[plain:], grounded[plain:], device)
+            gligen = grounding(text_encoder, data, rows[plain:], grounded[plain:], device, gen)
             parts = [unet(xt[:plain], t[:plain], encoder_hidden_states=text[:plain]).sample] if plain else []
             parts.append(unet(xt[plain:], t[plain:], encoder_hidden_states=text[plain:],
                               cross_attention_kwargs={"gligen": gligen}).sample)
@@ -307,9 +336,10 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
 
 
 def grounding(text_encoder: CLIPTextModel, data: dict, rows: torch.Tensor, keep: torch.Tensor,
-              device: torch.device) -> dict[str, torch.Tensor]:
+              device: torch.device, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """GLIGEN inputs for `rows`: boxes and pooled phrase features in the first slots, masks 0 elsewhere."""
-    index = data["obj_phrase"][rows]
+    noun = torch.rand(data["obj_noun"][rows].shape, generator=gen) < NOUN_PHRASE
+    index = torch.where(noun, data["obj_noun"][rows], data["obj_phrase"][rows])
     valid = (index >= 0) & keep[:, None]
     count, slots = index.shape
     boxes = torch.zeros(count, MAX_BOXES, 4, device=device)

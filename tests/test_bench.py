@@ -1,0 +1,28 @@
+"""The mini benchmark end to end on `tiny` (a few steps): every method and study row is scored and reported."""
+import torch
+
+from pacgen.mini import bench
+from pacgen.mini.score import train_scorer
+
+
+def test_bench_study_reports_every_method_and_variant(tmp_path):
+    threads = torch.get_num_threads()
+    scorer = train_scorer(64, scenes=20, steps=1, log=False).save(tmp_path / "scorer.safetensors")
+    try:
+        bench.main(["--model", "tiny", "--concepts", "1", "--seeds", "1", "--steps", "2", "--train-steps", "2",
+                    "--class-images", "1", "--scorer", str(scorer), "--work", str(tmp_path / "work"),
+                    "--out", str(tmp_path / "docs"), "--threads", "1", "--study"])
+    finally:
+        torch.set_num_threads(threads)
+    report = (tmp_path / "docs" / "mini_study.md").read_text()
+    for method in bench.METHODS + bench.STUDY:
+        assert f"| {method.name} |" in report
+    assert "--study" in report and (tmp_path / "docs" / "mini_study.png").is_file()
+    assert not (tmp_path / "docs" / "mini_bench.md").exists()  # a study leaves the benchmark's report alone
+
+
+def test_caption_modifier_lora_is_asked_for_small_objects_far_away():
+    method = next(m for m in bench.STUDY if m.lora == "modifiers")
+    assert method.prompt_words(bench.PLACEMENTS["corner"]) == ", far away"
+    assert method.prompt_words(bench.PLACEMENTS["centre"]) == ""
+    assert bench.METHODS[-1].prompt_words(bench.PLACEMENTS["corner"]) == ""
