@@ -4,10 +4,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pacgen.mini.kit import KIT, kit_layouts, kit_photos
-from pacgen.mini.score import (Scorer, artifact_rate, box_iou, crop, held_out_scenes, iou, localise, train_scorer,
-                               zoom_out)
+from pacgen.mini.score import (Scorer, artifact_rate, box_iou, crop, held_out_scenes, iou, localise, sample_sheet,
+                               train_scorer, zoom_out)
 from pacgen.mini.world import PlacedObject, render
 
 STEPS, MARGIN = 10, 0.25  # a 10-step scorer (2 s) separates own from other concepts by ~0.5 on average
@@ -71,3 +72,11 @@ def test_scorer_round_trips_through_safetensors(tmp_path):
     images = [s.image for s in held_out_scenes(3, 32)]
     assert loaded.size == 32 and loaded.background(images) == scorer.background(images)
     assert torch.allclose(loaded.embed(images), scorer.embed(images), atol=1e-2)
+
+
+def test_sample_sheet_puts_truth_beside_each_generated_image(scenes):
+    generated = [Image.new("RGB", (32, 32), "black") for _ in scenes[:8]]
+    sheet = sample_sheet(scenes[:8], generated, pairs_per_row=4, tile=64)
+    assert sheet.size == (8 * 64, 2 * 64)
+    pixels = np.asarray(sheet)
+    assert pixels[:, 64:128].mean() < pixels[:, :64].mean()  # column 2 is the (black) generated image

@@ -505,6 +505,21 @@ def gate_table(measured: dict[str, float], seconds: float) -> list[str]:
     return lines
 
 
+def sample_sheet(scenes: list, generated: list[Image.Image], pairs_per_row: int = 4, tile: int = 128) -> Image.Image:
+    """Each scene's ground truth beside the generated image, both with the requested boxes drawn."""
+    from pacgen.layout import Box as LayoutBox
+    from pacgen.studio import Studio
+
+    rows = math.ceil(len(scenes) / pairs_per_row)
+    sheet = Image.new("RGB", (2 * tile * pairs_per_row, tile * rows), "white")
+    for k, (scene, image) in enumerate(zip(scenes, generated)):
+        boxes = [LayoutBox(o.spec.phrase, o.box) for o in scene.objects]
+        for j, picture in enumerate((scene.image, image)):
+            drawn = Studio.overlay(picture, boxes).resize((tile, tile), Image.Resampling.LANCZOS)
+            sheet.paste(drawn, ((2 * (k % pairs_per_row) + j) * tile, (k // pairs_per_row) * tile))
+    return sheet
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Scorer calibration and quality gates for a mini model.")
     p.add_argument("--model", required=True, help="mini model folder (or 'mini')")
@@ -516,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (the speed gate is for the 2-core CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    p.add_argument("--samples", type=Path, help="also write a PNG of the first 8 scenes: truth beside generated")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from pacgen.layout import Box as LayoutBox
@@ -561,6 +577,8 @@ def main(argv: list[str] | None = None) -> None:
              *gate_table(measured, statistics.median(seconds)), ""]
     report = "\n".join(lines)
     print(report, flush=True)
+    if args.samples:
+        sample_sheet(scenes[:8], generated[:8]).save(args.samples)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
