@@ -14,7 +14,7 @@ def test_trainer_writes_a_loadable_model(tmp_path):
     try:
         folder = main([
             "--out", str(tmp_path / "mini"), "--work", str(tmp_path / "work"), "--scenes", "16", "--batch", "4",
-            "--vae-steps", "2", "--unet-steps", "2", "--threads", "1", "--size", "32",
+            "--vae-steps", "2", "--unet-steps", "2", "--grounding-steps", "1", "--threads", "1", "--size", "32",
         ])
     finally:
         torch.set_num_threads(threads)

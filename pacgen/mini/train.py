@@ -41,6 +41,12 @@ FUSERS_OFF = 0.25  # rows without the `gligen` kwarg, as sampling after `groundi
 NOUN_PHRASE = 0.3  # objects grounded with their shape noun only, as concepts are ("star", not "a red star")
 BOX_ONLY_CAPTION = 0.3  # grounded rows whose caption names only the background: what and where come from boxes
 COLOUR_JITTER = 0.5  # VAE rows recoloured at random, so kit colours the world never paints (cream, teal) survive
+# The epsilon loss barely cares where an object is: at the noise levels where layout is decided, a wrong
+# placement costs little in epsilon. The grounding stage weights each row by its error in x0 (1/SNR), capped.
+LAYOUT_WEIGHT_CAP = 20.0
+# In the grounding stage most captions name only the background: with two objects, only a box can say which
+# goes where, which is what the fusers must learn.
+GROUNDING_BOX_ONLY = 0.7
 LR_FLOOR = 0.05  # cosine decay ends at 5% of the peak: the loss plateaus at a constant rate
 TIMING_STEPS = 20  # steps timed before the budget in minutes is turned into a fixed step count
 MAX_MB = 40
@@ -303,13 +309,15 @@ def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device
 
 def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dict, latents: torch.Tensor,
               empty_ids: torch.Tensor, cfg: Config, device: torch.device, fusers_off: float = FUSERS_OFF,
-              grounded_share: float = GROUNDED) -> Callable:
+              grounded_share: float = GROUNDED, box_only_share: float = BOX_ONLY_CAPTION,
+              layout_weighted: bool = False) -> Callable:
     """Epsilon-prediction DDPM loss; each batch mixes grounded, null-grounded and fuser-free rows.
 
     Grounded rows sometimes name their objects by shape noun only, or only in the boxes (`NOUN_PHRASE`,
     `BOX_ONLY_CAPTION`), so the fusers must learn what goes where from the grounding tokens.
     """
     noise_scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
+    alphas = noise_scheduler.alphas_cumprod
     plain = round(cfg.batch * fusers_off)
 
     def loss(gen: torch.Generator) -> torch.Tensor:
@@ -320,7 +328,7 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
         dropped = torch.rand(cfg.batch, generator=gen) < CAPTION_DROP
         grounded = torch.rand(cfg.batch, generator=gen) < grounded_share
         box_only = (grounded & (torch.arange(cfg.batch) >= plain)
-                    & (torch.rand(cfg.batch, generator=gen) < BOX_ONLY_CAPTION))
+                    & (torch.rand(cfg.batch, generator=gen) < box_only_share))
         ids = torch.where(box_only[:, None], data["setting_ids"][rows], data["caption_ids"][rows])
         ids = torch.where(dropped[:, None], empty_ids, ids).to(device)
         xt = noise_scheduler.add_noise(x0, noise, t)
@@ -331,7 +339,11 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
             parts.append(unet(xt[plain:], t[plain:], encoder_hidden_states=text[plain:],
                               cross_attention_kwargs={"gligen": gligen}).sample)
             eps = torch.cat(parts)
-        return F.mse_loss(eps.float(), noise)
+        if not layout_weighted:
+            return F.mse_loss(eps.float(), noise)
+        weight = ((1 - alphas[t.cpu()]) / alphas[t.cpu()]).clamp(max=LAYOUT_WEIGHT_CAP).to(device)
+        per_row = ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3))
+        return (weight * per_row).sum() / weight.sum()
     return loss
 
 
@@ -418,7 +430,8 @@ def main(argv: list[str] | None = None) -> Path:
         for name, param in [*unet.named_parameters(), *text_encoder.named_parameters()]:
             param.requires_grad_("fuser" in name or "position_net" in name)
         grounded_loss = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device,
-                                  fusers_off=0.0, grounded_share=1.0)
+                                  fusers_off=0.0, grounded_share=1.0,
+                                  box_only_share=GROUNDING_BOX_ONLY, layout_weighted=True)
         states["grounding"] = train_stage("grounding", {"unet": unet}, grounded_loss, cfg, cfg.lr,
                                           cfg.minutes_grounding, cfg.grounding_steps)
     save_model(Components(vae, text_encoder, tokenizer, unet, dict(SD_SCHEDULER_CONFIG), "mini"),
