@@ -1,11 +1,13 @@
-"""Train the embedded `mini` model from scratch on the procedural toy world.
+r"""Train the embedded `mini` model from scratch on the procedural toy world.
 
-    python -m pacgen.mini.train --out assets/mini --work /tmp/mini-work --minutes-vae 8 --minutes-unet 60 --seed 0
+    python -m pacgen.mini.train --out assets/mini --work /tmp/mini-work --minutes-vae 10 --minutes-unet 80 \
+        --scenes 50000 --threads 2 --seed 0
 
 Stages: render a fixed set of scenes; train a VAE (f=2: 32x32 images, 16x16 latents); encode the scenes
-once; train the UNet (GLIGEN fusers included) jointly with a small text encoder. Each stage's step count
-is fixed from its time budget after 20 timed steps, checkpointed to --work (--resume continues) and
-recorded, so `--vae-steps/--unet-steps` reproduce a run exactly. The model is written in fp16.
+once; train the UNet (GLIGEN fusers included) jointly with a small text encoder; optionally
+(`--minutes-grounding`) train only the fusers and position net. Each stage's step count is fixed from its
+time budget after 20 timed steps, checkpointed to --work (--resume continues) and recorded, so
+`--vae-steps/--unet-steps/--grounding-steps` reproduce a run exactly. The model is written in fp16.
 """
 from __future__ import annotations
 
