@@ -175,7 +175,9 @@ class Studio:
             lines.append("Running on CPU: fine for the embedded models; the real SD-1.4 model needs a GPU.")
         if comp.model_id == "mini":
             lines.append(f"Embedded model: {self.size}x{self.size} toy images. Use phrases from its world "
-                         "(colours, shapes such as star/circle/square, backgrounds grass/sand/sky/night).")
+                         "(colours, shapes such as star/circle/square, backgrounds grass/sand/sky/night). "
+                         "It draws what the prompt names but does not yet put objects in their boxes "
+                         "(docs/mini_quality.md).")
         elif comp.model_id == "tiny":
             lines.append("Test model `tiny`: random weights, so every image is noise; the controls all work.")
         if self.skipped:

@@ -54,3 +54,8 @@ def test_overlay_enlarges_and_draws_boxes(studio):
     boxed, = studio.gallery(result, overlay=True)
     assert plain[0].size == (64, 64) and boxed[0].size == (256, 256) and plain[1] == "seed 3"
     assert boxed[0].getpixel((64, 128)) != plain[0].resize((256, 256)).getpixel((64, 128))
+
+
+def test_mini_banner_says_what_the_embedded_model_can_and_cannot_do(tmp_path):
+    banner = Studio("mini", tmp_path, device="cpu").banner()
+    assert "32x32 toy images" in banner and "does not yet put objects in their boxes" in banner
