@@ -1,6 +1,7 @@
 """The mini benchmark end to end on `tiny` (a few steps): every method and study row is scored and reported."""
 import torch
 
+from pacgen.concepts import ConceptLibrary
 from pacgen.mini import bench
 from pacgen.mini.score import train_scorer
 
@@ -19,6 +20,7 @@ def test_bench_study_reports_every_method_and_variant(tmp_path):
         assert f"| {method.name} |" in report
     assert "--study" in report and (tmp_path / "docs" / "mini_study.png").is_file()
     assert not (tmp_path / "docs" / "mini_bench.md").exists()  # a study leaves the benchmark's report alone
+    assert ConceptLibrary(tmp_path / "work").list() == []  # each concept's LoRAs free their identifier words
 
 
 def test_caption_modifier_lora_is_asked_for_small_objects_far_away():

@@ -232,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
                         by_concept[concept.name][row].append(results[row].identity[placement][-1])
                     if k == 0 and s == 0:
                         shown[row, placement] = image
-        for name in names.values():
+        for name in names.values():  # identifier words are few (a study trains 5 LoRAs per concept): free them
             pipe.unload_concept(name)
+            library.delete(name)
         elapsed = time.perf_counter() - started
         log(f"[{k + 1}/{len(concepts)}] done; {elapsed / 60:.1f} min so far, "
             f"~{elapsed / (k + 1) * (len(concepts) - k - 1) / 60:.1f} min to go")
