@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     by_concept: dict[str, dict[str, list[float]]] = {}
     shown: dict[tuple[str, str], Image.Image] = {}
     concepts = KIT[: args.concepts]
+    tags = dict.fromkeys(m.lora for m in methods if m.lora)
     for k, concept in enumerate(concepts):
         log(f"[{k + 1}/{len(concepts)}] {concept.name}: training")
-        tags = dict.fromkeys(m.lora for m in methods if m.lora)
         names = {tag: train(bench, concept, tag, args, library) for tag in tags}
         refs = references(concept, size)
         other = KIT[(k + 1) % len(KIT)]  # drawn in the same box: identity's chance level

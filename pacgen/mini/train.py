@@ -30,7 +30,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pacgen.layout import MAX_BOXES
-from pacgen.mini.world import sample_scene
+from pacgen.mini.world import caption, sample_scene
 from pacgen.models import SD_SCHEDULER_CONFIG, Components, build_toy_tokenizer, open_gates, toy_text_encoder
 
 KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoencoder as in SD
@@ -116,7 +116,7 @@ def autocast(device: torch.device) -> torch.autocast:
 def render_one(job: tuple[int, int, int]) -> tuple[np.ndarray, str, str, list]:
     seed, index, size = job
     scene = sample_scene(np.random.default_rng([seed, index]), size=size)
-    return (np.asarray(scene.image), scene.caption, f"on {scene.background}",
+    return (np.asarray(scene.image), scene.caption, caption(scene.background, []).strip(),
             [(o.box, o.spec.phrase, o.spec.shape) for o in scene.objects])
 
 
@@ -343,7 +343,8 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
             eps = torch.cat(parts)
         if not layout_weighted:
             return F.mse_loss(eps.float(), noise)
-        weight = ((1 - alphas[t.cpu()]) / alphas[t.cpu()]).clamp(max=LAYOUT_WEIGHT_CAP).to(device)
+        alpha = alphas[t.cpu()]
+        weight = ((1 - alpha) / alpha).clamp(max=LAYOUT_WEIGHT_CAP).to(device)
         per_row = ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3))
         return (weight * per_row).sum() / weight.sum()
     return loss
