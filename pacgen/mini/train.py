@@ -1,13 +1,14 @@
 r"""Train the embedded `mini` model from scratch on the procedural toy world.
 
     python -m pacgen.mini.train --out assets/mini --work /tmp/mini-work --minutes-vae 10 --minutes-unet 80 \
-        --scenes 50000 --threads 2 --seed 0
+        --minutes-tune 19 --scenes 50000 --threads 2 --seed 0
 
 Stages: render a fixed set of scenes; train a VAE (f=2: 32x32 images, 16x16 latents); encode the scenes
-once; train the UNet (GLIGEN fusers included) jointly with a small text encoder; optionally
-(`--minutes-grounding`) train only the fusers and position net. Each stage's step count is fixed from its
-time budget after 20 timed steps, checkpointed to --work (--resume continues) and recorded, so
-`--vae-steps/--unet-steps/--grounding-steps` reproduce a run exactly. The model is written in fp16.
+once; train the UNet (GLIGEN fusers included) jointly with a small text encoder; optionally (`--minutes-tune`)
+go on at a lower rate with half the captions in the "a photo of ..." template that people's prompts and
+DreamBooth's instance prompts use. Each stage's step count is fixed from its time budget after 20 timed steps,
+checkpointed to --work (--resume continues, also into a stage added later) and recorded, so
+`--vae-steps/--unet-steps/--tune-steps` reproduce a run exactly. The model is written in fp16.
 """
 from __future__ import annotations
 
@@ -43,13 +44,11 @@ FUSERS_OFF = 0.25  # rows without the `gligen` kwarg, as sampling after `groundi
 NOUN_PHRASE = 0.3  # objects grounded with their shape noun only, as concepts are ("star", not "a red star")
 BOX_ONLY_CAPTION = 0.3  # grounded rows whose caption names only the background: what and where come from boxes
 COLOUR_JITTER = 0.5  # VAE rows recoloured at random, so kit colours the world never paints (cream, teal) survive
-# The epsilon loss barely cares where an object is: at the noise levels where layout is decided, a wrong
-# placement costs little in epsilon. The grounding stage weights each row by its error in x0 (1/SNR), capped.
-LAYOUT_WEIGHT_CAP = 20.0
-# In the grounding stage most captions name only the background: with two objects, only a box can say which
-# goes where, which is what the fusers must learn.
-GROUNDING_BOX_ONLY = 0.7
+# The world's captions never say "a photo of", which every DreamBooth instance prompt and most user prompts
+# start with: the tune stage writes that many of its full captions in that template.
+PHOTO_PREFIX = 0.5
 LR_FLOOR = 0.05  # cosine decay ends at 5% of the peak: the loss plateaus at a constant rate
+STAGE_SEEDS = {"vae": 0, "unet": 1, "tune": 2}  # each stage draws its own batches
 TIMING_STEPS = 20  # steps timed before the budget in minutes is turned into a fixed step count
 MAX_MB = 40
 
@@ -62,13 +61,14 @@ class Config:
     minutes_unet: float
     vae_steps: int | None  # when given, replaces the budget in minutes: exact reproduction
     unet_steps: int | None
-    minutes_grounding: float
-    grounding_steps: int | None
+    minutes_tune: float
+    tune_steps: int | None
     seed: int
     size: int
     scenes: int
     batch: int
     lr: float
+    tune_lr: float
     vae_lr: float
     warmup: int
     text_hidden: int
@@ -87,14 +87,15 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--minutes-unet", type=float, default=60.0)
     p.add_argument("--vae-steps", type=int, help="fixed step count instead of --minutes-vae")
     p.add_argument("--unet-steps", type=int, help="fixed step count instead of --minutes-unet")
-    p.add_argument("--minutes-grounding", type=float, default=0.0,
-                   help="then train only the fusers and position net, on grounded rows (GLIGEN's own recipe)")
-    p.add_argument("--grounding-steps", type=int, help="fixed step count instead of --minutes-grounding")
+    p.add_argument("--minutes-tune", type=float, default=0.0,
+                   help='then go on at --tune-lr with half the captions as "a photo of <caption>"')
+    p.add_argument("--tune-steps", type=int, help="fixed step count instead of --minutes-tune")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image side in pixels, a multiple of 8")
     p.add_argument("--scenes", type=int, default=40_000, help="size of the fixed training set")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the UNet stage")
+    p.add_argument("--tune-lr", type=float, default=3e-4, help="peak learning rate of the tune stage")
     p.add_argument("--vae-lr", type=float, default=2e-3, help="peak learning rate of the VAE stage")
     p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warmup")
     p.add_argument("--text-hidden", type=int, default=96, help="text encoder width = cross-attention width")
@@ -205,7 +206,7 @@ def train_stage(name: str, modules: dict[str, torch.nn.Module], loss_fn: Callabl
     path = cfg.work / f"{name}.pt"
     params = [p for module in modules.values() for p in module.parameters()]
     opt = torch.optim.AdamW(params, lr=peak_lr)
-    gen = torch.Generator().manual_seed(cfg.seed * 2 + (name == "unet"))
+    gen = torch.Generator().manual_seed(cfg.seed * 2 + STAGE_SEEDS[name])
     state = {"step": 0, "total": steps, "loss": float("nan"), "seconds": 0.0}
     if cfg.resume and path.exists():
         checkpoint = torch.load(path, weights_only=False)
@@ -310,17 +311,18 @@ def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device
 
 
 def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dict, latents: torch.Tensor,
-              empty_ids: torch.Tensor, cfg: Config, device: torch.device, fusers_off: float = FUSERS_OFF,
-              grounded_share: float = GROUNDED, box_only_share: float = BOX_ONLY_CAPTION,
-              layout_weighted: bool = False) -> Callable:
+              empty_ids: torch.Tensor, cfg: Config, device: torch.device, photo_share: float = 0.0) -> Callable:
     """Epsilon-prediction DDPM loss; each batch mixes grounded, null-grounded and fuser-free rows.
 
     Grounded rows sometimes name their objects by shape noun only, or only in the boxes (`NOUN_PHRASE`,
-    `BOX_ONLY_CAPTION`), so the fusers must learn what goes where from the grounding tokens.
+    `BOX_ONLY_CAPTION`), so the fusers must learn what goes where from the grounding tokens. `photo_share` of
+    the full captions are read in the "a photo of ..." template.
     """
     noise_scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
-    alphas = noise_scheduler.alphas_cumprod
-    plain = round(cfg.batch * fusers_off)
+    plain = round(cfg.batch * FUSERS_OFF)
+    captions = data["caption_ids"]
+    if photo_share > 0:
+        captions = torch.stack([captions, data["photo_caption_ids"]])
 
     def loss(gen: torch.Generator) -> torch.Tensor:
         rows = torch.randint(len(latents), (cfg.batch,), generator=gen)
@@ -328,10 +330,14 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen).to(device)
         dropped = torch.rand(cfg.batch, generator=gen) < CAPTION_DROP
-        grounded = torch.rand(cfg.batch, generator=gen) < grounded_share
+        grounded = torch.rand(cfg.batch, generator=gen) < GROUNDED
         box_only = (grounded & (torch.arange(cfg.batch) >= plain)
-                    & (torch.rand(cfg.batch, generator=gen) < box_only_share))
-        ids = torch.where(box_only[:, None], data["setting_ids"][rows], data["caption_ids"][rows])
+                    & (torch.rand(cfg.batch, generator=gen) < BOX_ONLY_CAPTION))
+        if photo_share > 0:
+            full = captions[(torch.rand(cfg.batch, generator=gen) < photo_share).long(), rows]
+        else:  # no draw: the UNet stage replays exactly as it was first run
+            full = captions[rows]
+        ids = torch.where(box_only[:, None], data["setting_ids"][rows], full)
         ids = torch.where(dropped[:, None], empty_ids, ids).to(device)
         xt = noise_scheduler.add_noise(x0, noise, t)
         with autocast(device):
@@ -341,12 +347,7 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
             parts.append(unet(xt[plain:], t[plain:], encoder_hidden_states=text[plain:],
                               cross_attention_kwargs={"gligen": gligen}).sample)
             eps = torch.cat(parts)
-        if not layout_weighted:
-            return F.mse_loss(eps.float(), noise)
-        alpha = alphas[t.cpu()]
-        weight = ((1 - alpha) / alpha).clamp(max=LAYOUT_WEIGHT_CAP).to(device)
-        per_row = ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3))
-        return (weight * per_row).sum() / weight.sum()
+        return F.mse_loss(eps.float(), noise)
     return loss
 
 
@@ -383,7 +384,7 @@ def save_model(components: Components, cfg: Config, stages: dict[str, dict], com
         (f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; device: {cfg.device}, "
          f"{cfg.threads} threads; torch {torch.__version__}"),
         (f"- seed {cfg.seed}; {cfg.scenes} scenes at {cfg.size}x{cfg.size}; batch {cfg.batch}; "
-         f"peak lr: VAE {cfg.vae_lr}, UNet {cfg.lr}"),
+         f"peak lr: VAE {cfg.vae_lr}, UNet {cfg.lr}, tune {cfg.tune_lr}"),
         f"- VAE scaling factor: {components.vae.config.scaling_factor:.5f}",
     ]
     for name, state in stages.items():
@@ -427,16 +428,11 @@ def main(argv: list[str] | None = None) -> Path:
     unet_state = train_stage("unet", {"unet": unet, "text_encoder": text_encoder}, loss,
                              cfg, cfg.lr, cfg.minutes_unet, cfg.unet_steps)
     states = {"vae": vae_state, "unet": unet_state}
-    if cfg.minutes_grounding > 0 or cfg.grounding_steps:
-        # Jointly trained, the UNet learns captions long before boxes; with everything else frozen, placing
-        # objects in their boxes is the only way left to lower the loss.
-        for name, param in [*unet.named_parameters(), *text_encoder.named_parameters()]:
-            param.requires_grad_("fuser" in name or "position_net" in name)
-        grounded_loss = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device,
-                                  fusers_off=0.0, grounded_share=1.0,
-                                  box_only_share=GROUNDING_BOX_ONLY, layout_weighted=True)
-        states["grounding"] = train_stage("grounding", {"unet": unet}, grounded_loss, cfg, cfg.lr,
-                                          cfg.minutes_grounding, cfg.grounding_steps)
+    if cfg.minutes_tune > 0 or cfg.tune_steps:
+        data["photo_caption_ids"] = tokenize_prompts(tokenizer, [f"a photo of {text}" for text in data["captions"]])
+        tune = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device, PHOTO_PREFIX)
+        states["tune"] = train_stage("tune", {"unet": unet, "text_encoder": text_encoder}, tune, cfg, cfg.tune_lr,
+                                     cfg.minutes_tune, cfg.tune_steps)
     save_model(Components(vae, text_encoder, tokenizer, unet, dict(SD_SCHEDULER_CONFIG), "mini"),
                cfg, states, shlex.join(sys.argv[1:] if argv is None else argv))
     return cfg.out
