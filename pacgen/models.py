@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.models.attention import GatedSelfAttentionDense
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -49,6 +49,31 @@ SD_SCHEDULER_CONFIG = {
     "steps_offset": 1,
     "skip_prk_steps": True,
 }
+
+
+# For a model trained from scratch (mini's trainer, `--zero-snr`): the schedule ends in pure noise, so the start of
+# sampling holds no layout that the UNet could learn to read instead of its boxes, and v-prediction keeps that
+# last step well-posed (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed").
+ZERO_SNR_SCHEDULER_CONFIG = {
+    **SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
+
+
+def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
+                    timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict under its scheduler's config: the noise, or the velocity."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise PACGenError(f"training a model with prediction_type '{kind}' is not supported (epsilon, v_prediction are)")
+
+
+def scheduler_class_name(config: dict) -> str:
+    """PNDM, as SD-1.4 ships; DDIM for a zero-SNR schedule, which PNDM cannot rescale."""
+    return "DDIMScheduler" if config.get("rescale_betas_zero_snr") else "PNDMScheduler"
 
 
 class ModelLoadError(PACGenError):
@@ -95,7 +120,7 @@ class Components:
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         (folder / "scheduler").mkdir(parents=True, exist_ok=True)
-        scheduler = {"_class_name": "PNDMScheduler", **self.scheduler_config}
+        scheduler = {"_class_name": scheduler_class_name(self.scheduler_config), **self.scheduler_config}
         (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
         index = {
             "_class_name": "StableDiffusionGLIGENPipeline",
@@ -103,7 +128,7 @@ class Components:
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
-            "scheduler": ["diffusers", "PNDMScheduler"],
+            "scheduler": ["diffusers", scheduler_class_name(self.scheduler_config)],
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 

@@ -13,6 +13,7 @@ import random
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from inspect import signature
 from pathlib import Path
 from typing import Callable
 
@@ -129,9 +130,15 @@ class PACGenPipeline:
         return encoder(**inputs).pooler_output
 
     def make_scheduler(self, name: str):
+        config = self.components.scheduler_config
+        usable = [n for n, cls in SCHEDULERS.items()
+                  if not config.get("rescale_betas_zero_snr") or "rescale_betas_zero_snr" in signature(cls).parameters]
         if name not in SCHEDULERS:
-            raise LayoutError(f"unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}")
-        return SCHEDULERS[name].from_config(self.components.scheduler_config)
+            raise LayoutError(f"unknown scheduler '{name}'; choose one of {', '.join(usable)}")
+        if name not in usable:
+            raise LayoutError(f"scheduler '{name}' cannot follow this model's zero-terminal-SNR noise schedule; "
+                              f"choose one of {', '.join(usable)}")
+        return SCHEDULERS[name].from_config(config)
 
     # ----------------------------------------------------------------------------------- sampling
 

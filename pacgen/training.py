@@ -27,7 +27,7 @@ from .augment import AugmentConfig, Sample, augment_many, square
 from .concepts import THUMBNAIL_FILE, Concept, ConceptError, ConceptLibrary, check_name
 from .errors import PACGenError
 from .layout import Box
-from .models import IDENTIFIER_CANDIDATES
+from .models import IDENTIFIER_CANDIDATES, training_target
 from .photos import PhotoSource, load_photos
 from .sampling import PACGenPipeline
 
@@ -323,9 +323,10 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, data: _Batches, config: Tr
             with autocast:
                 prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
             n = config.batch_size
-            loss = masked_mse(prediction[:n], noise[:n], masks)
+            target = training_target(noise_scheduler, latents, noise, timesteps)
+            loss = masked_mse(prediction[:n], target[:n], masks)
             if data.class_latents is not None:
-                loss = loss + config.prior_weight * F.mse_loss(prediction[n:].float(), noise[n:].float())
+                loss = loss + config.prior_weight * F.mse_loss(prediction[n:].float(), target[n:].float())
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

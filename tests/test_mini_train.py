@@ -1,5 +1,6 @@
 """The `mini` trainer end to end, on a budget of a few steps: its output is a model the app can load and run."""
 
+import pytest
 import torch
 
 from pacgen.layout import Box
@@ -9,12 +10,13 @@ from pacgen.models import build_toy_tokenizer, load_components, toy_text_encoder
 from pacgen.sampling import PACGenPipeline
 
 
-def test_trainer_writes_a_loadable_model(tmp_path):
+@pytest.mark.parametrize("schedule", [[], ["--zero-snr"]])
+def test_trainer_writes_a_loadable_model(tmp_path, schedule):
     threads = torch.get_num_threads()
     try:
         folder = main([
             "--out", str(tmp_path / "mini"), "--work", str(tmp_path / "work"), "--scenes", "16", "--batch", "4",
-            "--vae-steps", "2", "--unet-steps", "2", "--tune-steps", "1", "--threads", "1", "--size", "32",
+            "--vae-steps", "2", "--unet-steps", "2", "--tune-steps", "1", "--threads", "1", "--size", "32", *schedule,
         ])
     finally:
         torch.set_num_threads(threads)
@@ -22,6 +24,8 @@ def test_trainer_writes_a_loadable_model(tmp_path):
     assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 40e6
     components = load_components(str(folder), device="cpu")
     assert components.unet.dtype == torch.float32 and components.default_size == 32
+    # the schedule the UNet was trained for is the one it samples with
+    assert components.scheduler_config.get("prediction_type", "epsilon") == ("v_prediction" if schedule else "epsilon")
     result = PACGenPipeline(components)("a red star on grass", boxes=[Box("a red star", (0.1, 0.1, 0.6, 0.6))],
                                         num_inference_steps=2, seed=0)
     assert result.images[0].size == (32, 32)

@@ -10,6 +10,7 @@ from diffusers.models.attention import GatedSelfAttentionDense
 from pacgen import lora
 from pacgen.concepts import ConceptError
 from pacgen.layout import Box, LayoutError
+from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG
 from pacgen.sampling import blend, guided
 
 BOXES = [Box("a dog", (0.1, 0.2, 0.5, 0.9)), Box("a red ball", (0.6, 0.6, 0.95, 0.95))]
@@ -35,9 +36,15 @@ def test_image_k_of_a_batch_equals_a_single_run_with_seed_plus_k(pipe):
 
 
 @pytest.mark.parametrize("scheduler", ["dpm++", "ddim"])
-def test_matches_diffusers_gligen_pipeline_without_concepts(pipe, scheduler):
-    """The reference check: no concept, regional off -> diffusers' own GLIGEN pipeline, pixel for pixel."""
+@pytest.mark.parametrize("schedule", ["sd", "zero-snr"])
+def test_matches_diffusers_gligen_pipeline_without_concepts(pipe, scheduler, schedule):
+    """The reference check: no concept, regional off -> diffusers' own GLIGEN pipeline, pixel for pixel.
+
+    Also for a v-prediction model on a zero-terminal-SNR schedule, as `mini`'s trainer can make with --zero-snr.
+    """
     comp = pipe.components
+    if schedule == "zero-snr":
+        comp.scheduler_config = dict(ZERO_SNR_SCHEDULER_CONFIG)
     ours = pipe("a dog and a ball on grass", boxes=BOXES, seed=7, num_inference_steps=8, guidance_scale=7.5,
                 grounding_fraction=0.5, regional=False, scheduler=scheduler, output_type="np")
     reference = StableDiffusionGLIGENPipeline(
@@ -52,6 +59,12 @@ def test_matches_diffusers_gligen_pipeline_without_concepts(pipe, scheduler):
         generator=torch.Generator().manual_seed(7), output_type="np",
     ).images
     assert np.abs(ours.images[0] - theirs[0]).max() <= 1e-3
+
+
+def test_pndm_is_refused_for_a_zero_snr_model_and_the_message_names_what_works(pipe):
+    pipe.components.scheduler_config = dict(ZERO_SNR_SCHEDULER_CONFIG)
+    with pytest.raises(LayoutError, match="'pndm' cannot follow .* choose one of dpm\\+\\+, ddim, euler"):
+        pipe("a dog", boxes=BOXES, num_inference_steps=2, scheduler="pndm")
 
 
 def test_fusers_run_exactly_during_the_grounded_fraction(pipe):

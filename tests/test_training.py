@@ -3,7 +3,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DDPMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from pacgen import lora
@@ -11,6 +11,7 @@ from pacgen.augment import AugmentConfig
 from pacgen.concepts import ConceptLibrary
 from pacgen.layout import Box
 from pacgen.mini.kit import KIT, kit_photos
+from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG, training_target
 from pacgen.training import TrainConfig, TrainingCancelled, class_image_dir, train_concept
 
 FAST = dict(num_class_images=2, class_image_steps=2, samples_per_photo=4)
@@ -31,7 +32,7 @@ def run(events):
 
 
 def instance_loss(pipe, photos, prompt):
-    """Denoising loss on the training photos with fixed noise and timesteps."""
+    """Denoising loss on the training photos with fixed noise and timesteps, for the model's prediction type."""
     comp = pipe.components
     pixels = pipe.image_processor.preprocess([p.resize((64, 64)) for p in photos])
     with torch.no_grad():
@@ -39,9 +40,11 @@ def instance_loss(pipe, photos, prompt):
         gen = torch.Generator().manual_seed(0)
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.tensor([100, 400, 700])
-        noisy = pipe.make_scheduler("ddim").add_noise(latents, noise, t)
+        scheduler = DDPMScheduler.from_config(comp.scheduler_config)
+        noisy = scheduler.add_noise(latents, noise, t)
         text = pipe.encode_prompts([prompt] * 3)
-        return float(((comp.unet(noisy, t, encoder_hidden_states=text).sample - noise) ** 2).mean())
+        target = training_target(scheduler, latents, noise, t)
+        return float(((comp.unet(noisy, t, encoder_hidden_states=text).sample - target) ** 2).mean())
 
 
 def test_training_lowers_loss_keeps_base_and_fusers_identical_and_saves(pipe, photos, library):
@@ -64,6 +67,34 @@ def test_training_lowers_loss_keeps_base_and_fusers_identical_and_saves(pipe, ph
     folder = library.get("my star").path
     assert {p.name for p in folder.iterdir()} >= {"pytorch_lora_weights.safetensors", "concept.json", "thumbnail.png",
                                                  "README.md"}
+
+
+def test_a_v_prediction_model_is_trained_on_velocity(pipe, photos, library):
+    """At the end of a zero-SNR schedule the input is pure noise and the target is the image itself (negated):
+    after training, the prediction there points toward the photos. Trained on noise instead, it stays at 0."""
+    comp = pipe.components
+    comp.scheduler_config = dict(ZERO_SNR_SCHEDULER_CONFIG)
+    scheduler = DDPMScheduler.from_config(comp.scheduler_config)
+    with torch.no_grad():
+        pixels = pipe.image_processor.preprocess([p.resize((64, 64)) for p in photos])
+        latents = comp.vae.encode(pixels).latent_dist.mean * comp.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+        last = torch.full((len(photos),), 999)
+        assert torch.allclose(scheduler.add_noise(latents, noise, last), noise, atol=1e-6)
+        assert torch.allclose(training_target(scheduler, latents, noise, last), -latents, atol=1e-6)
+        text = pipe.encode_prompts(["a photo of sks star"] * len(photos))
+
+    def toward_photos() -> float:
+        with torch.no_grad():
+            prediction = comp.unet(noise, last, encoder_hidden_states=text).sample
+        return float(torch.nn.functional.cosine_similarity(prediction.flatten(), -latents.flatten(), dim=0))
+
+    assert toward_photos() < 0
+    config = TrainConfig(steps=30, learning_rate=2e-3, prior_preservation=False, samples_per_photo=2,
+                         augment=AugmentConfig.none())
+    run(train_concept(pipe, photos, "my star", "star", config, library))
+    lora.activate(comp.unet, [library.get("my star").adapter_name])
+    assert toward_photos() > 0.05  # 0.10 here; an epsilon-trained LoRA reaches -0.01
 
 
 def test_saved_lora_loads_back_and_changes_generation_only_when_used(pipe, photos, library):

@@ -8,7 +8,8 @@ once; train the UNet (GLIGEN fusers included) jointly with a small text encoder;
 go on at a lower rate with half the captions in the "a photo of ..." template that people's prompts and
 DreamBooth's instance prompts use. Each stage's step count is fixed from its time budget after 20 timed steps,
 checkpointed to --work (--resume continues, also into a stage added later) and recorded, so
-`--vae-steps/--unet-steps/--tune-steps` reproduce a run exactly. The model is written in fp16.
+`--vae-steps/--unet-steps/--tune-steps` reproduce a run exactly. The model is written in fp16. `--zero-snr` trains
+the UNet stages for a zero-terminal-SNR schedule with v-prediction, which mini's scheduler config then records.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from pacgen.layout import MAX_BOXES
 from pacgen.mini.world import caption, sample_scene
-from pacgen.models import SD_SCHEDULER_CONFIG, Components, build_toy_tokenizer, open_gates, toy_text_encoder
+from pacgen.models import (SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, build_toy_tokenizer, open_gates,
+                           toy_text_encoder, training_target)
 
 KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoencoder as in SD
 CAPTION_DROP = 0.1  # rows trained with the empty prompt, for classifier-free guidance
@@ -72,6 +74,7 @@ class Config:
     vae_lr: float
     warmup: int
     text_hidden: int
+    zero_snr: bool
     threads: int
     device: str
     resume: bool
@@ -99,6 +102,8 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--vae-lr", type=float, default=2e-3, help="peak learning rate of the VAE stage")
     p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warmup")
     p.add_argument("--text-hidden", type=int, default=96, help="text encoder width = cross-attention width")
+    p.add_argument("--zero-snr", action="store_true",
+                   help="UNet stages use a zero-terminal-SNR schedule with v-prediction (see docs/mini_quality.md)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, and scene-rendering processes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
@@ -310,15 +315,19 @@ def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device
     return means * scale
 
 
+def scheduler_config(cfg: Config) -> dict:
+    return dict(ZERO_SNR_SCHEDULER_CONFIG if cfg.zero_snr else SD_SCHEDULER_CONFIG)
+
+
 def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dict, latents: torch.Tensor,
               empty_ids: torch.Tensor, cfg: Config, device: torch.device, photo_share: float = 0.0) -> Callable:
-    """Epsilon-prediction DDPM loss; each batch mixes grounded, null-grounded and fuser-free rows.
+    """DDPM loss (epsilon or, with --zero-snr, velocity); each batch mixes grounded, null-grounded and fuser-free rows.
 
     Grounded rows sometimes name their objects by shape noun only, or only in the boxes (`NOUN_PHRASE`,
     `BOX_ONLY_CAPTION`), so the fusers must learn what goes where from the grounding tokens. `photo_share` of
     the full captions are read in the "a photo of ..." template.
     """
-    noise_scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config(cfg))
     plain = round(cfg.batch * FUSERS_OFF)
     captions = data["caption_ids"]
     if photo_share > 0:
@@ -346,8 +355,8 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
             parts = [unet(xt[:plain], t[:plain], encoder_hidden_states=text[:plain]).sample] if plain else []
             parts.append(unet(xt[plain:], t[plain:], encoder_hidden_states=text[plain:],
                               cross_attention_kwargs={"gligen": gligen}).sample)
-            eps = torch.cat(parts)
-        return F.mse_loss(eps.float(), noise)
+            prediction = torch.cat(parts)
+        return F.mse_loss(prediction.float(), training_target(noise_scheduler, x0, noise, t))
     return loss
 
 
@@ -374,7 +383,7 @@ def grounding(text_encoder: CLIPTextModel, data: dict, rows: torch.Tensor, keep:
 def save_model(components: Components, cfg: Config, stages: dict[str, dict], command: str) -> None:
     """Write the fp16 diffusers folder and TRAINING.md; the loader casts back to fp32 on CPU."""
     half = {name: copy.deepcopy(getattr(components, name)).cpu().half() for name in ("vae", "text_encoder", "unet")}
-    Components(half["vae"], half["text_encoder"], components.tokenizer, half["unet"], dict(SD_SCHEDULER_CONFIG),
+    Components(half["vae"], half["text_encoder"], components.tokenizer, half["unet"], components.scheduler_config,
                "mini").save(cfg.out)
     megabytes = sum(f.stat().st_size for f in cfg.out.rglob("*") if f.is_file()) / 1e6
     params = {name: sum(p.numel() for p in module.parameters()) for name, module in half.items()}
@@ -386,6 +395,7 @@ def save_model(components: Components, cfg: Config, stages: dict[str, dict], com
         (f"- seed {cfg.seed}; {cfg.scenes} scenes at {cfg.size}x{cfg.size}; batch {cfg.batch}; "
          f"peak lr: VAE {cfg.vae_lr}, UNet {cfg.lr}, tune {cfg.tune_lr}"),
         f"- VAE scaling factor: {components.vae.config.scaling_factor:.5f}",
+        "- noise schedule: " + ("zero terminal SNR, v-prediction" if cfg.zero_snr else "SD-1.x, epsilon-prediction"),
     ]
     for name, state in stages.items():
         lines.append(f"- {name}: {state['total']} steps in {state['seconds'] / 60:.1f} min "
@@ -433,7 +443,7 @@ def main(argv: list[str] | None = None) -> Path:
         tune = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device, PHOTO_PREFIX)
         states["tune"] = train_stage("tune", {"unet": unet, "text_encoder": text_encoder}, tune, cfg, cfg.tune_lr,
                                      cfg.minutes_tune, cfg.tune_steps)
-    save_model(Components(vae, text_encoder, tokenizer, unet, dict(SD_SCHEDULER_CONFIG), "mini"),
+    save_model(Components(vae, text_encoder, tokenizer, unet, scheduler_config(cfg), "mini"),
                cfg, states, shlex.join(sys.argv[1:] if argv is None else argv))
     return cfg.out
 
