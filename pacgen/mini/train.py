@@ -316,6 +316,7 @@ def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device
 
 
 def scheduler_config(cfg: Config) -> dict:
+    """The schedule the UNet stages train for; the saved model samples with the same one."""
     return dict(ZERO_SNR_SCHEDULER_CONFIG if cfg.zero_snr else SD_SCHEDULER_CONFIG)
 
 
