@@ -49,6 +49,9 @@ COLOUR_JITTER = 0.5  # VAE rows recoloured at random, so kit colours the world n
 # The world's captions never say "a photo of", which every DreamBooth instance prompt and most user prompts
 # start with: the tune stage writes that many of its full captions in that template.
 PHOTO_PREFIX = 0.5
+# With --zero-snr the last steps start from pure noise, where only the boxes can say where things go: that is
+# where box following is learnt, so half the rows are drawn from t >= LATE_T, with half their captions box-only.
+LATE_T, LATE_SHARE, LATE_BOX_ONLY = 700, 0.5, 0.5
 LR_FLOOR = 0.05  # cosine decay ends at 5% of the peak: the loss plateaus at a constant rate
 STAGE_SEEDS = {"vae": 0, "unet": 1, "tune": 2}  # each stage draws its own batches
 TIMING_STEPS = 20  # steps timed before the budget in minutes is turned into a fixed step count
@@ -343,6 +346,11 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
         grounded = torch.rand(cfg.batch, generator=gen) < GROUNDED
         box_only = (grounded & (torch.arange(cfg.batch) >= plain)
                     & (torch.rand(cfg.batch, generator=gen) < BOX_ONLY_CAPTION))
+        if cfg.zero_snr:  # drawn after the rest, so an epsilon run replays exactly as before
+            late = torch.rand(cfg.batch, generator=gen) < LATE_SHARE
+            t = torch.where(late, torch.randint(LATE_T, len(noise_scheduler), (cfg.batch,), generator=gen).to(device), t)
+            box_only |= grounded & (torch.arange(cfg.batch) >= plain) & late & (
+                torch.rand(cfg.batch, generator=gen) < LATE_BOX_ONLY)
         if photo_share > 0:
             full = captions[(torch.rand(cfg.batch, generator=gen) < photo_share).long(), rows]
         else:  # no draw: the UNet stage replays exactly as it was first run
