@@ -1,7 +1,7 @@
 r"""Train the embedded `mini` model from scratch on the procedural toy world.
 
     python -m pacgen.mini.train --out assets/mini --work /tmp/mini-work --minutes-vae 10 --minutes-unet 80 \
-        --minutes-tune 19 --scenes 50000 --threads 2 --seed 0
+        --zero-snr --minutes-tune 30 --tune-lr 5e-4 --scenes 50000 --threads 2 --seed 0
 
 Stages: render a fixed set of scenes; train a VAE (f=2: 32x32 images, 16x16 latents); encode the scenes
 once; train the UNet (GLIGEN fusers included) jointly with a small text encoder; optionally (`--minutes-tune`)
