@@ -120,7 +120,8 @@ class Components:
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         (folder / "scheduler").mkdir(parents=True, exist_ok=True)
-        scheduler = {"_class_name": scheduler_class_name(self.scheduler_config), **self.scheduler_config}
+        scheduler_class = scheduler_class_name(self.scheduler_config)
+        scheduler = {"_class_name": scheduler_class, **self.scheduler_config}
         (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
         index = {
             "_class_name": "StableDiffusionGLIGENPipeline",
@@ -128,7 +129,7 @@ class Components:
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
-            "scheduler": ["diffusers", scheduler_class_name(self.scheduler_config)],
+            "scheduler": ["diffusers", scheduler_class],
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 

@@ -344,13 +344,13 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen).to(device)
         dropped = torch.rand(cfg.batch, generator=gen) < CAPTION_DROP
         grounded = torch.rand(cfg.batch, generator=gen) < GROUNDED
-        box_only = (grounded & (torch.arange(cfg.batch) >= plain)
-                    & (torch.rand(cfg.batch, generator=gen) < BOX_ONLY_CAPTION))
+        fused = grounded & (torch.arange(cfg.batch) >= plain)  # rows whose boxes reach the fusers
+        box_only = fused & (torch.rand(cfg.batch, generator=gen) < BOX_ONLY_CAPTION)
         if cfg.zero_snr:  # drawn after the rest, so an epsilon run replays exactly as before
             late = torch.rand(cfg.batch, generator=gen) < LATE_SHARE
-            t = torch.where(late, torch.randint(LATE_T, len(noise_scheduler), (cfg.batch,), generator=gen).to(device), t)
-            box_only |= grounded & (torch.arange(cfg.batch) >= plain) & late & (
-                torch.rand(cfg.batch, generator=gen) < LATE_BOX_ONLY)
+            late_t = torch.randint(LATE_T, len(noise_scheduler), (cfg.batch,), generator=gen).to(device)
+            t = torch.where(late, late_t, t)
+            box_only |= fused & late & (torch.rand(cfg.batch, generator=gen) < LATE_BOX_ONLY)
         if photo_share > 0:
             full = captions[(torch.rand(cfg.batch, generator=gen) < photo_share).long(), rows]
         else:  # no draw: the UNet stage replays exactly as it was first run
@@ -443,13 +443,14 @@ def main(argv: list[str] | None = None) -> Path:
         torch.save({"latents": latents, "scale": vae.config.scaling_factor, "vae_step": vae_state["step"]}, cache)
         log(f"[encode] {len(latents)} scenes, scaling factor {vae.config.scaling_factor:.4f}")
     empty_ids = tokenize_prompts(tokenizer, [""])[0]
-    loss = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device)
+    latents = latents.to(device)  # once: both UNet stages sample from it
+    loss = unet_loss(unet, text_encoder, data, latents, empty_ids, cfg, device)
     unet_state = train_stage("unet", {"unet": unet, "text_encoder": text_encoder}, loss,
                              cfg, cfg.lr, cfg.minutes_unet, cfg.unet_steps)
     states = {"vae": vae_state, "unet": unet_state}
     if cfg.minutes_tune > 0 or cfg.tune_steps:
         data["photo_caption_ids"] = tokenize_prompts(tokenizer, [f"a photo of {text}" for text in data["captions"]])
-        tune = unet_loss(unet, text_encoder, data, latents.to(device), empty_ids, cfg, device, PHOTO_PREFIX)
+        tune = unet_loss(unet, text_encoder, data, latents, empty_ids, cfg, device, PHOTO_PREFIX)
         states["tune"] = train_stage("tune", {"unet": unet, "text_encoder": text_encoder}, tune, cfg, cfg.tune_lr,
                                      cfg.minutes_tune, cfg.tune_steps)
     save_model(Components(vae, text_encoder, tokenizer, unet, scheduler_config(cfg), "mini"),
