@@ -57,3 +57,25 @@ def test_grounding_uses_bare_shape_nouns_as_concepts_are_grounded(tmp_path):
         assert kwargs["masks"][:, :2].sum() == (data["obj_phrase"] >= 0).sum()
         used.add(kwargs["positive_embeddings"][0, 0].sum().item())
     assert len(used) == 2  # the first object is grounded sometimes as "a red star", sometimes as "star"
+
+
+def test_init_goes_on_training_a_saved_model_and_keeps_its_provenance(tmp_path):
+    threads = torch.get_num_threads()
+    common = ["--scenes", "16", "--batch", "4", "--threads", "1", "--zero-snr"]
+    try:
+        base = main(["--out", str(tmp_path / "base"), "--work", str(tmp_path / "w1"), "--vae-steps", "2",
+                     "--unet-steps", "2", *common])
+        more = main(["--out", str(tmp_path / "more"), "--work", str(tmp_path / "w2"), "--init", str(base),
+                     "--vae-steps", "0", "--unet-steps", "0", "--tune-steps", "2", *common])
+        with pytest.raises(SystemExit, match="predicts v_prediction, this run trains epsilon: run with --zero-snr"):
+            main(["--out", str(tmp_path / "bad"), "--work", str(tmp_path / "w3"), "--init", str(base),
+                  "--vae-steps", "0", "--unet-steps", "0", *common[:-1]])
+    finally:
+        torch.set_num_threads(threads)
+    before, after = (load_components(str(folder), device="cpu") for folder in (base, more))
+    assert after.vae.config.scaling_factor == before.vae.config.scaling_factor  # the UNet's latents keep their scale
+    assert all(torch.equal(a, b) for a, b in zip(before.vae.parameters(), after.vae.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before.unet.parameters(), after.unet.parameters()))
+    record = (more / "TRAINING.md").read_text()
+    assert f"## It started from `{base}` (--init)" in record and "replay with `--unet-steps 2`" in record
+    assert not (tmp_path / "bad").exists()  # a refused start writes nothing

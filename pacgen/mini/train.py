@@ -8,8 +8,10 @@ once; train the UNet (GLIGEN fusers included) jointly with a small text encoder;
 go on at a lower rate with half the captions in the "a photo of ..." template that people's prompts and
 DreamBooth's instance prompts use. Each stage's step count is fixed from its time budget after 20 timed steps,
 checkpointed to --work (--resume continues, also into a stage added later) and recorded, so
-`--vae-steps/--unet-steps/--tune-steps` reproduce a run exactly. The model is written in fp16. `--zero-snr` trains
-the UNet stages for a zero-terminal-SNR schedule with v-prediction, which mini's scheduler config then records.
+`--vae-steps/--unet-steps/--tune-steps` reproduce a run exactly. `--init` starts from a saved mini model instead of
+fresh weights, to go on training a model made elsewhere (a short GPU run, say). The model is written in fp16.
+`--zero-snr` trains the UNet stages for a zero-terminal-SNR schedule with v-prediction, which mini's scheduler
+config then records.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from pacgen.layout import MAX_BOXES
 from pacgen.mini.world import caption, sample_scene
-from pacgen.models import (SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, build_toy_tokenizer, open_gates,
-                           toy_text_encoder, training_target)
+from pacgen.models import (SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, build_toy_tokenizer,
+                           load_components, open_gates, toy_text_encoder, training_target)
 
 KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoencoder as in SD
 CAPTION_DROP = 0.1  # rows trained with the empty prompt, for classifier-free guidance
@@ -78,6 +80,7 @@ class Config:
     warmup: int
     text_hidden: int
     zero_snr: bool
+    init: Path | None
     threads: int
     device: str
     resume: bool
@@ -107,6 +110,8 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--text-hidden", type=int, default=96, help="text encoder width = cross-attention width")
     p.add_argument("--zero-snr", action="store_true",
                    help="UNet stages use a zero-terminal-SNR schedule with v-prediction (see docs/mini_quality.md)")
+    p.add_argument("--init", type=Path, help="start from this saved mini model's weights (its architecture and "
+                   "noise schedule; --text-hidden is then ignored) instead of fresh ones")
     p.add_argument("--threads", type=int, default=2, help="torch threads, and scene-rendering processes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
@@ -196,6 +201,22 @@ def build_models(cfg: Config, tokenizer: CLIPTokenizer) -> tuple[AutoencoderKL, 
     )
     open_gates(unet, 1.0)  # closed gates pass no gradient into freshly initialised fusers
     return vae, text_encoder, unet
+
+
+def start_models(cfg: Config, tokenizer: CLIPTokenizer) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
+    """Fresh weights, or with --init a saved model's, which must share the toy vocabulary and this run's schedule."""
+    if cfg.init is None:
+        return build_models(cfg, tokenizer)
+    start = load_components(str(cfg.init), device="cpu", dtype=torch.float32)
+    if start.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise SystemExit(f"--init {cfg.init}: its tokenizer is not the toy world's, so the captions would not match")
+    kind, wanted = (c.get("prediction_type", "epsilon") for c in (start.scheduler_config, scheduler_config(cfg)))
+    if kind != wanted:
+        flag = "with" if kind == "v_prediction" else "without"
+        raise SystemExit(f"--init {cfg.init} predicts {kind}, this run trains {wanted}: run {flag} --zero-snr")
+    for module in (start.vae, start.text_encoder, start.unet):
+        module.requires_grad_(True)
+    return start.vae, start.text_encoder, start.unet
 
 
 def learning_rate(peak: float, warmup: int, step: int, total: int | None) -> float:
@@ -309,13 +330,16 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Latent means of all scenes, scaled to unit std; the factor goes into the VAE config (SD's 0.18215)."""
+def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device, rescale: bool) -> torch.Tensor:
+    """Latent means of all scenes, scaled to unit std; the factor goes into the VAE config (SD's 0.18215).
+
+    A VAE taken over untrained (--init) keeps its factor: the UNet it came with learnt latents scaled by it.
+    """
     means = torch.cat([vae.encode(to_pixels(chunk).to(device)).latent_dist.mean.float().cpu()
                        for chunk in images.split(256)])
-    scale = 1.0 / means[:4096].std().item()
-    vae.register_to_config(scaling_factor=scale)
-    return means * scale
+    if rescale:
+        vae.register_to_config(scaling_factor=1.0 / means[:4096].std().item())
+    return means * vae.config.scaling_factor
 
 
 def scheduler_config(cfg: Config) -> dict:
@@ -349,7 +373,7 @@ def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dic
         if cfg.zero_snr:  # drawn after the rest, so an epsilon run replays exactly as before
             late = torch.rand(cfg.batch, generator=gen) < LATE_SHARE
             late_t = torch.randint(LATE_T, len(noise_scheduler), (cfg.batch,), generator=gen).to(device)
-            t = torch.where(late, late_t, t)
+            t = torch.where(late.to(device), late_t, t)
             box_only |= fused & late & (torch.rand(cfg.batch, generator=gen) < LATE_BOX_ONLY)
         if photo_share > 0:
             full = captions[(torch.rand(cfg.batch, generator=gen) < photo_share).long(), rows]
@@ -389,8 +413,8 @@ def grounding(text_encoder: CLIPTextModel, data: dict, rows: torch.Tensor, keep:
     return {"boxes": boxes, "positive_embeddings": features, "masks": masks}
 
 
-def save_model(components: Components, cfg: Config, stages: dict[str, dict], command: str) -> None:
-    """Write the fp16 diffusers folder and TRAINING.md; the loader casts back to fp32 on CPU."""
+def save_model(components: Components, cfg: Config, stages: dict[str, dict], command: str, earlier: str) -> None:
+    """Write the fp16 diffusers folder and TRAINING.md (with the --init model's own after it)."""
     half = {name: copy.deepcopy(getattr(components, name)).cpu().half() for name in ("vae", "text_encoder", "unet")}
     Components(half["vae"], half["text_encoder"], components.tokenizer, half["unet"], components.scheduler_config,
                "mini").save(cfg.out)
@@ -407,11 +431,17 @@ def save_model(components: Components, cfg: Config, stages: dict[str, dict], com
         "- noise schedule: " + ("zero terminal SNR, v-prediction" if cfg.zero_snr else "SD-1.x, epsilon-prediction"),
     ]
     for name, state in stages.items():
+        if state["total"] == 0:
+            lines.append(f"- {name}: 0 steps (`--{name}-steps 0`)")
+            continue
         lines.append(f"- {name}: {state['total']} steps in {state['seconds'] / 60:.1f} min "
                      f"({state['total'] * cfg.batch / state['seconds']:.1f} img/s), final loss (EMA) "
                      f"{state['loss']:.4f}; replay with `--{name}-steps {state['total']}`")
     lines += ["- parameters: " + ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in params.items()),
               f"- size on disk: {megabytes:.1f} MB (fp16)"]
+    if cfg.init:
+        lines += ["", f"## It started from `{cfg.init}` (--init), trained as follows", "",
+                  earlier.replace("# How `mini` was trained", "").strip() or "(no TRAINING.md there)"]
     (cfg.out / "TRAINING.md").write_text("\n".join(lines) + "\n")
     log(f"[save] {cfg.out}: {megabytes:.1f} MB")
     if megabytes > MAX_MB:
@@ -428,7 +458,8 @@ def main(argv: list[str] | None = None) -> Path:
     device = torch.device(cfg.device)
     cfg.work.mkdir(parents=True, exist_ok=True)
     tokenizer = build_toy_tokenizer()
-    vae, text_encoder, unet = (m.to(device) for m in build_models(cfg, tokenizer))
+    earlier = (cfg.init / "TRAINING.md").read_text() if cfg.init and (cfg.init / "TRAINING.md").is_file() else ""
+    vae, text_encoder, unet = (m.to(device) for m in start_models(cfg, tokenizer))
     data = render_scenes(cfg, tokenizer)
     vae_state = train_stage("vae", {"vae": vae}, vae_loss(vae, data["images"], cfg, device),
                             cfg, cfg.vae_lr, cfg.minutes_vae, cfg.vae_steps)
@@ -439,7 +470,7 @@ def main(argv: list[str] | None = None) -> Path:
         vae.register_to_config(scaling_factor=cached["scale"])
     else:
         log(f"[encode] encoding {len(data['images'])} scenes")
-        latents = encode_scenes(vae, data["images"], device)
+        latents = encode_scenes(vae, data["images"], device, rescale=cfg.init is None or vae_state["step"] > 0)
         torch.save({"latents": latents, "scale": vae.config.scaling_factor, "vae_step": vae_state["step"]}, cache)
         log(f"[encode] {len(latents)} scenes, scaling factor {vae.config.scaling_factor:.4f}")
     empty_ids = tokenize_prompts(tokenizer, [""])[0]
@@ -454,7 +485,7 @@ def main(argv: list[str] | None = None) -> Path:
         states["tune"] = train_stage("tune", {"unet": unet, "text_encoder": text_encoder}, tune, cfg, cfg.tune_lr,
                                      cfg.minutes_tune, cfg.tune_steps)
     save_model(Components(vae, text_encoder, tokenizer, unet, scheduler_config(cfg), "mini"),
-               cfg, states, shlex.join(sys.argv[1:] if argv is None else argv))
+               cfg, states, shlex.join(sys.argv[1:] if argv is None else argv), earlier)
     return cfg.out
 
 
