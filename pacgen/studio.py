@@ -176,8 +176,8 @@ class Studio:
         if comp.model_id == "mini":
             lines.append(f"Embedded model: {self.size}x{self.size} toy images. Use phrases from its world "
                          "(colours, shapes such as star/circle/square, backgrounds grass/sand/sky/night). "
-                         "It draws what the prompt names and puts objects near their boxes, not yet exactly in them "
-                         "(docs/mini_quality.md).")
+                         "It draws what the prompt names in the boxes you draw; at this size a shape is sometimes "
+                         "wrong (docs/mini_quality.md).")
         elif comp.model_id == "tiny":
             lines.append("Test model `tiny`: random weights, so every image is noise; the controls all work.")
         if self.skipped:

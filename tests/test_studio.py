@@ -58,4 +58,4 @@ def test_overlay_enlarges_and_draws_boxes(studio):
 
 def test_mini_banner_says_what_the_embedded_model_can_and_cannot_do(tmp_path):
     banner = Studio("mini", tmp_path, device="cpu").banner()
-    assert "32x32 toy images" in banner and "not yet exactly in them" in banner
+    assert "32x32 toy images" in banner and "in the boxes you draw" in banner
