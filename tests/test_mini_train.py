@@ -6,7 +6,7 @@ import torch
 from pacgen.layout import Box
 from pacgen.mini.train import grounding, main, parse_args, recolour, render_scenes
 from pacgen.mini.world import SHAPES
-from pacgen.models import build_toy_tokenizer, load_components, toy_text_encoder
+from pacgen.models import MINI_DIR, build_toy_tokenizer, load_components, toy_text_encoder
 from pacgen.sampling import PACGenPipeline
 
 
@@ -70,6 +70,8 @@ def test_init_goes_on_training_a_saved_model_and_keeps_its_provenance(tmp_path):
         with pytest.raises(SystemExit, match="predicts v_prediction, this run trains epsilon: run with --zero-snr"):
             main(["--out", str(tmp_path / "bad"), "--work", str(tmp_path / "w3"), "--init", str(base),
                   "--vae-steps", "0", "--unet-steps", "0", *common[:-1]])
+        with pytest.raises(SystemExit, match="not a saved mini model"):
+            main(["--out", str(tmp_path / "bad"), "--work", str(tmp_path / "w3"), "--init", str(tmp_path / "w1")])
     finally:
         torch.set_num_threads(threads)
     before, after = (load_components(str(folder), device="cpu") for folder in (base, more))
@@ -79,3 +81,4 @@ def test_init_goes_on_training_a_saved_model_and_keeps_its_provenance(tmp_path):
     record = (more / "TRAINING.md").read_text()
     assert f"## It started from `{base}` (--init)" in record and "replay with `--unet-steps 2`" in record
     assert not (tmp_path / "bad").exists()  # a refused start writes nothing
+    assert parse_args(["--out", "o", "--work", "w", "--init", "mini"]).init == MINI_DIR  # the shipped model

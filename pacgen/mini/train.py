@@ -38,7 +38,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from pacgen.layout import MAX_BOXES
 from pacgen.mini.world import caption, sample_scene
-from pacgen.models import (SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, build_toy_tokenizer,
+from pacgen.models import (MINI_DIR, SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, build_toy_tokenizer,
                            load_components, open_gates, toy_text_encoder, training_target)
 
 KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoencoder as in SD
@@ -113,14 +113,16 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--text-hidden", type=int, default=96, help="text encoder width = cross-attention width")
     p.add_argument("--zero-snr", action="store_true",
                    help="UNet stages use a zero-terminal-SNR schedule with v-prediction (see docs/mini_quality.md)")
-    p.add_argument("--init", type=Path, help="start from this saved mini model's weights (its architecture and "
-                   "noise schedule; --text-hidden is then ignored) instead of fresh ones")
+    p.add_argument("--init", type=Path, help="start from this saved mini model folder's weights ('mini': the shipped "
+                   "one) instead of fresh ones; its architecture and noise schedule, so --text-hidden is ignored")
     p.add_argument("--threads", type=int, default=2, help="torch threads, and scene-rendering processes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--log-seconds", type=float, default=30.0)
     cfg = Config(**vars(p.parse_args(argv)))
+    if cfg.init == Path("mini"):
+        cfg.init = MINI_DIR
     if cfg.size % 8 or cfg.batch < 4:
         p.error("--size must be a multiple of 8 and --batch at least 4")
     return cfg
@@ -210,6 +212,8 @@ def start_models(cfg: Config, tokenizer: CLIPTokenizer) -> tuple[AutoencoderKL, 
     """Fresh weights, or with --init a saved model's, which must share the toy vocabulary and this run's schedule."""
     if cfg.init is None:
         return build_models(cfg, tokenizer)
+    if not (cfg.init / "unet").is_dir():
+        raise SystemExit(f"--init {cfg.init}: not a saved mini model (no unet/ folder in it)")
     start = load_components(str(cfg.init), device="cpu", dtype=torch.float32)
     if start.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise SystemExit(f"--init {cfg.init}: its tokenizer is not the toy world's, so the captions would not match")
