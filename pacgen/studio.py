@@ -22,6 +22,7 @@ from .augment import AugmentConfig, augment_many, preview_grid
 from .concepts import Concept, ConceptError, ConceptLibrary
 from .errors import PACGenError
 from .layout import Box
+from .mini import LORA_CLASS_IMAGES, LORA_LEARNING_RATE, LORA_STEPS
 from .models import DEFAULT_MODEL, MINI_DIR, ModelLoadError
 from .photos import load_photos
 from .sampling import GenerationResult, PACGenPipeline
@@ -162,8 +163,12 @@ class Studio:
         return 8 * factor // math.gcd(8, factor)
 
     def default_train_settings(self) -> TrainSettings:
-        """The real model follows diffusers' LoRA recipe; embedded models get settings a CPU finishes quickly."""
-        if self.pipe.components.model_id in ("mini", "tiny"):
+        """The real model follows diffusers' LoRA recipe, mini the benchmark's; tiny's finish fast in tests."""
+        model_id = self.pipe.components.model_id
+        if model_id == "mini":
+            return TrainSettings(steps=LORA_STEPS, learning_rate=LORA_LEARNING_RATE,
+                                 num_class_images=LORA_CLASS_IMAGES, preview_every=100)
+        if model_id == "tiny":
             return TrainSettings(steps=200, learning_rate=1e-3, num_class_images=20, preview_every=50)
         return TrainSettings()
 

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from pacgen.augment import AugmentConfig
 from pacgen.concepts import ConceptLibrary
 from pacgen.layout import Box as LayoutBox
+from pacgen.mini import LORA_CLASS_IMAGES, LORA_LEARNING_RATE, LORA_STEPS
 from pacgen.mini.kit import KIT, KitConcept, kit_layouts, kit_photos
 from pacgen.mini.score import (SCORER_FILE, Scorer, artifact_rate, crop, iou, load_or_train, localise, texture_floors,
                                vae_roundtrip)
@@ -172,10 +173,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concepts", type=int, default=len(KIT), help=f"first N kit concepts (1-{len(KIT)})")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--seeds", type=int, default=4, help="images per method, concept and placement (backgrounds cycle)")
-    p.add_argument("--train-steps", type=int, default=400)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--train-steps", type=int, default=LORA_STEPS)
+    p.add_argument("--lr", type=float, default=LORA_LEARNING_RATE)
     p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--class-images", type=int, default=20, help="prior-preservation images per class noun")
+    p.add_argument("--class-images", type=int, default=LORA_CLASS_IMAGES, help="prior-preservation images per class noun")
     p.add_argument("--scorer", type=Path, help="default: <model>/scorer.safetensors, trained there when missing")
     p.add_argument("--scorer-minutes", type=float, default=3.0)
     p.add_argument("--work", type=Path, default=Path("/tmp/pacgen-mini-bench"), help="concepts and class images")
