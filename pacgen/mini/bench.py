@@ -176,7 +176,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=LORA_STEPS)
     p.add_argument("--lr", type=float, default=LORA_LEARNING_RATE)
     p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--class-images", type=int, default=LORA_CLASS_IMAGES, help="prior-preservation images per class noun")
+    p.add_argument("--class-images", type=int, default=LORA_CLASS_IMAGES,
+                   help="prior-preservation images per class noun")
     p.add_argument("--scorer", type=Path, help="default: <model>/scorer.safetensors, trained there when missing")
     p.add_argument("--scorer-minutes", type=float, default=3.0)
     p.add_argument("--work", type=Path, default=Path("/tmp/pacgen-mini-bench"), help="concepts and class images")
