@@ -123,7 +123,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                         with gr.Accordion("Advanced settings", open=False):
                             gen_steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
                             guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
-                            grounding = gr.Slider(0, 1, value=0.3, step=0.05, label="Grounding fraction")
+                            grounding = gr.Slider(0, 1, value=studio.default_grounding_fraction(), step=0.05,
+                                                  label="Grounding fraction")
                             regional = gr.Checkbox(value=True, label="Regional guidance (concepts only in their box)")
                             with gr.Row():
                                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")

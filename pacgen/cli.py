@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--steps", type=int, default=25)
     gen.add_argument("--guidance", type=float, default=7.5)
-    gen.add_argument("--grounding-fraction", type=float, default=0.3)
+    gen.add_argument("--grounding-fraction", type=float, default=None,
+                     help="share of steps the boxes steer (default: the model's; 0.3, mini 1.0)")
     gen.add_argument("--regional-fraction", type=float, default=1.0)
     gen.add_argument("--no-regional", action="store_true", help="apply concept LoRAs to the whole image")
     gen.add_argument("--feather", type=int, default=0, help="soften box edges over this many latent cells")

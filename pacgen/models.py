@@ -24,6 +24,10 @@ DEFAULT_MODEL = "masterful/gligen-1-4-generation-text-box"
 MINI_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 # Safetensors weights of the default repo live on a PR branch; `main` only has pickles.
 HUB_REVISIONS = {"masterful/gligen-1-4-generation-text-box": "refs/pr/2"}
+# GLIGEN's scheduled sampling: boxes steer the first 30% of the steps, then the plain model refines (the paper's
+# setting for real images). A model folder may record its own in pacgen.json (mini follows boxes best with 1.0).
+GROUNDING_FRACTION = 0.3
+SAMPLING_FILE = "pacgen.json"
 
 # Rare words that are one token in CLIP's real vocabulary (checked against open_clip's BPE file):
 # DreamBooth's identifiers. The toy vocabulary below contains them too.
@@ -91,6 +95,7 @@ class Components:
     scheduler_config: dict
     model_id: str
     fingerprint: str = field(default="")
+    grounding_fraction: float = GROUNDING_FRACTION  # the sampler's default for this model
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
@@ -132,6 +137,9 @@ class Components:
             "scheduler": ["diffusers", scheduler_class],
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+        if self.grounding_fraction != GROUNDING_FRACTION:
+            sampling = {"grounding_fraction": self.grounding_fraction}
+            (folder / SAMPLING_FILE).write_text(json.dumps(sampling, indent=2) + "\n")
 
 
 def default_device() -> torch.device:
@@ -295,11 +303,14 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
         ) from last_error
     if getattr(unet, "position_net", None) is None:
         raise ModelLoadError(f"'{source}' is not a GLIGEN model: its UNet has no grounding adapters.")
-    scheduler_config = SD_SCHEDULER_CONFIG
+    scheduler_config, sampling = SD_SCHEDULER_CONFIG, {}
     scheduler_file = Path(source) / "scheduler" / "scheduler_config.json"
     if local and scheduler_file.is_file():
         scheduler_config = {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
-    return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), source)
+    if local and (Path(source) / SAMPLING_FILE).is_file():
+        sampling = json.loads((Path(source) / SAMPLING_FILE).read_text())
+    return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), source,
+                      grounding_fraction=float(sampling.get("grounding_fraction", GROUNDING_FRACTION)))
 
 
 def _first_line(error: Exception | None) -> str:

@@ -183,7 +183,7 @@ class PACGenPipeline:
         negative_prompt: str = "",
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
-        grounding_fraction: float = 0.3,
+        grounding_fraction: float | None = None,
         regional: bool = True,
         regional_fraction: float = 1.0,
         feather: int = 0,
@@ -196,11 +196,15 @@ class PACGenPipeline:
         callback: StepCallback | None = None,
         output_type: str = "pil",
     ) -> GenerationResult:
-        """Generate `num_images` images; image k uses seed `seed + k`, so any one can be redone alone."""
+        """Generate `num_images` images; image k uses seed `seed + k`, so any one can be redone alone.
+
+        `grounding_fraction` (share of steps the boxes steer) defaults to the model's own.
+        """
         started = time.perf_counter()
         comp = self.components
         height = height or comp.default_size
         width = width or comp.default_size
+        grounding_fraction = comp.grounding_fraction if grounding_fraction is None else grounding_fraction
         warnings: list[str] = []
 
         # 1. Check inputs; make sure every boxed concept is mentioned in the prompt.

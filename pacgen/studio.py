@@ -172,6 +172,10 @@ class Studio:
             return TrainSettings(steps=200, learning_rate=1e-3, num_class_images=20, preview_every=50)
         return TrainSettings()
 
+    def default_grounding_fraction(self) -> float:
+        """The loaded model's: GLIGEN's 0.3 for SD-1.4, all steps for mini (docs/mini_study.md)."""
+        return self.pipe.components.grounding_fraction
+
     def banner(self) -> str:
         """What to expect on this machine; empty when running the real model on a GPU."""
         lines = [self.notice] if self.notice else []

@@ -24,6 +24,7 @@ def test_trainer_writes_a_loadable_model(tmp_path, schedule):
     assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 40e6
     components = load_components(str(folder), device="cpu")
     assert components.unet.dtype == torch.float32 and components.default_size == 32
+    assert components.grounding_fraction == 1.0  # mini's boxes steer every step (docs/mini_study.md)
     # the schedule the UNet was trained for is the one it samples with
     assert components.scheduler_config.get("prediction_type", "epsilon") == ("v_prediction" if schedule else "epsilon")
     result = PACGenPipeline(components)("a red star on grass", boxes=[Box("a red star", (0.1, 0.1, 0.6, 0.6))],

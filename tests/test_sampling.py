@@ -11,7 +11,7 @@ from pacgen import lora
 from pacgen.concepts import ConceptError
 from pacgen.layout import Box, LayoutError
 from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG
-from pacgen.sampling import blend, guided
+from pacgen.sampling import PACGenPipeline, blend, guided
 
 BOXES = [Box("a dog", (0.1, 0.2, 0.5, 0.9)), Box("a red ball", (0.6, 0.6, 0.95, 0.95))]
 
@@ -65,6 +65,18 @@ def test_pndm_is_refused_for_a_zero_snr_model_and_the_message_names_what_works(p
     pipe.components.scheduler_config = dict(ZERO_SNR_SCHEDULER_CONFIG)
     with pytest.raises(LayoutError, match="'pndm' cannot follow .* choose one of dpm\\+\\+, ddim, euler"):
         pipe("a dog", boxes=BOXES, num_inference_steps=2, scheduler="pndm")
+
+
+def test_a_model_folder_sets_its_own_grounding_default(pipe, tmp_path):
+    """mini records that its boxes should steer every step; sampler, CLI and app then default to that."""
+    def used(p, **kwargs):
+        return p("a dog", boxes=BOXES, seed=0, num_inference_steps=2, **kwargs).settings["grounding_fraction"]
+
+    assert used(pipe) == 0.3  # GLIGEN's scheduled sampling, for SD-1.4 and any folder that says nothing
+    pipe.components.grounding_fraction = 1.0
+    pipe.components.save(tmp_path / "model")
+    loaded = PACGenPipeline.from_pretrained(str(tmp_path / "model"), device="cpu")
+    assert used(loaded) == 1.0 and used(loaded, grounding_fraction=0.5) == 0.5
 
 
 def test_fusers_run_exactly_during_the_grounded_fraction(pipe):

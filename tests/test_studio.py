@@ -59,3 +59,8 @@ def test_overlay_enlarges_and_draws_boxes(studio):
 def test_mini_banner_says_what_the_embedded_model_can_and_cannot_do(tmp_path):
     banner = Studio("mini", tmp_path, device="cpu").banner()
     assert "32x32 toy images" in banner and "in the boxes you draw" in banner
+
+
+def test_compose_defaults_to_the_models_grounding_fraction(tmp_path):
+    assert Studio("mini", tmp_path, device="cpu").default_grounding_fraction() == 1.0  # mini's pacgen.json
+    assert Studio("tiny", tmp_path, device="cpu").default_grounding_fraction() == 0.3  # GLIGEN's own

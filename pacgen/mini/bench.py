@@ -79,7 +79,8 @@ STUDY = (
     Method("caption modifiers", "modifiers", regional=True),
     Method("grounding phrase: identifier + class", "pacgen", regional=True,
            options=(("grounding_phrase", "identifier"),)),
-    Method("grounding in every step (fraction 1.0)", "pacgen", regional=True, options=(("grounding_fraction", 1.0),)),
+    Method("grounding for GLIGEN's first 30% of steps", "pacgen", regional=True,
+           options=(("grounding_fraction", 0.3),)),
     Method("regional guidance for the first half only", "pacgen", regional=True,
            options=(("regional_fraction", 0.5),)),
 )

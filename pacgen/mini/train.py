@@ -37,6 +37,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pacgen.layout import MAX_BOXES
+from pacgen.mini import GROUNDING_FRACTION
 from pacgen.mini.world import caption, sample_scene
 from pacgen.models import (MINI_DIR, SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, build_toy_tokenizer,
                            load_components, open_gates, toy_text_encoder, training_target)
@@ -424,7 +425,7 @@ def save_model(components: Components, cfg: Config, stages: dict[str, dict], com
     """Write the fp16 diffusers folder and TRAINING.md (with the --init model's own after it)."""
     half = {name: copy.deepcopy(getattr(components, name)).cpu().half() for name in ("vae", "text_encoder", "unet")}
     Components(half["vae"], half["text_encoder"], components.tokenizer, half["unet"], components.scheduler_config,
-               "mini").save(cfg.out)
+               "mini", grounding_fraction=components.grounding_fraction).save(cfg.out)
     megabytes = sum(f.stat().st_size for f in cfg.out.rglob("*") if f.is_file()) / 1e6
     params = {name: sum(p.numel() for p in module.parameters()) for name, module in half.items()}
     lines = [
@@ -491,7 +492,8 @@ def main(argv: list[str] | None = None) -> Path:
         tune = unet_loss(unet, text_encoder, data, latents, empty_ids, cfg, device, PHOTO_PREFIX)
         states["tune"] = train_stage("tune", {"unet": unet, "text_encoder": text_encoder}, tune, cfg, cfg.tune_lr,
                                      cfg.minutes_tune, cfg.tune_steps)
-    save_model(Components(vae, text_encoder, tokenizer, unet, scheduler_config(cfg), "mini"),
+    save_model(Components(vae, text_encoder, tokenizer, unet, scheduler_config(cfg), "mini",
+                          grounding_fraction=GROUNDING_FRACTION),
                cfg, states, shlex.join(sys.argv[1:] if argv is None else argv), earlier)
     return cfg.out
 
