@@ -303,14 +303,26 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
         ) from last_error
     if getattr(unet, "position_net", None) is None:
         raise ModelLoadError(f"'{source}' is not a GLIGEN model: its UNet has no grounding adapters.")
-    scheduler_config, sampling = SD_SCHEDULER_CONFIG, {}
+    scheduler_config = SD_SCHEDULER_CONFIG
     scheduler_file = Path(source) / "scheduler" / "scheduler_config.json"
     if local and scheduler_file.is_file():
         scheduler_config = {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
-    if local and (Path(source) / SAMPLING_FILE).is_file():
-        sampling = json.loads((Path(source) / SAMPLING_FILE).read_text())
+    grounding_fraction = _sampling_defaults(Path(source) / SAMPLING_FILE) if local else GROUNDING_FRACTION
     return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), source,
-                      grounding_fraction=float(sampling.get("grounding_fraction", GROUNDING_FRACTION)))
+                      grounding_fraction=grounding_fraction)
+
+
+def _sampling_defaults(path: Path) -> float:
+    """The grounding fraction a model folder's pacgen.json asks for, GLIGEN's when it has none."""
+    if not path.is_file():
+        return GROUNDING_FRACTION
+    try:
+        value = float(json.loads(path.read_text()).get("grounding_fraction", GROUNDING_FRACTION))
+    except (ValueError, TypeError, AttributeError) as error:  # not JSON, not an object, not a number
+        raise ModelLoadError(f"{path} is not valid: {_first_line(error)}. Fix or delete it.") from error
+    if not 0 <= value <= 1:
+        raise ModelLoadError(f"{path} asks for grounding_fraction {value}; it must be between 0 and 1.")
+    return value
 
 
 def _first_line(error: Exception | None) -> str:

@@ -10,7 +10,7 @@ from diffusers.models.attention import GatedSelfAttentionDense
 from pacgen import lora
 from pacgen.concepts import ConceptError
 from pacgen.layout import Box, LayoutError
-from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG
+from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG, ModelLoadError
 from pacgen.sampling import PACGenPipeline, blend, guided
 
 BOXES = [Box("a dog", (0.1, 0.2, 0.5, 0.9)), Box("a red ball", (0.6, 0.6, 0.95, 0.95))]
@@ -77,6 +77,10 @@ def test_a_model_folder_sets_its_own_grounding_default(pipe, tmp_path):
     pipe.components.save(tmp_path / "model")
     loaded = PACGenPipeline.from_pretrained(str(tmp_path / "model"), device="cpu")
     assert used(loaded) == 1.0 and used(loaded, grounding_fraction=0.5) == 0.5
+    for text, message in (("{not json", "is not valid"), ('{"grounding_fraction": 2}', "between 0 and 1")):
+        (tmp_path / "model" / "pacgen.json").write_text(text)
+        with pytest.raises(ModelLoadError, match=message):
+            PACGenPipeline.from_pretrained(str(tmp_path / "model"), device="cpu")
 
 
 def test_fusers_run_exactly_during_the_grounded_fraction(pipe):
