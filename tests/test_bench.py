@@ -6,7 +6,16 @@ from pacgen.mini import bench
 from pacgen.mini.score import train_scorer
 
 
-def test_bench_study_reports_every_method_and_variant(tmp_path):
+def test_bench_study_reports_every_method_and_variant(tmp_path, monkeypatch):
+    identifiers = []
+
+    def recording(*args, **kwargs):
+        for event in bench_train_concept(*args, **kwargs):
+            identifiers.extend([event.concept.identifier] if event.concept else [])
+            yield event
+
+    bench_train_concept = bench.train_concept
+    monkeypatch.setattr(bench, "train_concept", recording)
     threads = torch.get_num_threads()
     scorer = train_scorer(64, scenes=20, steps=1, log=False).save(tmp_path / "scorer.safetensors")
     try:
@@ -21,6 +30,9 @@ def test_bench_study_reports_every_method_and_variant(tmp_path):
     assert "--study" in report and (tmp_path / "docs" / "mini_study.png").is_file()
     assert not (tmp_path / "docs" / "mini_bench.md").exists()  # a study leaves the benchmark's report alone
     assert ConceptLibrary(tmp_path / "work").list() == []  # each concept's LoRAs free their identifier words
+    # every method's LoRA is prompted with the same word, so no method gets a luckier embedding
+    loras = {m.lora for m in bench.METHODS + bench.STUDY if m.lora}
+    assert len(identifiers) == len(loras) and len(set(identifiers)) == 1
 
 
 def test_caption_modifier_lora_is_asked_for_small_objects_far_away():

@@ -210,34 +210,37 @@ def main(argv: list[str] | None = None) -> None:
     by_concept: dict[str, dict[str, list[float]]] = {}
     shown: dict[tuple[str, str], Image.Image] = {}
     concepts = KIT[: args.concepts]
-    tags = dict.fromkeys(m.lora for m in methods if m.lora)
+    # One LoRA at a time, freed before the next: each then gets the same identifier word, whose (untrained)
+    # embedding would otherwise differ between methods and move identity by up to 0.1 (docs/mini_study.md).
+    groups = {tag: [m for m in methods if m.lora == tag] for tag in dict.fromkeys(m.lora for m in methods)}
     for k, concept in enumerate(concepts):
-        log(f"[{k + 1}/{len(concepts)}] {concept.name}: training")
-        names = {tag: train(bench, concept, tag, args, library) for tag in tags}
         refs = references(concept, size)
         other = KIT[(k + 1) % len(KIT)]  # drawn in the same box: identity's chance level
         by_concept[concept.name] = {m.name: [] for m in methods}
-        log(f"[{k + 1}/{len(concepts)}] {concept.name}: generating")
-        for placement, box in PLACEMENTS.items():
-            for s in range(args.seeds):
-                background, seed = BACKGROUNDS[s % len(BACKGROUNDS)], args.seed * 1000 + s
-                rng = np.random.default_rng([args.seed, k, s])
-                truth = render(background, [PlacedObject(concept, box)], size, rng)[0]
-                chance = render(background, [PlacedObject(other, box)], size, rng)[0]
-                images = {REFERENCES[0]: truth, REFERENCES[1]: decode([truth])[0], REFERENCES[2]: chance}
-                for method in methods:
-                    name = names[method.lora] if method.lora else ""
-                    images[method.name] = bench.generate(method, concept, name, placement, background, seed,
-                                                         args.steps)
-                for row, image in images.items():
-                    bench.score(results[row], image, concept, refs, placement, background)
-                    if row in by_concept[concept.name]:
-                        by_concept[concept.name][row].append(results[row].identity[placement][-1])
-                    if k == 0 and s == 0:
-                        shown[row, placement] = image
-        for name in names.values():  # identifier words are few (a study trains 5 LoRAs per concept): free them
-            pipe.unload_concept(name)
-            library.delete(name)
+        for tag, group in groups.items():
+            name = train(bench, concept, tag, args, library) if tag else ""
+            log(f"[{k + 1}/{len(concepts)}] {concept.name}: generating {tag or 'without a LoRA'}")
+            for placement, box in PLACEMENTS.items():
+                for s in range(args.seeds):
+                    background, seed = BACKGROUNDS[s % len(BACKGROUNDS)], args.seed * 1000 + s
+                    images = {}
+                    if tag is None:
+                        rng = np.random.default_rng([args.seed, k, s])
+                        truth = render(background, [PlacedObject(concept, box)], size, rng)[0]
+                        chance = render(background, [PlacedObject(other, box)], size, rng)[0]
+                        images = {REFERENCES[0]: truth, REFERENCES[1]: decode([truth])[0], REFERENCES[2]: chance}
+                    for method in group:
+                        images[method.name] = bench.generate(method, concept, name, placement, background, seed,
+                                                             args.steps)
+                    for row, image in images.items():
+                        bench.score(results[row], image, concept, refs, placement, background)
+                        if row in by_concept[concept.name]:
+                            by_concept[concept.name][row].append(results[row].identity[placement][-1])
+                        if k == 0 and s == 0:
+                            shown[row, placement] = image
+            if tag:
+                pipe.unload_concept(name)
+                library.delete(name)
         elapsed = time.perf_counter() - started
         log(f"[{k + 1}/{len(concepts)}] done; {elapsed / 60:.1f} min so far, "
             f"~{elapsed / (k + 1) * (len(concepts) - k - 1) / 60:.1f} min to go")
