@@ -263,7 +263,9 @@ def train_concept(
     concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint,
                       training={**asdict(config), "resolution": resolution, "photos": len(photos)})
     unet = comp.unet
-    lora.add_adapter(unet, concept.adapter_name, config.rank, config.alpha or config.rank)
+    with torch.random.fork_rng(devices=[]):  # the A matrices' random start follows the seed, not earlier work
+        torch.manual_seed(config.seed)
+        lora.add_adapter(unet, concept.adapter_name, config.rank, config.alpha or config.rank)
     committed = False
     try:
         yield from _optimize(pipe, concept, data, config, cancel, started)

@@ -97,6 +97,19 @@ def test_a_v_prediction_model_is_trained_on_velocity(pipe, photos, library):
     assert toward_photos() > 0.05  # 0.10 here; an epsilon-trained LoRA reaches -0.01
 
 
+def test_same_seed_same_concept_whatever_ran_before(pipe, photos, library):
+    config = TrainConfig(steps=3, learning_rate=5e-3, **FAST)
+    run(train_concept(pipe, photos, "first", "star", config, library))
+    first = lora.read_lora_file(library.get("first").lora_path)
+    pipe.unload_concept("first")
+    library.delete("first")  # so that the second gets the same identifier word
+    torch.rand(7)  # e.g. an image generated in between
+    run(train_concept(pipe, photos, "second", "star", config, library))
+    assert library.get("second").identifier == "sks"
+    second = lora.read_lora_file(library.get("second").lora_path)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_saved_lora_loads_back_and_changes_generation_only_when_used(pipe, photos, library):
     run(train_concept(pipe, photos, "my star", "star", TrainConfig(steps=5, learning_rate=5e-3, **FAST), library))
     from pacgen.sampling import PACGenPipeline
