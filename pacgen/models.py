@@ -26,7 +26,7 @@ MINI_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 HUB_REVISIONS = {"masterful/gligen-1-4-generation-text-box": "refs/pr/2"}
 # GLIGEN's scheduled sampling: boxes steer the first 30% of the steps, then the plain model refines (the paper's
 # setting for real images). A model folder may record its own in pacgen.json (mini follows boxes best with 1.0).
-GROUNDING_FRACTION = 0.3
+GLIGEN_GROUNDING_FRACTION = 0.3
 SAMPLING_FILE = "pacgen.json"
 
 # Rare words that are one token in CLIP's real vocabulary (checked against open_clip's BPE file):
@@ -95,7 +95,7 @@ class Components:
     scheduler_config: dict
     model_id: str
     fingerprint: str = field(default="")
-    grounding_fraction: float = GROUNDING_FRACTION  # the sampler's default for this model
+    grounding_fraction: float = GLIGEN_GROUNDING_FRACTION  # the sampler's default for this model
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
@@ -137,7 +137,7 @@ class Components:
             "scheduler": ["diffusers", scheduler_class],
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-        if self.grounding_fraction != GROUNDING_FRACTION:
+        if self.grounding_fraction != GLIGEN_GROUNDING_FRACTION:
             sampling = {"grounding_fraction": self.grounding_fraction}
             (folder / SAMPLING_FILE).write_text(json.dumps(sampling, indent=2) + "\n")
 
@@ -307,7 +307,7 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
     scheduler_file = Path(source) / "scheduler" / "scheduler_config.json"
     if local and scheduler_file.is_file():
         scheduler_config = {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
-    grounding_fraction = _sampling_defaults(Path(source) / SAMPLING_FILE) if local else GROUNDING_FRACTION
+    grounding_fraction = _sampling_defaults(Path(source) / SAMPLING_FILE) if local else GLIGEN_GROUNDING_FRACTION
     return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), source,
                       grounding_fraction=grounding_fraction)
 
@@ -315,9 +315,9 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
 def _sampling_defaults(path: Path) -> float:
     """The grounding fraction a model folder's pacgen.json asks for, GLIGEN's when it has none."""
     if not path.is_file():
-        return GROUNDING_FRACTION
+        return GLIGEN_GROUNDING_FRACTION
     try:
-        value = float(json.loads(path.read_text()).get("grounding_fraction", GROUNDING_FRACTION))
+        value = float(json.loads(path.read_text()).get("grounding_fraction", GLIGEN_GROUNDING_FRACTION))
     except (ValueError, TypeError, AttributeError) as error:  # not JSON, not an object, not a number
         raise ModelLoadError(f"{path} is not valid: {_first_line(error)}. Fix or delete it.") from error
     if not 0 <= value <= 1:

@@ -40,7 +40,7 @@ from pacgen.layout import MAX_BOXES
 from pacgen.mini import GROUNDING_FRACTION
 from pacgen.mini.world import caption, sample_scene
 from pacgen.models import (MINI_DIR, SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, build_toy_tokenizer,
-                           load_components, open_gates, toy_text_encoder, training_target)
+                           ModelLoadError, load_components, open_gates, toy_text_encoder, training_target)
 
 KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoencoder as in SD
 CAPTION_DROP = 0.1  # rows trained with the empty prompt, for classifier-free guidance
@@ -213,9 +213,12 @@ def start_models(cfg: Config, tokenizer: CLIPTokenizer) -> tuple[AutoencoderKL, 
     """Fresh weights, or with --init a saved model's, which must share the toy vocabulary and this run's schedule."""
     if cfg.init is None:
         return build_models(cfg, tokenizer)
-    if not (cfg.init / "unet").is_dir():
-        raise SystemExit(f"--init {cfg.init}: not a saved mini model (no unet/ folder in it)")
-    start = load_components(str(cfg.init), device="cpu", dtype=torch.float32)
+    if not cfg.init.is_dir():  # a folder only: a missing one must not be looked up on the Hub
+        raise SystemExit(f"--init {cfg.init}: not a saved mini model (no such folder)")
+    try:
+        start = load_components(str(cfg.init), device="cpu", dtype=torch.float32)
+    except ModelLoadError as error:
+        raise SystemExit(f"--init {cfg.init}: not a saved mini model ({error})") from error
     if start.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise SystemExit(f"--init {cfg.init}: its tokenizer is not the toy world's, so the captions would not match")
     kind, wanted = (c.get("prediction_type", "epsilon") for c in (start.scheduler_config, scheduler_config(cfg)))
