@@ -1,0 +1,208 @@
+"""Every sampling and training setting, defined once: its name, default, range and help text.
+
+The pipeline, the trainer, the CLI's flags, the Gradio tabs and their API endpoints all read these two
+dataclasses, so one setting has one name, one default and one check on every surface. A model folder
+overrides defaults by field name (`pacgen.json`), never by inventing new names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any
+
+from .augment import AugmentConfig
+from .errors import PACGenError
+
+SCHEDULER_NAMES = ("dpm++", "ddim", "euler", "pndm")
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; image k of a batch uses seed + k
+
+
+class SettingsError(PACGenError):
+    """A setting outside what the model can use; the message names the setting and its allowed range."""
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+            choices: tuple[str, ...] | None = None, label: str | None = None, surface: bool = True) -> Any:
+    """A dataclass field carrying what every surface needs to offer it.
+
+    `low`/`high` bound numbers (inclusive), `label` is the short UI caption, and `surface=False` keeps a
+    Python-only knob out of the CLI and the app.
+    """
+    meta = {"help": help, "low": low, "high": high, "choices": choices, "label": label, "surface": surface}
+    return field(default=default, metadata=meta)
+
+
+def surfaced(cls: type) -> list[Field]:
+    """The fields a user can set from the CLI or the app, in definition order."""
+    return [f for f in fields(cls) if f.metadata.get("surface", False)]
+
+
+def label(f: Field) -> str:
+    return f.metadata.get("label") or f.name.replace("_", " ").capitalize()
+
+
+def kind(f: Field) -> str:
+    """'bool', 'int', 'float' or 'str', read from the annotation (annotations are strings here)."""
+    text = str(f.type)
+    for kind in ("bool", "int", "float", "str"):
+        if text.split("|")[0].strip() == kind:
+            return kind
+    raise TypeError(f"setting {f.name} has an unsupported type {text}")
+
+
+def optional(f: Field) -> bool:
+    return "None" in str(f.type)
+
+
+def check_value(f: Field, value: Any) -> Any:
+    """One field's value, checked and normalised (ints stay ints, -1 seeds mean random)."""
+    name, meta = f.name, f.metadata
+    if value is None:
+        if optional(f):
+            return None
+        raise SettingsError(f"{name} needs a value")
+    expected = kind(f)
+    if expected == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be true or false, got {value!r}")
+        return value
+    if expected == "str":
+        if not isinstance(value, str):
+            raise SettingsError(f"{name} must be text, got {value!r}")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise SettingsError(f"unknown {name} '{value}'; choose one of {', '.join(meta['choices'])}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingsError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number, got {value}")
+    if expected == "int":
+        if value != int(value):
+            raise SettingsError(f"{name} must be a whole number, got {value}")
+        value = int(value)
+        if name == "seed" and value == -1:
+            return None
+    else:
+        value = float(value)
+    low, high = meta.get("low"), meta.get("high")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise SettingsError(f"{name} must be between {_number(low)} and {_number(high)}, got {_number(value)}")
+    return value
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "any"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class _Checked:
+    """Shared by both settings classes: field-by-field checks, then the class's own cross-field rules."""
+
+    def checked(self):
+        """A copy with every value checked and normalised; raises SettingsError naming the first bad one."""
+        values = {f.name: check_value(f, getattr(self, f.name)) for f in fields(self) if f.metadata}
+        result = replace(self, **values)
+        result._cross_checks()
+        return result
+
+    def _cross_checks(self) -> None:
+        pass
+
+    def override(self, **changes):
+        """These settings with some fields changed by name; an unknown name is refused, not ignored."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return replace(self, **changes)
+
+
+@dataclass
+class SampleSettings(_Checked):
+    """How one generation request is sampled. Defaults follow GLIGEN's pipeline in diffusers."""
+
+    num_inference_steps: int = setting(25, "denoising steps", low=1, high=500, label="Steps")
+    guidance_scale: float = setting(7.5, "classifier-free guidance scale: how strongly the prompt steers",
+                                    low=0.0, high=30.0, label="Guidance scale")
+    grounding_fraction: float = setting(
+        0.3, "share of the steps in which the boxes steer (GLIGEN's scheduled sampling); models may set their own",
+        low=0.0, high=1.0, label="Grounding fraction")
+    regional: bool = setting(True, "use each concept only inside its box and the unmodified model elsewhere",
+                             label="Regional guidance (concepts only in their box)")
+    regional_fraction: float = setting(1.0, "share of the steps that sample regionally; the rest apply every "
+                                       "concept to the whole image", low=0.0, high=1.0, label="Regional fraction")
+    feather: int = setting(0, "soften box edges over this many latent cells", low=0, high=16, label="Feather")
+    grounding_phrase: str = setting("class", "what a concept's box is grounded with: its class noun, or its "
+                                    "identifier and class noun", choices=("class", "identifier"),
+                                    label="Grounding phrase")
+    scheduler: str = setting("dpm++", "the sampler", choices=SCHEDULER_NAMES, label="Scheduler")
+    seed: int | None = setting(None, "seed of the first image (image k uses seed + k); empty or -1: random",
+                               low=0, high=MAX_SEED, label="Seed (-1 = random)")
+    num_images: int = setting(1, "images per request", low=1, high=16, label="Images")
+    width: int | None = setting(None, "image width in pixels; empty: the model's size", low=8, high=4096,
+                                label="Width")
+    height: int | None = setting(None, "image height in pixels; empty: the model's size", low=8, high=4096,
+                                 label="Height")
+
+    def _cross_checks(self) -> None:
+        if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
+            raise SettingsError(f"seed must be at most {MAX_SEED - self.num_images + 1} for {self.num_images} images")
+
+
+@dataclass
+class TrainSettings(_Checked):
+    """How one concept is trained. Defaults: diffusers' DreamBooth LoRA recipe (rank 4, lr 1e-4, ~500 steps)."""
+
+    steps: int = setting(500, "optimisation steps", low=1, high=20000, label="Training steps")
+    learning_rate: float = setting(1e-4, "AdamW learning rate of the LoRA weights", low=1e-7, high=1.0,
+                                   label="Learning rate")
+    rank: int = setting(4, "LoRA rank: capacity of the concept", low=1, high=256, label="LoRA rank")
+    alpha: float | None = setting(None, "LoRA scale numerator; empty: equal to the rank (scale 1)", low=1e-3,
+                                  high=1024.0, surface=False)
+    batch_size: int = setting(1, "photos per step (each with one class image under prior preservation)",
+                              low=1, high=64, label="Batch size")
+    resolution: int | None = setting(None, "training image size in pixels; empty: the model's size", low=8,
+                                     high=2048, label="Resolution")
+    prior_preservation: bool = setting(True, "also train on generated class images so the class noun keeps its "
+                                       "meaning", label="Prior preservation")
+    prior_weight: float = setting(1.0, "weight of the class-image loss", low=0.0, high=10.0, label="Prior weight")
+    num_class_images: int = setting(100, "class images for prior preservation (generated once, cached)",
+                                    low=1, high=1000, label="Class images")
+    class_image_steps: int = setting(25, "sampling steps of each class image", low=1, high=200, surface=False)
+    augment_strength: float = setting(1.0, "PACGen's resize/reposition augmentation: 0 = plain DreamBooth, "
+                                      "1 = the paper's aggressive ranges", low=0.0, high=1.0,
+                                      label="Augmentation strength")
+    caption_modifiers: bool = setting(False, "add 'far away' / 'close up' to captions of rescaled copies",
+                                      label="Caption modifiers")
+    samples_per_photo: int = setting(24, "augmented copies per photo, encoded once up front", low=1, high=1000,
+                                     surface=False)
+    gradient_checkpointing: bool = setting(False, "trade compute for memory (large models on small GPUs)",
+                                           label="Gradient checkpointing")
+    use_8bit_adam: bool = setting(False, "8-bit AdamW from bitsandbytes (less GPU memory)", label="8-bit Adam")
+    preview_every: int = setting(0, "generate a preview image every K steps; 0 = none", low=0, high=20000,
+                                 label="Preview every K steps (0 = off)")
+    seed: int = setting(0, "seed of the augmentation, noise and LoRA start", low=0, high=MAX_SEED, label="Seed")
+    augment: AugmentConfig | None = None  # exact augmentation ranges (Python only); overrides the two above
+
+    def augmentation(self) -> AugmentConfig:
+        """The augmentation these settings ask for: the explicit ranges, else the strength knob."""
+        if self.augment is not None:
+            return self.augment
+        config = AugmentConfig.with_strength(self.augment_strength)
+        config.caption_modifiers = self.caption_modifiers
+        return config
+
+    def _cross_checks(self) -> None:
+        self.augmentation().validate()
+
+
+def from_mapping(cls: type, values: dict, where: str):
+    """Settings of `cls` with the named fields of a JSON object changed; `where` names the file in messages."""
+    if not isinstance(values, dict):
+        raise SettingsError(f"{where} must be an object of setting names, got {type(values).__name__}")
+    try:
+        return cls().override(**values).checked()
+    except SettingsError as error:
+        raise SettingsError(f"{where}: {error}") from None
