@@ -1,7 +1,8 @@
-"""Loading the base model: the Hub's SD-1.4 + GLIGEN, a local diffusers folder, `mini` or `tiny`.
+"""Loading the base model: the Hub's SD-1.4 + GLIGEN, a local diffusers folder, the embedded `mini`, or a
+model built in code and registered by name (the toy layer registers `tiny`).
 
-All four arrive as the same `Components`, so everything downstream (sampling, training, the app)
-runs one code path whatever the weights are.
+All arrive as the same `Components`, so everything downstream (sampling, training, the app) runs one code
+path whatever the weights are. A model's own defaults travel with it (`Components.defaults`).
 """
 
 from __future__ import annotations
@@ -9,38 +10,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from diffusers.models.attention import GatedSelfAttentionDense
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
+from .defaults import DEFAULTS_FILE, SD14_DEFAULTS, ModelDefaults, read_defaults
 from .errors import PACGenError
 
 DEFAULT_MODEL = "masterful/gligen-1-4-generation-text-box"
-MINI_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 # Safetensors weights of the default repo live on a PR branch; `main` only has pickles.
 HUB_REVISIONS = {"masterful/gligen-1-4-generation-text-box": "refs/pr/2"}
-# GLIGEN's scheduled sampling: boxes steer the first 30% of the steps, then the plain model refines (the paper's
-# setting for real images). A model folder may record its own in pacgen.json (mini follows boxes best with 1.0).
-GLIGEN_GROUNDING_FRACTION = 0.3
-SAMPLING_FILE = "pacgen.json"
+EMBEDDED_MODEL = "mini"
 
-# Rare words that are one token in CLIP's real vocabulary (checked against open_clip's BPE file):
-# DreamBooth's identifiers. The toy vocabulary below contains them too.
-IDENTIFIER_CANDIDATES = (
-    "sks", "ohwx", "phol", "bnha", "olis", "sqn", "wbb", "dsb", "mrw", "kst", "fty", "wyn", "fdn", "cdt",
-)
-# Words the toy tokenizer keeps whole: scene vocabulary of `mini`'s world plus common prompt words.
-TOY_WORDS = (
-    "a an the of and on in at with near photo picture image far away very small close up zoomed "
-    "grass sand sky night red blue yellow green purple orange white black pink "
-    "circle square triangle star cross diamond heart plain striped dotted checkered "
-    "dog cat ball toy cup shoe object thing"
-).split() + list(IDENTIFIER_CANDIDATES)
+
+def assets_dir() -> Path:
+    """The shipped data (embedded model, example objects): inside the installed package, or beside it in a
+    checkout. Both layouts exist because a wheel can only carry files inside its packages."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "assets", here.parent / "assets"):
+        if (candidate / EMBEDDED_MODEL).is_dir():
+            return candidate
+    return here.parent / "assets"
+
+
+MINI_DIR = assets_dir() / EMBEDDED_MODEL
 
 # SD-1.x noise schedule, shared by every scheduler we build.
 SD_SCHEDULER_CONFIG = {
@@ -64,17 +61,6 @@ ZERO_SNR_SCHEDULER_CONFIG = {
 }
 
 
-def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
-                    timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict under its scheduler's config: the noise, or the velocity."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise PACGenError(f"training a model with prediction_type '{kind}' is not supported (epsilon, v_prediction are)")
-
-
 def scheduler_class_name(config: dict) -> str:
     """PNDM, as SD-1.4 ships; DDIM for a zero-SNR schedule, which PNDM cannot rescale."""
     return "DDIMScheduler" if config.get("rescale_betas_zero_snr") else "PNDMScheduler"
@@ -95,7 +81,7 @@ class Components:
     scheduler_config: dict
     model_id: str
     fingerprint: str = field(default="")
-    grounding_fraction: float = GLIGEN_GROUNDING_FRACTION  # the sampler's default for this model
+    defaults: ModelDefaults = field(default_factory=lambda: replace(SD14_DEFAULTS))  # what this model asks for
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
@@ -137,9 +123,9 @@ class Components:
             "scheduler": ["diffusers", scheduler_class],
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-        if self.grounding_fraction != GLIGEN_GROUNDING_FRACTION:
-            sampling = {"grounding_fraction": self.grounding_fraction}
-            (folder / SAMPLING_FILE).write_text(json.dumps(sampling, indent=2) + "\n")
+        text = self.defaults.to_json(folder)
+        if text.strip() != "{}":
+            (folder / DEFAULTS_FILE).write_text(text)
 
 
 def default_device() -> torch.device:
@@ -176,101 +162,6 @@ def fingerprint(unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_toy_tokenizer(words: list[str] | tuple[str, ...] = TOY_WORDS) -> CLIPTokenizer:
-    """A real CLIP BPE tokenizer over a small vocabulary: bytes, plus merges that make each listed word one token.
-
-    Any text still tokenizes (unlisted words fall back to characters). Merges are added per word, then
-    words that earlier merges split (BPE applies merges by rank, so "and" can split "sand") get one more
-    merge joining their pieces, until every listed word is a single token.
-    """
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    for c in alphabet:
-        vocab[c + "</w>"] = len(vocab)
-    merges: list[tuple[str, str]] = []
-
-    def join(pieces: list[str]) -> None:
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            if (merged, piece) not in merges:
-                merges.append((merged, piece))
-            merged += piece
-            vocab.setdefault(merged, len(vocab))
-
-    for word in words:
-        join(list(word[:-1]) + [word[-1] + "</w>"])
-    for _ in range(len(words)):
-        tokenizer = _clip_tokenizer(vocab, merges)
-        split = [pieces for pieces in map(tokenizer.tokenize, words) if len(pieces) > 1]
-        if not split:
-            return tokenizer
-        for pieces in split:
-            join(pieces)
-    raise RuntimeError("toy vocabulary did not converge to one token per word")
-
-
-def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> CLIPTokenizer:
-    full = dict(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        full[special] = len(full)
-    return CLIPTokenizer(vocab=full, merges=list(merges), model_max_length=77)
-
-
-def toy_text_encoder(tokenizer: CLIPTokenizer, hidden: int, layers: int, heads: int) -> CLIPTextModel:
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 4,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=77,
-        projection_dim=hidden,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config)
-
-
-def open_gates(unet: UNet2DConditionModel, value: float = 1.0) -> None:
-    """diffusers initialises GLIGEN gates at 0, which makes fresh fusers inert and untrainable."""
-    with torch.no_grad():
-        for module in unet.modules():
-            if isinstance(module, GatedSelfAttentionDense):
-                module.alpha_attn.fill_(value)
-                module.alpha_dense.fill_(value)
-
-
-def build_tiny(seed: int = 0) -> Components:
-    """Random weights from a fixed seed, identical in every process: the unit tests' model."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tokenizer = build_toy_tokenizer()
-        text_encoder = toy_text_encoder(tokenizer, hidden=32, layers=2, heads=4)
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(8, 16, 16),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=4,
-            sample_size=64,
-        )
-        unet = UNet2DConditionModel(
-            sample_size=16,
-            block_out_channels=(16, 32),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            layers_per_block=1,
-            cross_attention_dim=32,
-            attention_head_dim=4,
-            norm_num_groups=8,
-            attention_type="gated",
-        )
-        open_gates(unet)
-    return Components(vae, text_encoder.eval(), tokenizer, unet.eval(), dict(SD_SCHEDULER_CONFIG), "tiny")
-
-
 def _is_local(source: str) -> bool:
     return os.path.isdir(source)
 
@@ -299,7 +190,7 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
         raise ModelLoadError(
             f"Could not load the {where} '{source}'{offline}: {_first_line(last_error)} "
             "Without network access, pass a local diffusers folder (--model /path/to/folder), "
-            "or use the embedded models: --model mini (offline default) or --model tiny (tests)."
+            "or use the embedded model: --model mini (the offline default)."
         ) from last_error
     if getattr(unet, "position_net", None) is None:
         raise ModelLoadError(f"'{source}' is not a GLIGEN model: its UNet has no grounding adapters.")
@@ -307,22 +198,14 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
     scheduler_file = Path(source) / "scheduler" / "scheduler_config.json"
     if local and scheduler_file.is_file():
         scheduler_config = {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
-    grounding_fraction = _sampling_defaults(Path(source) / SAMPLING_FILE) if local else GLIGEN_GROUNDING_FRACTION
+    defaults = replace(SD14_DEFAULTS)
+    if local:
+        try:
+            defaults = read_defaults(Path(source))
+        except PACGenError as error:
+            raise ModelLoadError(str(error)) from None
     return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), source,
-                      grounding_fraction=grounding_fraction)
-
-
-def _sampling_defaults(path: Path) -> float:
-    """The grounding fraction a model folder's pacgen.json asks for, GLIGEN's when it has none."""
-    if not path.is_file():
-        return GLIGEN_GROUNDING_FRACTION
-    try:
-        value = float(json.loads(path.read_text()).get("grounding_fraction", GLIGEN_GROUNDING_FRACTION))
-    except (ValueError, TypeError, AttributeError) as error:  # not JSON, not an object, not a number
-        raise ModelLoadError(f"{path} is not valid: {_first_line(error)}. Fix or delete it.") from error
-    if not 0 <= value <= 1:
-        raise ModelLoadError(f"{path} asks for grounding_fraction {value}; it must be between 0 and 1.")
-    return value
+                      defaults=defaults)
 
 
 def _first_line(error: Exception | None) -> str:
@@ -330,19 +213,34 @@ def _first_line(error: Exception | None) -> str:
     return text[0] if text else type(error).__name__
 
 
+_BUILDERS: dict[str, Callable[[], Components]] = {}
+
+
+def register_model(name: str, build: Callable[[], Components]) -> None:
+    """Make a model built in code loadable by name (the toy layer registers `tiny`), without core importing it."""
+    _BUILDERS[name] = build
+
+
+def model_names() -> list[str]:
+    """Names `load_components` knows besides folders and Hub ids."""
+    return [EMBEDDED_MODEL, *_BUILDERS]
+
+
 def load_components(
     source: str = DEFAULT_MODEL, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> Components:
-    """Load `tiny`, `mini`, a local diffusers folder or a Hub repo id, on a sensible device and dtype."""
+    """Load a registered model (`tiny`), `mini`, a local diffusers folder or a Hub repo id, on a sensible device
+    and dtype."""
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    if source == "tiny":
-        components = build_tiny()
-    elif source == "mini":
+    if source in _BUILDERS:
+        components = _BUILDERS[source]()
+    elif source == EMBEDDED_MODEL:
         if not (MINI_DIR / "unet").is_dir():
-            raise ModelLoadError(f"The embedded model is missing from {MINI_DIR}; use --model tiny.")
+            raise ModelLoadError(f"The embedded model is missing (looked in {MINI_DIR}); reinstall PACGen Studio "
+                                 "or pass a model folder.")
         components = _load_pretrained(str(MINI_DIR), torch.float32)
-        components.model_id = "mini"
+        components.model_id = EMBEDDED_MODEL
     else:
         components = _load_pretrained(source, dtype)
     for module in (components.vae, components.text_encoder, components.unet):

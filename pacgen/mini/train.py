@@ -37,10 +37,11 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pacgen.layout import MAX_BOXES
-from pacgen.mini import GROUNDING_FRACTION
+from pacgen.defaults import ModelDefaults, read_defaults
+from pacgen.mini.tiny import build_toy_tokenizer, open_gates, toy_text_encoder
 from pacgen.mini.world import caption, sample_scene
-from pacgen.models import (MINI_DIR, SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, build_toy_tokenizer,
-                           ModelLoadError, load_components, open_gates, toy_text_encoder, training_target)
+from pacgen.models import MINI_DIR, SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, ModelLoadError, load_components
+from pacgen.training import training_target
 
 KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoencoder as in SD
 CAPTION_DROP = 0.1  # rows trained with the empty prompt, for classifier-free guidance
@@ -428,7 +429,7 @@ def save_model(components: Components, cfg: Config, stages: dict[str, dict], com
     """Write the fp16 diffusers folder and TRAINING.md (with the --init model's own after it)."""
     half = {name: copy.deepcopy(getattr(components, name)).cpu().half() for name in ("vae", "text_encoder", "unet")}
     Components(half["vae"], half["text_encoder"], components.tokenizer, half["unet"], components.scheduler_config,
-               "mini", grounding_fraction=components.grounding_fraction).save(cfg.out)
+               "mini", defaults=components.defaults).save(cfg.out)
     megabytes = sum(f.stat().st_size for f in cfg.out.rglob("*") if f.is_file()) / 1e6
     params = {name: sum(p.numel() for p in module.parameters()) for name, module in half.items()}
     lines = [
@@ -457,6 +458,13 @@ def save_model(components: Components, cfg: Config, stages: dict[str, dict], com
     log(f"[save] {cfg.out}: {megabytes:.1f} MB")
     if megabytes > MAX_MB:
         raise RuntimeError(f"{cfg.out} is {megabytes:.1f} MB, over the {MAX_MB} MB the repository allows")
+
+
+def model_defaults(cfg: Config) -> ModelDefaults:
+    """What the new model asks for (pacgen.json): the --init model's, else the shipped mini's, whose boxes steer
+    every step, as this trainer teaches them to (docs/mini_study.md)."""
+    source = cfg.init or MINI_DIR
+    return read_defaults(source) if source.is_dir() else ModelDefaults()
 
 
 def log(message: str) -> None:
@@ -496,7 +504,7 @@ def main(argv: list[str] | None = None) -> Path:
         states["tune"] = train_stage("tune", {"unet": unet, "text_encoder": text_encoder}, tune, cfg, cfg.tune_lr,
                                      cfg.minutes_tune, cfg.tune_steps)
     save_model(Components(vae, text_encoder, tokenizer, unet, scheduler_config(cfg), "mini",
-                          grounding_fraction=GROUNDING_FRACTION),
+                          defaults=model_defaults(cfg)),
                cfg, states, shlex.join(sys.argv[1:] if argv is None else argv), earlier)
     return cfg.out
 
