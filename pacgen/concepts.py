@@ -235,3 +235,27 @@ class ConceptLibrary:
                 raise ConceptError(f"concept '{concept.name}' was trained on '{concept.base_model}', a different "
                                    "base model from the one loaded; it cannot be used here")
             return self.commit(staged, concept)
+
+
+@dataclass(frozen=True)
+class ExampleObject:
+    """Photos of an object to train on, with the name and class noun to give it (a model's example kit)."""
+
+    name: str
+    class_noun: str
+    photos: tuple[Path, ...]
+
+
+def example_objects(folder: Path | None) -> list[ExampleObject]:
+    """Every `<folder>/<object>/` with `photo_*.png` and a `concept.txt` of `name:` and `class_noun:` lines."""
+    if folder is None or not folder.is_dir():
+        return []
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        info_file = sub / "concept.txt"
+        photos = tuple(sorted(sub.glob("photo_*.png")))
+        if not info_file.is_file() or not photos:
+            continue
+        info = dict(line.split(":", 1) for line in info_file.read_text().splitlines() if ":" in line)
+        found.append(ExampleObject(info.get("name", sub.name).strip(), info.get("class_noun", "").strip(), photos))
+    return found

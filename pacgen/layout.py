@@ -6,10 +6,12 @@ Coordinates are `[x0, y0, x1, y1]` normalised to [0, 1] with the origin at the t
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import torch
+from PIL import Image, ImageDraw
 
 from .errors import PACGenError
 
@@ -53,18 +55,19 @@ def parse_box(text: str) -> Box:
     return Box(label.strip(), values)  # type: ignore[arg-type]
 
 
-def validate_boxes(boxes: list[Box], latent_size: tuple[int, int]) -> list[Box]:
-    """Check every box and return them with coordinates clamped into [0, 1].
+def check_boxes(boxes: list[Box], latent_size: tuple[int, int]) -> None:
+    """Refuse boxes that cannot be generated, naming the box and the problem.
 
     A box must cover at least one latent cell, or its mask (and so its concept) would vanish.
     """
     if len(boxes) > MAX_BOXES:
         raise LayoutError(f"{len(boxes)} boxes given; GLIGEN accepts at most {MAX_BOXES}")
-    checked = []
     for index, box in enumerate(boxes, start=1):
         name = f"box {index} ('{box.label}')"
         if not box.label.strip():
             raise LayoutError(f"box {index} has an empty label")
+        if len(box.xyxy) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box.xyxy):
+            raise LayoutError(f"{name}: coordinates must be four finite numbers, got {box.xyxy}")
         x0, y0, x1, y1 = box.xyxy
         if any(v < -TOLERANCE or v > 1 + TOLERANCE for v in box.xyxy):
             raise LayoutError(f"{name}: coordinates {box.xyxy} are outside [0, 1]")
@@ -72,15 +75,17 @@ def validate_boxes(boxes: list[Box], latent_size: tuple[int, int]) -> list[Box]:
             raise LayoutError(f"{name}: x0={x0} must be smaller than x1={x1}")
         if y0 >= y1:
             raise LayoutError(f"{name}: y0={y0} must be smaller than y1={y1}")
-        clamped = Box(box.label.strip(), tuple(min(max(v, 0.0), 1.0) for v in box.xyxy))  # type: ignore[arg-type]
-        if not cell_mask(clamped.xyxy, *latent_size).any():
+        if not cell_mask(clamp_box(box).xyxy, *latent_size).any():
             h, w = latent_size
             raise LayoutError(
                 f"{name} is too small: it must cover at least one latent cell "
                 f"(1/{w} of the width and 1/{h} of the height)"
             )
-        checked.append(clamped)
-    return checked
+
+
+def clamp_box(box: Box) -> Box:
+    """The box with its label stripped and coordinates a hair outside [0, 1] pulled in."""
+    return Box(box.label.strip(), tuple(min(max(float(v), 0.0), 1.0) for v in box.xyxy))  # type: ignore[arg-type]
 
 
 def _cell_range(lo: float, hi: float, cells: int) -> tuple[int, int]:
@@ -154,3 +159,22 @@ def expand_prompt(prompt: str, words: dict[str, tuple[str, str]], active: set[st
         return f"{identifier} {noun}" if name in active else noun
 
     return CONCEPT_REF.sub(replace, prompt)
+
+
+def enlarge(image: Image.Image, min_side: int) -> Image.Image:
+    """Pixels shown as they are: a whole-number nearest-neighbour zoom until the long side reaches `min_side`."""
+    scale = max(1, math.ceil(min_side / max(image.size)))
+    return image.convert("RGB").resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
+def draw_boxes(image: Image.Image, boxes: list[Box], colours: list[str], min_side: int = 256) -> Image.Image:
+    """The image enlarged to at least `min_side` (see `enlarge`), its boxes and labels drawn on top."""
+    big = enlarge(image, min_side)
+    draw = ImageDraw.Draw(big)
+    for k, box in enumerate(boxes):
+        colour = colours[k % len(colours)]
+        x0, y0, x1, y1 = box.xyxy
+        rect = [x0 * big.width, y0 * big.height, x1 * big.width - 1, y1 * big.height - 1]
+        draw.rectangle(rect, outline=colour, width=2)
+        draw.text((rect[0] + 3, rect[1] + 2), box.label, fill=colour)
+    return big

@@ -52,6 +52,13 @@ def add_adapter(unet: UNet2DConditionModel, name: str, rank: int, alpha: float) 
         unet.add_adapter(lora_config(rank, alpha), adapter_name=name)
 
 
+def delete_adapter(unet: UNet2DConditionModel, name: str) -> None:
+    """Remove one adapter; PEFT's notice that it was the active one is expected (training, unloading)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+        unet.delete_adapters(name)
+
+
 def save_adapter(unet: UNet2DConditionModel, name: str, folder: str | Path) -> Path:
     """Write one adapter as diffusers' `pytorch_lora_weights.safetensors`, as fp32 on the CPU."""
     state = get_peft_model_state_dict(unet, adapter_name=name)
@@ -87,6 +94,16 @@ def load_adapter(unet: UNet2DConditionModel, state: dict[str, torch.Tensor], nam
             unet.load_lora_adapter(state, prefix="unet", adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as error:
         raise LoraFileError(f"LoRA for '{name}' does not fit this model ({str(error).splitlines()[0]})") from None
+
+
+def trainable_parameters(unet: UNet2DConditionModel, name: str) -> list[torch.nn.Parameter]:
+    """One adapter's LoRA weights, made trainable in fp32 (master copies even when the base runs in half
+    precision); other concepts' adapters stay frozen in the model's dtype."""
+    params = [p for key, p in unet.named_parameters() if f".{name}." in key and "lora_" in key]
+    for param in params:
+        param.data = param.data.float()
+        param.requires_grad_(True)
+    return params
 
 
 def adapter_names(unet: UNet2DConditionModel) -> set[str]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
 from inspect import signature
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
@@ -24,17 +24,16 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import lora
 from .concepts import Concept, ConceptError
-from .layout import MAX_BOXES, Box, LayoutError, concept_refs, expand_prompt, region_masks, validate_boxes, with_concept_refs
+from .layout import (
+    MAX_BOXES, Box, LayoutError, check_boxes, clamp_box, concept_refs, expand_prompt, region_masks, with_concept_refs,
+)
 from .models import DEFAULT_MODEL, Components, load_components
+from .settings import SCHEDULER_NAMES, SampleSettings, SettingsError
 
-SCHEDULERS = {
-    "dpm++": DPMSolverMultistepScheduler,
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "pndm": PNDMScheduler,
-}
-DEFAULT_SCHEDULER = "dpm++"
+SCHEDULERS = dict(zip(SCHEDULER_NAMES, (DPMSolverMultistepScheduler, DDIMScheduler, EulerDiscreteScheduler,
+                                        PNDMScheduler)))
 StepCallback = Callable[[int, int], None]
+Generators = torch.Generator | list[torch.Generator]
 
 
 @dataclass
@@ -42,7 +41,7 @@ class GenerationResult:
     """Images plus everything needed to reproduce or explain them."""
 
     images: list
-    seeds: list[int]
+    seeds: list[int | None]  # None where the caller passed its own generator
     prompt: str
     boxes: list[Box]
     branch_prompts: dict[str, str]
@@ -70,6 +69,16 @@ def blend(base: torch.Tensor, concepts: list[torch.Tensor], masks: torch.Tensor)
     return out
 
 
+@dataclass
+class _Plan:
+    """What one request needs beyond its settings: the concepts it uses and whether it samples regionally."""
+
+    prompt: str  # the user's prompt with every boxed concept referenced
+    names: list[str]  # concepts used, in order of first mention
+    regional: bool
+    warnings: list[str]
+
+
 class PACGenPipeline:
     """One base model, the concepts loaded onto it, and the sampler. Holds no per-request state."""
 
@@ -87,7 +96,8 @@ class PACGenPipeline:
     # ----------------------------------------------------------------------------------- concepts
 
     def load_concept(self, source: Concept | str | Path) -> Concept:
-        """Attach a concept's LoRA under its own adapter name; refuse one trained on another base model."""
+        """Attach a concept's LoRA under its own adapter name, in the model's dtype; refuse one trained on another
+        base model. Loading a name again replaces the earlier weights."""
         concept = source if isinstance(source, Concept) else Concept.load(source)
         own = self.components
         if concept.base_fingerprint != own.fingerprint:
@@ -104,8 +114,45 @@ class PACGenPipeline:
         return concept
 
     def unload_concept(self, name: str) -> None:
+        if name not in self.concepts:
+            raise ConceptError(f"concept '{name}' is not loaded")
         concept = self.concepts.pop(name)
-        self.components.unet.delete_adapters(concept.adapter_name)
+        lora.delete_adapter(self.components.unet, concept.adapter_name)
+
+    @contextmanager
+    def training_adapter(self, concept: Concept, rank: int, alpha: float, seed: int) -> Iterator[list[torch.nn.Parameter]]:
+        """A fresh LoRA for `concept`, active and trainable (fp32 master weights), removed again on exit.
+
+        Its random start follows `seed`, not earlier work. Training saves it (`save_training_adapter`) and then
+        attaches the saved file with `load_concept`, so a concept just trained runs as a reloaded one does.
+        """
+        unet = self.components.unet
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            lora.add_adapter(unet, concept.adapter_name, rank, alpha)
+        try:
+            params = lora.trainable_parameters(unet, concept.adapter_name)
+            lora.activate(unet, [concept.adapter_name])
+            yield params
+        finally:
+            lora.delete_adapter(unet, concept.adapter_name)
+            unet.eval()
+
+    def save_training_adapter(self, concept: Concept, folder: Path) -> Path:
+        return lora.save_adapter(self.components.unet, concept.adapter_name, folder)
+
+    @contextmanager
+    def previewing(self, concept: Concept) -> Iterator[None]:
+        """Let a concept that is still training be used in a call: known by name, in eval mode, and afterwards
+        the only active adapter again, as its training loop expects."""
+        unet = self.components.unet
+        self.concepts[concept.name] = concept
+        unet.eval()
+        try:
+            yield
+        finally:
+            del self.concepts[concept.name]
+            lora.activate(unet, [concept.adapter_name])
 
     # ----------------------------------------------------------------------------------- encoders
 
@@ -129,132 +176,177 @@ class PACGenPipeline:
         inputs = tokenizer(phrases, padding=True, return_tensors="pt").to(encoder.device)
         return encoder(**inputs).pooler_output
 
-    def make_scheduler(self, name: str):
+    def usable_schedulers(self) -> list[str]:
+        """Schedulers that can follow this model's noise schedule (PNDM cannot rescale to zero terminal SNR)."""
         config = self.components.scheduler_config
-        usable = [n for n, cls in SCHEDULERS.items()
-                  if not config.get("rescale_betas_zero_snr") or "rescale_betas_zero_snr" in signature(cls).parameters]
+        return [n for n, cls in SCHEDULERS.items()
+                if not config.get("rescale_betas_zero_snr") or "rescale_betas_zero_snr" in signature(cls).parameters]
+
+    def make_scheduler(self, name: str):
         if name not in SCHEDULERS:
-            raise LayoutError(f"unknown scheduler '{name}'; choose one of {', '.join(usable)}")
-        if name not in usable:
-            raise LayoutError(f"scheduler '{name}' cannot follow this model's zero-terminal-SNR noise schedule; "
-                              f"choose one of {', '.join(usable)}")
-        return SCHEDULERS[name].from_config(config)
+            raise SettingsError(f"unknown scheduler '{name}'; choose one of {', '.join(self.usable_schedulers())}")
+        if name not in self.usable_schedulers():
+            raise SettingsError(f"scheduler '{name}' cannot follow this model's zero-terminal-SNR noise schedule; "
+                                f"choose one of {', '.join(self.usable_schedulers())}")
+        return SCHEDULERS[name].from_config(self.components.scheduler_config)
 
     # ----------------------------------------------------------------------------------- sampling
 
-    def check_inputs(
-        self, prompt: str, boxes: list[Box], height: int, width: int, steps: int, guidance: float,
-        grounding_fraction: float, regional_fraction: float, num_images: int, feather: int,
-    ) -> list[Box]:
-        """Refuse bad requests before any work, with a message naming the problem."""
-        if height % 8 or width % 8 or height <= 0 or width <= 0:
-            raise LayoutError(f"image size {width}x{height} must be positive multiples of 8")
+    def settings(self, settings: SampleSettings | None = None, **overrides) -> SampleSettings:
+        """Complete, checked settings: the model's defaults (or `settings`), then `overrides` by field name."""
+        base = settings if settings is not None else self.components.defaults.sampling
+        merged = base.override(**overrides).checked()
+        size = self.components.default_size
+        return merged.override(width=merged.width or size, height=merged.height or size)
+
+    def check_inputs(self, prompt: str, boxes: list[Box], negative_prompt: str, settings: SampleSettings) -> None:
+        """Refuse a bad request before any work, with a message naming the problem. `settings` are checked."""
+        for label, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+            if not isinstance(text, str):
+                raise LayoutError(f"the {label} must be text, got {type(text).__name__}")
+        width, height = settings.width, settings.height
         factor = self.components.vae_scale_factor
+        if height % 8 or width % 8:
+            raise SettingsError(f"image size {width}x{height} must be multiples of 8")
         if height % factor or width % factor:
-            raise LayoutError(f"image size {width}x{height} must be multiples of {factor} for this model")
-        if steps < 1:
-            raise LayoutError(f"steps must be at least 1, got {steps}")
-        if guidance < 0:
-            raise LayoutError(f"guidance scale must not be negative, got {guidance}")
-        for label, value in (("grounding fraction", grounding_fraction), ("regional fraction", regional_fraction)):
-            if not 0.0 <= value <= 1.0:
-                raise LayoutError(f"{label} must be between 0 and 1, got {value}")
-        if num_images < 1:
-            raise LayoutError(f"number of images must be at least 1, got {num_images}")
-        if feather < 0:
-            raise LayoutError(f"feather must be 0 or more latent cells, got {feather}")
+            raise SettingsError(f"image size {width}x{height} must be multiples of {factor} for this model")
+        self.make_scheduler(settings.scheduler)
         limit = self.components.tokenizer.model_max_length - 2
         for index, box in enumerate(boxes, start=1):
             if box.concept is None and self.token_count(box.label) > limit:
                 raise LayoutError(
                     f"box {index}: the phrase is {self.token_count(box.label)} tokens long; the limit is {limit}"
                 )
-        checked = validate_boxes(boxes, (height // factor, width // factor))
-        for name in concept_refs(prompt) + [b.concept for b in checked if b.concept]:
+        check_boxes(boxes, (height // factor, width // factor))
+        for name in concept_refs(prompt) + [b.concept for b in boxes if b.concept]:
             if name not in self.concepts:
                 known = ", ".join(sorted(self.concepts)) or "none loaded"
                 raise LayoutError(f"unknown concept '<{name}>' (loaded concepts: {known})")
-        return checked
 
     def __call__(
         self,
         prompt: str,
         boxes: list[Box] | None = None,
         negative_prompt: str = "",
-        num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
-        grounding_fraction: float | None = None,
-        regional: bool = True,
-        regional_fraction: float = 1.0,
-        feather: int = 0,
-        grounding_phrase: str = "class",
-        seed: int | None = None,
-        num_images: int = 1,
-        height: int | None = None,
-        width: int | None = None,
-        scheduler: str = DEFAULT_SCHEDULER,
+        settings: SampleSettings | None = None,
+        *,
+        generator: Generators | None = None,
         callback: StepCallback | None = None,
         output_type: str = "pil",
+        **overrides,
     ) -> GenerationResult:
-        """Generate `num_images` images; image k uses seed `seed + k`, so any one can be redone alone.
+        """Generate images with each box's phrase or concept in its box.
 
-        `grounding_fraction` (share of steps the boxes steer) defaults to the model's own.
+        Args:
+            prompt: the scene; concepts are written `<name>` (a boxed concept the prompt omits is appended).
+            boxes: phrases or `<concept>` references with normalised `[x0, y0, x1, y1]` boxes, origin top left.
+            negative_prompt: what classifier-free guidance steers away from.
+            settings: a complete `SampleSettings`; default: the model's own (`Components.defaults.sampling`).
+            generator: a `torch.Generator` (or one per image) for the initial noise, as in diffusers; instead of
+                `seed`. Without either, a random seed is drawn and reported.
+            callback: called as `callback(step, total)` after every denoising step.
+            output_type: "pil" or "np" (floats in [0, 1]).
+            **overrides: any `SampleSettings` field by name (`num_inference_steps=30`, `seed=0`, `width=...`);
+                image k of a batch uses seed `seed + k`, so any one image can be redone alone.
+
+        Returns:
+            A `GenerationResult` with the images, their seeds, the settings used and timings.
         """
         started = time.perf_counter()
-        comp = self.components
-        height = height or comp.default_size
-        width = width or comp.default_size
-        grounding_fraction = comp.grounding_fraction if grounding_fraction is None else grounding_fraction
-        warnings: list[str] = []
 
-        # 1. Check inputs; make sure every boxed concept is mentioned in the prompt.
-        boxes = self.check_inputs(
-            prompt, list(boxes or []), height, width, num_inference_steps, guidance_scale,
-            grounding_fraction, regional_fraction, num_images, feather,
-        )
+        # 1. Check inputs, then plan the branches: which concepts, regional or not.
+        settings = self.settings(settings, **overrides)
+        boxes = list(boxes or [])
+        self.check_inputs(prompt, boxes, negative_prompt, settings)
+        boxes = [clamp_box(b) for b in boxes]
+        plan = self._plan(prompt, boxes, settings)
+
+        # 2. Encode the prompt once per branch, and the box phrases for grounding.
+        branch_prompts = self._branch_prompts(plan, negative_prompt)
+        embeds = dict(zip(branch_prompts, self.encode_prompts(list(branch_prompts.values()))))
+        grounding = self._grounding_tokens(boxes, settings.grounding_phrase)
+
+        # 3. Prepare the scheduler, the initial noise and the concepts' latent masks.
+        scheduler = self.make_scheduler(settings.scheduler)
+        scheduler.set_timesteps(settings.num_inference_steps, device=self.components.device)
+        latents, seeds = self.prepare_latents(settings, generator, scheduler.init_noise_sigma)
+        masks = self._concept_masks(boxes, plan.names, *latents.shape[2:], settings.feather)
+        encoded = time.perf_counter()
+
+        # 4. Denoise.
+        latents = self._denoise(latents, scheduler, embeds, grounding, masks, plan, settings, callback)
+        denoised = time.perf_counter()
+
+        # 5. Decode.
+        images = self.decode_latents(latents, output_type)
+        finished = time.perf_counter()
+        used = {"model": self.components.model_id, **asdict(settings), "regional": plan.regional,
+                "negative_prompt": negative_prompt}
+        used.pop("seed")
+        timings = {
+            "encode_s": encoded - started, "denoise_s": denoised - encoded, "decode_s": finished - denoised,
+            "total_s": finished - started, "step_s": (denoised - encoded) / settings.num_inference_steps,
+        }
+        return GenerationResult(images, seeds, plan.prompt, boxes, branch_prompts, used, timings, plan.warnings)
+
+    def _plan(self, prompt: str, boxes: list[Box], settings: SampleSettings) -> _Plan:
         boxed = list(dict.fromkeys(b.concept for b in boxes if b.concept))
         prompt = with_concept_refs(prompt, boxed)
         names = list(dict.fromkeys(concept_refs(prompt)))
-        use_regional = regional and bool(names) and regional_fraction > 0
-        if use_regional and set(names) - set(boxed):
+        regional = settings.regional and bool(names) and settings.regional_fraction > 0
+        if regional and set(names) - set(boxed):
             unboxed = ", ".join(f"<{n}>" for n in names if n not in boxed)
             raise LayoutError(f"{unboxed} has no box: regional sampling needs a box for every concept in the prompt "
                               "(draw one, or turn regional guidance off)")
-        if self.token_count(prompt) > comp.tokenizer.model_max_length - 2:
-            warnings.append(f"the prompt is {self.token_count(prompt)} tokens long; the text encoder reads only the first "
-                            f"{comp.tokenizer.model_max_length - 2}")
-        if seed is None:
-            seed = random.randrange(2**31)
-        seeds = [seed + k for k in range(num_images)]
+        warnings = []
+        limit = self.components.tokenizer.model_max_length - 2
+        if self.token_count(prompt) > limit:
+            warnings.append(f"the prompt is {self.token_count(prompt)} tokens long; the text encoder reads only the "
+                            f"first {limit}")
+        return _Plan(prompt, names, regional, warnings)
 
-        # 2. Encode the prompt once per branch, and the box phrases for grounding.
-        words = {n: (self.concepts[n].identifier, self.concepts[n].class_noun) for n in names}
-        branch_prompts = {"negative": negative_prompt, "base": expand_prompt(prompt, words, set())}
-        branch_prompts.update({f"concept:{n}": expand_prompt(prompt, words, {n}) for n in names})
-        branch_prompts["all concepts"] = expand_prompt(prompt, words, set(names))
-        embeds = dict(zip(branch_prompts, self.encode_prompts(list(branch_prompts.values()))))
-        grounding = self._grounding_tokens(boxes, grounding_phrase)
+    def _branch_prompts(self, plan: _Plan, negative_prompt: str) -> dict[str, str]:
+        """The text of every UNet row: unconditional, base (concepts as class nouns), one per concept, all concepts."""
+        words = {n: (self.concepts[n].identifier, self.concepts[n].class_noun) for n in plan.names}
+        prompts = {"negative": negative_prompt, "base": expand_prompt(plan.prompt, words, set())}
+        prompts.update({f"concept:{n}": expand_prompt(plan.prompt, words, {n}) for n in plan.names})
+        prompts["all concepts"] = expand_prompt(plan.prompt, words, set(plan.names))
+        return prompts
 
-        # 3. Prepare latents, one generator per image.
-        sched = self.make_scheduler(scheduler)
-        sched.set_timesteps(num_inference_steps, device=comp.device)
+    def prepare_latents(self, settings: SampleSettings, generator: Generators | None,
+                        init_noise_sigma: float) -> tuple[torch.Tensor, list[int | None]]:
+        """Initial noise: from the caller's generator(s) as diffusers draws it, else one seeded generator per image
+        (image k from seed + k), so image k of a batch equals a single run with that seed."""
+        comp = self.components
         factor = comp.vae_scale_factor
-        shape = (1, comp.unet.config.in_channels, height // factor, width // factor)
-        latents = torch.cat([
-            randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(s), device=comp.device, dtype=comp.dtype)
-            for s in seeds
-        ]) * sched.init_noise_sigma
-        masks = self._concept_masks(boxes, names, shape[2], shape[3], feather)
+        n = settings.num_images
+        shape = (n, comp.unet.config.in_channels, settings.height // factor, settings.width // factor)
+        if generator is not None:
+            if settings.seed is not None:
+                raise SettingsError("give a seed or a generator, not both")
+            if isinstance(generator, list) and len(generator) != n:
+                raise SettingsError(f"{len(generator)} generators given for {n} images; give one per image")
+            noise = randn_tensor(shape, generator=generator, device=comp.device, dtype=comp.dtype)
+            return noise * init_noise_sigma, [None] * n
+        first = random.randrange(2**31) if settings.seed is None else settings.seed
+        seeds = [first + k for k in range(n)]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        noise = randn_tensor(shape, generator=generators, device=comp.device, dtype=comp.dtype)
+        return noise * init_noise_sigma, seeds
 
-        # 4. Denoise: regional steps batch u, b, c_1..c_N; whole-image steps batch u and all concepts.
-        timesteps = sched.timesteps
-        grounded_steps = int(grounding_fraction * len(timesteps))
-        regional_steps = int(regional_fraction * len(timesteps)) if use_regional else 0
-        regional_rows = ["negative", "base"] + [f"concept:{n}" for n in names]
+    def _denoise(self, latents: torch.Tensor, scheduler, embeds: dict[str, torch.Tensor], grounding: tuple,
+                 masks: torch.Tensor, plan: _Plan, settings: SampleSettings, callback: StepCallback | None) -> torch.Tensor:
+        """Regional steps batch u, b, c_1..c_N (each concept row through its own LoRA); whole-image steps batch u and
+        one row with every concept's LoRA on. Boxes steer the first `grounding_fraction` of the steps."""
+        comp = self.components
+        n = settings.num_images
+        timesteps = scheduler.timesteps
+        grounded_steps = int(settings.grounding_fraction * len(timesteps))
+        regional_steps = int(settings.regional_fraction * len(timesteps)) if plan.regional else 0
+        regional_rows = ["negative", "base"] + [f"concept:{name}" for name in plan.names]
         whole_rows = ["negative", "all concepts"]
-        encoded = time.perf_counter()
-        adapters = [self.concepts[n].adapter_name for n in names]
-        row_adapters = [a for a in [lora.BASE_ROW] * 2 + adapters for _ in range(num_images)]
+        adapters = [self.concepts[name].adapter_name for name in plan.names]
+        row_adapters = [a for a in [lora.BASE_ROW] * 2 + adapters for _ in range(n)]
         # Adapter routing is set once per phase: walking the UNet's modules every step costs milliseconds.
         with torch.inference_mode(), ExitStack() as routing:
             if regional_steps:
@@ -264,41 +356,28 @@ class PACGenPipeline:
                     routing.close()
                     lora.activate(comp.unet, adapters)
                 rows = regional_rows if i < regional_steps else whole_rows
-                hidden = torch.cat([embeds[r].expand(num_images, -1, -1) for r in rows])
-                kwargs = {"gligen": self._gligen_kwargs(grounding, len(rows), num_images)} if i < grounded_steps else None
-                model_in = sched.scale_model_input(torch.cat([latents] * len(rows)), t)
+                hidden = torch.cat([embeds[r].expand(n, -1, -1) for r in rows])
+                kwargs = {"gligen": self._gligen_kwargs(grounding, len(rows), n)} if i < grounded_steps else None
+                model_in = scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
                 noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
                 if i < regional_steps:
-                    base, *per_concept = guided(noise, len(rows), guidance_scale)
+                    base, *per_concept = guided(noise, len(rows), settings.guidance_scale)
                     eps = blend(base, per_concept, masks)
                 else:
-                    (eps,) = guided(noise, len(rows), guidance_scale)
-                latents = sched.step(eps, t, latents).prev_sample
+                    (eps,) = guided(noise, len(rows), settings.guidance_scale)
+                latents = scheduler.step(eps, t, latents).prev_sample
                 if callback is not None:
                     callback(i + 1, len(timesteps))
-        denoised = time.perf_counter()
+        return latents
 
-        # 5. Decode.
-        with torch.inference_mode():
-            decoded = comp.vae.decode(latents / comp.vae.config.scaling_factor).sample
-            images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
-        finished = time.perf_counter()
-        settings = {
-            "model": comp.model_id, "steps": num_inference_steps, "guidance_scale": guidance_scale,
-            "grounding_fraction": grounding_fraction, "regional": use_regional, "regional_fraction": regional_fraction,
-            "feather": feather, "grounding_phrase": grounding_phrase, "scheduler": scheduler,
-            "height": height, "width": width, "negative_prompt": negative_prompt,
-        }
-        timings = {
-            "encode_s": encoded - started, "denoise_s": denoised - encoded, "decode_s": finished - denoised,
-            "total_s": finished - started, "step_s": (denoised - encoded) / len(timesteps),
-        }
-        return GenerationResult(list(images), seeds, prompt, boxes, branch_prompts, settings, timings, warnings)
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "pil") -> list:
+        vae = self.components.vae
+        decoded = vae.decode(latents / vae.config.scaling_factor).sample
+        return list(self.image_processor.postprocess(decoded.float(), output_type=output_type))
 
     def _grounding_tokens(self, boxes: list[Box], phrase_kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Boxes, phrase features and validity masks for GLIGEN's 30 grounding slots (one image's worth)."""
-        if phrase_kind not in ("class", "identifier"):
-            raise LayoutError(f"grounding phrase must be 'class' or 'identifier', got '{phrase_kind}'")
         comp = self.components
         dim = comp.unet.config.cross_attention_dim
         coords = torch.zeros(MAX_BOXES, 4, device=comp.device, dtype=comp.dtype)

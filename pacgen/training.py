@@ -1,8 +1,10 @@
 """Concept training: DreamBooth LoRA on the UNet's attention, on PACGen-augmented photos, with prior preservation.
 
 `train_concept` is a generator of `TrainEvent`s (progress, previews, the finished concept), so a CLI
-bar, a Gradio stream and a notebook loop all consume the same thing. Stopping early (the `cancel`
-event, or closing the generator) removes every trace: no adapter stays loaded, nothing is written.
+bar, a Gradio stream and a notebook loop all consume the same thing. It works on the pipeline only through
+its concept API (a training adapter, previews of the unfinished concept, `load_concept` of the saved one), so a
+concept just trained runs exactly as it will after a reload. Stopping early (the `cancel` event, or closing the
+generator) removes every trace: no adapter stays loaded, nothing is written.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -22,60 +24,25 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from . import lora
-from .augment import AugmentConfig, Sample, augment_many, square
+from .augment import Sample, augment_many, square
 from .concepts import THUMBNAIL_FILE, Concept, ConceptError, ConceptLibrary, check_name
 from .errors import PACGenError
 from .layout import Box
-from .models import IDENTIFIER_CANDIDATES, training_target
 from .photos import PhotoSource, load_photos
 from .sampling import PACGenPipeline
+from .settings import TrainSettings
 
 PREVIEW_STEPS = 20  # sampling steps of each preview image (also used by time estimates)
 PREVIEW_PROMPTS = ("a photo of {ref} on grass", "a photo of {ref} on sand", "a photo of {ref} at night")
+# Rare words that are one token in CLIP's real vocabulary (checked against open_clip's BPE file):
+# DreamBooth's identifiers. The toy vocabulary contains them too.
+IDENTIFIER_CANDIDATES = (
+    "sks", "ohwx", "phol", "bnha", "olis", "sqn", "wbb", "dsb", "mrw", "kst", "fty", "wyn", "fdn", "cdt",
+)
 
 
 class TrainingCancelled(PACGenError):
     """Training was stopped on request; nothing was saved."""
-
-
-@dataclass
-class TrainConfig:
-    """Training settings. Defaults: diffusers' LoRA DreamBooth recipe (rank 4, lr 1e-4, ~500 steps)."""
-
-    steps: int = 500
-    learning_rate: float = 1e-4
-    rank: int = 4
-    alpha: float | None = None  # LoRA scale numerator; None = rank (scale 1)
-    batch_size: int = 1
-    resolution: int | None = None  # None = the model's native size
-    prior_preservation: bool = True
-    prior_weight: float = 1.0
-    num_class_images: int = 100
-    class_image_steps: int = 25
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    samples_per_photo: int = 24  # augmented copies encoded once, up front
-    gradient_checkpointing: bool = False
-    use_8bit_adam: bool = False
-    preview_every: int = 0  # 0 = no previews
-    seed: int = 0
-
-    def validate(self) -> None:
-        checks = [
-            (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
-            (self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}"),
-            (1 <= self.rank <= 256, f"rank must be between 1 and 256, got {self.rank}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.prior_weight >= 0, f"prior weight must not be negative, got {self.prior_weight}"),
-            (self.num_class_images >= 1 or not self.prior_preservation,
-             f"prior preservation needs at least 1 class image, got {self.num_class_images}"),
-            (self.samples_per_photo >= 1, f"samples per photo must be at least 1, got {self.samples_per_photo}"),
-            (self.preview_every >= 0, f"preview interval must not be negative, got {self.preview_every}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PACGenError(message)
-        self.augment.validate()
 
 
 @dataclass
@@ -93,6 +60,17 @@ class TrainEvent:
     preview: Image.Image | None = None
     message: str = ""
     concept: Concept | None = None
+
+
+def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
+                    timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict under its scheduler's config: the noise, or the velocity."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise PACGenError(f"training a model with prediction_type '{kind}' is not supported (epsilon, v_prediction are)")
 
 
 def check_class_noun(noun: str) -> str:
@@ -124,7 +102,7 @@ def class_image_dir(library: ConceptLibrary, fingerprint: str, prompt: str, reso
 
 
 def _class_images(
-    pipe: PACGenPipeline, library: ConceptLibrary, prompt: str, config: TrainConfig, resolution: int,
+    pipe: PACGenPipeline, library: ConceptLibrary, prompt: str, config: TrainSettings, resolution: int,
     cancel: threading.Event,
 ) -> Iterator[TrainEvent | list[Image.Image]]:
     """Yield progress while generating missing class images, then the list of all of them."""
@@ -172,15 +150,7 @@ class _Batches:
         return torch.cat(chunks) * comp.vae.config.scaling_factor
 
 
-def _trainable(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
-    for param in params:
-        param.requires_grad_(True)
-        param.data = param.data.float()  # optimizer state in fp32 even when the base runs in half precision
-    return params
-
-
-def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(params: list[torch.nn.Parameter], config: TrainSettings) -> torch.optim.Optimizer:
     if config.use_8bit_adam:
         try:
             import bitsandbytes as bnb
@@ -196,15 +166,16 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return ((prediction.float() - target.float()) ** 2 * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def _write_card(folder: Path, concept: Concept, photos: list[Image.Image]) -> None:
+def _write_card(folder: Path, concept: Concept, photos: list[Image.Image], augmented: bool) -> None:
     square(photos[0], 256).save(folder / THUMBNAIL_FILE)
     (folder / "photos").mkdir()
     for k, photo in enumerate(photos):
         square(photo, 256).save(folder / "photos" / f"{k}.png")
     settings = "\n".join(f"- {k}: {v}" for k, v in concept.training.items())
+    how = "PACGen's resize/reposition augmentation" if augmented else "the photos as taken (plain DreamBooth)"
     (folder / "README.md").write_text(
         f"# {concept.name}\n\nA PACGen concept: a LoRA on the UNet's attention projections (never GLIGEN's fusers),\n"
-        f"trained on {len(photos)} photos of a {concept.class_noun} with PACGen's zoom augmentation.\n\n"
+        f"trained on {len(photos)} photos of a {concept.class_noun} with {how}.\n\n"
         f"- identifier: `{concept.identifier}` (prompt as `<{concept.name}>`, or `{concept.identifier} {concept.class_noun}`)\n"
         f"- base model: `{concept.base_model}` (fingerprint `{concept.base_fingerprint}`)\n"
         f"- trained in {concept.duration_s:.0f} s on {concept.created}\n\n"
@@ -218,19 +189,18 @@ def train_concept(
     images: list[PhotoSource],
     name: str,
     class_noun: str,
-    config: TrainConfig | None = None,
+    config: TrainSettings | None = None,
     library: ConceptLibrary | None = None,
     cancel: threading.Event | None = None,
 ) -> Iterator[TrainEvent]:
-    """Train one concept and add it to the library; the last event carries the loaded `Concept`."""
-    config = config or TrainConfig()
+    """Train one concept and add it to the library; the last event carries the concept, loaded on `pipe`."""
     library = library or ConceptLibrary()
     cancel = cancel or threading.Event()
     comp = pipe.components
     started = time.perf_counter()
 
     # 1. Check inputs before any work: settings, name, class noun, photos.
-    config.validate()
+    config = (config or comp.defaults.training).checked()
     name = library.check_new_name(check_name(name))
     if name in pipe.concepts:
         raise ConceptError(f"a concept named '{name}' is already loaded in this session; choose another name")
@@ -255,47 +225,52 @@ def train_concept(
     # 3. Augmented samples, latents and text embeddings, computed once.
     yield TrainEvent("preparing", 0, config.steps, elapsed_s=time.perf_counter() - started,
                      message="encoding augmented photos")
-    samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, config.augment, config.seed)
+    augment = config.augmentation()
+    samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, augment, config.seed)
     captions = [", ".join(filter(None, [instance_prompt, s.modifier])) for s in samples]
     data = _Batches(pipe, samples, captions, class_images, prior_prompt)
 
-    # 4. A fresh LoRA under the concept's adapter name; everything else frozen, fusers never called.
-    concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint,
-                      training={**asdict(config), "resolution": resolution, "photos": len(photos)})
-    unet = comp.unet
-    with torch.random.fork_rng(devices=[]):  # the A matrices' random start follows the seed, not earlier work
-        torch.manual_seed(config.seed)
-        lora.add_adapter(unet, concept.adapter_name, config.rank, config.alpha or config.rank)
-    committed = False
-    try:
-        yield from _optimize(pipe, concept, data, config, cancel, started)
+    # 4. Optimise a fresh LoRA under the concept's adapter name; everything else frozen, fusers never called.
+    training = {**asdict(config), "augment": asdict(augment), "resolution": resolution, "photos": len(photos)}
+    concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training)
+    with pipe.training_adapter(concept, config.rank, config.alpha or config.rank, config.seed) as params:
+        yield from _optimize(pipe, concept, params, data, config, cancel, started)
         yield TrainEvent("saving", config.steps, config.steps, elapsed_s=time.perf_counter() - started,
                          message="saving the concept")
         concept.duration_s = time.perf_counter() - started
         concept.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with library.staging() as staged:
-            lora.save_adapter(unet, concept.adapter_name, staged)
-            _write_card(staged, concept, photos)
+            pipe.save_training_adapter(concept, staged)
+            _write_card(staged, concept, photos, augmented=augment.zoom_out_prob + augment.zoom_in_prob > 0)
             saved = library.commit(staged, concept)
-        pipe.concepts[saved.name] = saved
-        committed = True
-        yield TrainEvent("done", config.steps, config.steps, elapsed_s=concept.duration_s,
-                         message=f"saved '{saved.name}' ({identifier} {class_noun})", concept=saved)
-    finally:
-        if not committed:
-            pipe.concepts.pop(name, None)
-            unet.delete_adapters(concept.adapter_name)
-        unet.eval()
+
+    # 5. Attach the saved concept as any reload would: from its file, in the model's dtype.
+    pipe.load_concept(saved)
+    yield TrainEvent("done", config.steps, config.steps, elapsed_s=concept.duration_s,
+                     message=f"saved '{saved.name}' ({identifier} {class_noun})", concept=saved)
 
 
-def _optimize(pipe: PACGenPipeline, concept: Concept, data: _Batches, config: TrainConfig, cancel: threading.Event,
-              started: float) -> Iterator[TrainEvent]:
+def estimate_seconds(pipe: PACGenPipeline, library: ConceptLibrary, class_noun: str, config: TrainSettings,
+                     step_s: float) -> float:
+    """Seconds a training will take, from one measured sampling step of two UNet rows (`step_s`): class images
+    still missing from the cache, the optimisation steps, and the previews."""
+    rows = 2 if config.prior_preservation else 1
+    train_s = config.steps * step_s * 1.5 * rows * config.batch_size  # forward + backward ≈ 3 forwards of one row
+    class_s = 0.0
+    if config.prior_preservation:
+        folder = class_image_dir(library, pipe.components.fingerprint, class_prompt(class_noun.strip()),
+                                 config.resolution or pipe.components.default_size)
+        missing = max(0, config.num_class_images - len(list(folder.glob("*.png"))))
+        class_s = missing * config.class_image_steps * step_s
+    previews = config.steps // config.preview_every if config.preview_every else 0
+    return train_s + class_s + previews * PREVIEW_STEPS * step_s
+
+
+def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Parameter], data: _Batches,
+              config: TrainSettings, cancel: threading.Event, started: float) -> Iterator[TrainEvent]:
     """The training loop proper: masked denoising loss on instances plus λ × the loss on class images."""
     comp = pipe.components
     unet = comp.unet
-    unet.set_adapters([concept.adapter_name])
-    unet.enable_adapters()
-    params = _trainable(unet)
     optimizer = _optimizer(params, config)
     noise_scheduler = DDPMScheduler.from_config(comp.scheduler_config)
     generator = torch.Generator().manual_seed(config.seed)
@@ -346,8 +321,6 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, data: _Batches, config: Tr
     finally:
         if config.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
-        for param in params:
-            param.requires_grad_(False)
 
 
 def _preview(pipe: PACGenPipeline, concept: Concept, step: int, seed: int) -> Image.Image:
@@ -356,15 +329,8 @@ def _preview(pipe: PACGenPipeline, concept: Concept, step: int, seed: int) -> Im
     side = rng.uniform(0.35, 0.7)
     x0, y0 = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
     ref = f"<{concept.name}>"
-    pipe.concepts[concept.name] = concept
-    try:
-        pipe.components.unet.eval()
-        prompt = rng.choice(PREVIEW_PROMPTS).format(ref=ref)
+    prompt = rng.choice(PREVIEW_PROMPTS).format(ref=ref)
+    with pipe.previewing(concept):
         result = pipe(prompt, boxes=[Box(ref, (x0, y0, x0 + side, y0 + side))], num_inference_steps=PREVIEW_STEPS,
                       seed=seed)
-    finally:
-        del pipe.concepts[concept.name]
-    pipe.components.unet.enable_adapters()
-    pipe.components.unet.set_adapters([concept.adapter_name])
     return result.images[0]
-
