@@ -1,26 +1,23 @@
-"""PACGen Studio: the Gradio app. Layout and event wiring only; every action lives in `pacgen.studio.Studio`.
+"""PACGen Studio: the Gradio app. It assembles one module per tab (`pacgen/app/`) around one `Studio` session.
 
 Run `python app.py` (flags below, or their PACGEN_* environment variables). Endpoints keep stable
-`api_name`s for gradio_client: train, cancel_training, preview_augmentation, generate, list_concepts,
-delete_concept, export_concept, import_concept.
+`api_name`s for gradio_client, and their parameters carry the settings' own names (`pacgen/settings.py`):
+train, cancel_training, preview_augmentation, generate, list_concepts, delete_concept, export_concept,
+import_concept.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import inspect
 import os
-import tempfile
 
 import gradio as gr
-import pandas as pd
-from gradio_image_annotation import image_annotator
 
-from pacgen.errors import PACGenError
-from pacgen.studio import TABLE_HEADERS, Studio, TrainSettings, gpu_task
+import pacgen.mini  # noqa: F401  (registers the `tiny` test model for --model tiny)
+from pacgen.app import compose_tab, library_tab, train_tab, views
+from pacgen.app.fields import UI_ONLY
+from pacgen.app.session import Studio
 
-GPU = "gpu"  # one concurrency group for every job that uses the model: they run one at a time
 CSS = """
 #banner {background: #fff7e6; border: 1px solid #f0c36d; border-radius: 8px; padding: 4px 12px;}
 #banner:empty {display: none;}
@@ -29,212 +26,32 @@ CSS = """
 """
 
 
-def friendly(fn):
-    """Show a user-fixable problem as a Gradio error message instead of a stack trace."""
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def stream(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except PACGenError as error:
-                raise gr.Error(str(error)) from None
-
-        return stream
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PACGenError as error:
-            raise gr.Error(str(error)) from None
-
-    return call
-
-
 def build_ui(studio: Studio) -> gr.Blocks:
-    size = studio.size
-    defaults = studio.default_train_settings()
-    export_dir = tempfile.mkdtemp(prefix="pacgen-export-")
-
     with gr.Blocks(title="PACGen Studio") as demo:
         gr.Markdown("# PACGen Studio\nPut *your own* objects into generated images, exactly where you want them.")
-        header = gr.Markdown(studio.header())
-        banner = gr.Markdown(studio.banner(), elem_id="banner")
-
+        header = gr.Markdown(views.header(studio.status()))
+        banner = gr.Markdown(views.banner(studio.notices()), elem_id="banner")
         with gr.Tabs():
-            # ------------------------------------------------------------------------------ Train
             with gr.Tab("Train", id="train"):
-                with gr.Row():
-                    with gr.Column():
-                        photos = gr.File(label="3–5 photos of your object", file_count="multiple",
-                                         file_types=["image"], type="filepath")
-                        photo_gallery = gr.Gallery(label="Your photos", columns=5, height=150, allow_preview=False)
-                        name = gr.Textbox(label="Concept name", placeholder="my dog", max_length=40)
-                        noun = gr.Textbox(label="Class noun (what it is)", placeholder="dog")
-                        with gr.Accordion("Advanced settings", open=False):
-                            steps = gr.Slider(1, 2000, value=defaults.steps, step=1, label="Training steps")
-                            lr = gr.Number(value=defaults.learning_rate, label="Learning rate", minimum=1e-6)
-                            rank = gr.Slider(1, 64, value=defaults.rank, step=1, label="LoRA rank")
-                            prior = gr.Checkbox(value=defaults.prior_preservation, label="Prior preservation")
-                            n_class = gr.Slider(1, 200, value=defaults.num_class_images, step=1,
-                                                label="Class images")
-                            strength = gr.Slider(0, 1, value=defaults.augment_strength, step=0.05,
-                                                 label="Augmentation strength (0 = plain DreamBooth)")
-                            preview_every = gr.Slider(0, 500, value=defaults.preview_every, step=1,
-                                                      label="Preview every K steps (0 = off)")
-                        estimate = gr.Markdown(studio.estimate(0, "", defaults))
-                        with gr.Row():
-                            aug_button = gr.Button("Preview augmentation")
-                            train_button = gr.Button("Train", variant="primary")
-                            cancel_button = gr.Button("Cancel", variant="stop")
-                        examples = studio.train_examples()
-                        if examples:
-                            gr.Examples(examples, inputs=[photos, name, noun], label="Example objects")
-                    with gr.Column():
-                        aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)",
-                                               interactive=False)
-                        train_status = gr.Markdown()
-                        loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
-                                                label="Training loss", height=220)
-                        previews = gr.Gallery(label="Previews at random boxes", columns=4, height=200)
-                        log = gr.Textbox(label="Log", lines=6, interactive=False)
-
-            # ------------------------------------------------------------------------------ Compose
+                train = train_tab.build(studio)
             with gr.Tab("Compose", id="compose"):
-                with gr.Row():
-                    with gr.Column():
-                        canvas = image_annotator(
-                            {"image": studio.canvas(), "boxes": []}, label_list=studio.label_choices(),
-                            image_type="pil", sources=[], show_download_button=False, show_clear_button=False,
-                            label="Draw boxes; label each with a concept or a phrase", elem_id="canvas",
-                        )
-                        table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["str"] + ["number"] * 4,
-                                             column_count=(5, "fixed"), row_count=(0, "dynamic"), interactive=True,
-                                             elem_id="boxes",
-                                             label="Boxes (edit, then 'Show on canvas'; delete a row to drop a box)")
-                        table_button = gr.Button("Show table on canvas", size="sm")
-                        with gr.Row():
-                            example_buttons = [gr.Button(e["prompt"], size="sm") for e in studio.examples()]
-                    with gr.Column():
-                        prompt = gr.Textbox(label="Prompt", placeholder="a photo of <my dog> on the beach", elem_id="prompt",
-                                            info="Concepts are written <name>; boxed concepts are added if missing.")
-                        negative = gr.Textbox(label="Negative prompt")
-                        with gr.Accordion("Advanced settings", open=False):
-                            gen_steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
-                            guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
-                            grounding = gr.Slider(0, 1, value=studio.default_grounding_fraction(), step=0.05,
-                                                  label="Grounding fraction")
-                            regional = gr.Checkbox(value=True, label="Regional guidance (concepts only in their box)")
-                            with gr.Row():
-                                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                                reuse_seed = gr.Button("Reuse last seed", size="sm")
-                            num_images = gr.Slider(1, 4, value=1, step=1, label="Images")
-                            step = studio.size_step()
-                            width = gr.Slider(step, size * 2, value=size, step=step, label="Width")
-                            height = gr.Slider(step, size * 2, value=size, step=step, label="Height")
-                        generate_button = gr.Button("Generate", variant="primary")
-                        show_boxes = gr.Checkbox(value=False, label="Overlay boxes and labels")
-                        results = gr.Gallery(label="Results", columns=2, height=420, elem_id="results",
-                                             format="png")
-                        result_info = gr.Markdown()
-                last = gr.State(None)
-                last_seed = gr.State(None)
-
-            # ------------------------------------------------------------------------------ Library
+                compose = compose_tab.build(studio)
             with gr.Tab("Library", id="library"):
-                gr.Markdown("Concepts you trained or imported. Each card: name · identifier and class noun · "
-                            "base model · date.")
-                cards = gr.Gallery(studio.cards(), label="Concepts", columns=4, height=300, allow_preview=False,
-                                   elem_classes=["concept-cards"])
-                with gr.Row():
-                    chosen = gr.Dropdown(studio.concept_names(), label="Concept", value=None, allow_custom_value=True)
-                    confirm = gr.Checkbox(label="Yes, delete it (cannot be undone)")
-                with gr.Row():
-                    delete_button = gr.Button("Delete", variant="stop")
-                    export_button = gr.Button("Download as zip")
-                with gr.Row():
-                    download = gr.File(label="Download", interactive=False, height=120)
-                    with gr.Column():
-                        upload = gr.File(label="Import a concept zip", file_types=[".zip"], type="filepath",
-                                         height=120)
-                        import_button = gr.Button("Import")
-                library_status = gr.Markdown()
+                library = library_tab.build(studio)
 
-        # ---------------------------------------------------------------------------------- events
         def refreshed():
+            """After anything that changes the library: every view of it, from disk."""
             studio.sync_library()
             names = studio.concept_names()
-            return (studio.header(), studio.banner(), studio.cards(), gr.update(choices=names, value=None),
-                    gr.update(label_list=studio.label_choices()))
+            labels = views.label_choices(names, list(studio.defaults.examples))
+            return (views.header(studio.status()), views.banner(studio.notices()), library_tab.cards(studio),
+                    gr.update(choices=names, value=None), gr.update(label_list=labels))
 
-        refresh_outputs = [header, banner, cards, chosen, canvas]
-        demo.load(refreshed, outputs=refresh_outputs, queue=False)
-
-        settings_inputs = [steps, lr, rank, prior, n_class, strength, preview_every]
-
-        def settings_of(*values) -> TrainSettings:
-            return TrainSettings(*values)
-
-        @friendly
-        def show_estimate(files, class_noun, *values):
-            return studio.estimate(len(files or []), class_noun or "", settings_of(*values))
-
-        photos.change(lambda files: files or [], photos, photo_gallery, queue=False)
-        for component in [photos, noun, *settings_inputs]:
-            component.change(show_estimate, [photos, noun, *settings_inputs], estimate, queue=False,
-                             show_progress="hidden")
-
-        aug_button.click(friendly(studio.preview_augmentation), [photos, strength], aug_preview,
-                         api_name="preview_augmentation")
-
-        @gpu_task(duration=1200)
-        @friendly
-        def train(files, concept_name, class_noun, *values, progress=gr.Progress()):
-            for update in studio.train(files, concept_name, class_noun, settings_of(*values)):
-                progress(update.progress, desc=update.status)
-                frame = pd.DataFrame(update.losses, columns=["step", "loss"])
-                yield update.status, frame, update.previews, "\n".join(update.log)
-
-        # Not in the GPU queue: a second training is refused at once, and generation waits on the model lock.
-        train_button.click(
-            train, [photos, name, noun, *settings_inputs], [train_status, loss_plot, previews, log],
-            concurrency_limit=None, api_name="train",
-        ).then(refreshed, outputs=refresh_outputs)
-        cancel_button.click(studio.cancel, outputs=train_status, queue=False, api_name="cancel_training")
-
-        canvas.change(studio.boxes_from_annotations, canvas, table, queue=False, show_progress="hidden")
-        table_button.click(friendly(studio.annotations_from_boxes), [table, width, height], canvas)
-        for dimension in (width, height):
-            dimension.change(friendly(studio.annotations_from_boxes), [table, width, height], canvas,
-                             show_progress="hidden")
-        for button, example in zip(example_buttons, studio.examples()):
-            button.click(lambda e=example: (e["prompt"], e["rows"]), outputs=[prompt, table], queue=False).then(
-                friendly(studio.annotations_from_boxes), [table, width, height], canvas)
-
-        @gpu_task(duration=120)
-        @friendly
-        def generate(text, negative_text, rows, n_steps, scale, fraction, use_regional, chosen_seed, count, w, h,
-                     overlay, progress=gr.Progress()):
-            result = studio.generate(text, negative_text, rows, n_steps, scale, fraction, use_regional, chosen_seed,
-                                     count, w, h, lambda i, total: progress((i, total), desc="denoising"))
-            return studio.gallery(result, overlay), studio.describe(result), result, result.seeds[0]
-
-        generate_button.click(
-            generate, [prompt, negative, table, gen_steps, guidance, grounding, regional, seed, num_images, width,
-                       height, show_boxes], [results, result_info, last, last_seed],
-            concurrency_id=GPU, api_name="generate",
-        )
-        show_boxes.change(studio.gallery, [last, show_boxes], results, queue=False)
-        reuse_seed.click(lambda s: -1 if s is None else s, last_seed, seed, queue=False)
-
-        gr.api(studio.list_concepts, api_name="list_concepts")
-        delete_button.click(friendly(studio.delete), [chosen, confirm], library_status,
-                            api_name="delete_concept").then(refreshed, outputs=refresh_outputs)
-        export_button.click(friendly(lambda n: str(studio.export(n, export_dir))), chosen, download,
-                            api_name="export_concept")
-        import_button.click(friendly(studio.import_zip), upload, library_status, api_name="import_concept").then(
-            refreshed, outputs=refresh_outputs)
+        refresh_outputs = [header, banner, library.cards, library.chosen, compose.canvas]
+        demo.load(refreshed, outputs=refresh_outputs, queue=False, **UI_ONLY)
+        train_tab.wire(train, studio, refreshed, refresh_outputs)
+        compose_tab.wire(compose, studio)
+        library_tab.wire(library, studio, refreshed, refresh_outputs)
     return demo
 
 
@@ -264,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         auth = (user, password)
     studio = Studio(args.model, args.data_dir)
     demo = build_ui(studio)
+    # One job per endpoint at a time; the session's model lock then orders generation and training.
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth, css=CSS,
         theme=gr.themes.Soft(), show_error=True,

@@ -1,6 +1,8 @@
 """Command line: `python -m pacgen generate ...` and `python -m pacgen train ...`.
 
-Bad input exits with status 2 and one line on stderr; everything else is a real failure.
+Setting flags are made from the settings dataclasses (`--num-inference-steps` is `num_inference_steps`), and
+a flag left out keeps the loaded model's default. Bad input exits with status 2 and one line on stderr;
+everything else is a real failure.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 from PIL import PngImagePlugin
 from tqdm import tqdm
 
-from .errors import PACGenError
+import pacgen.mini  # noqa: F401  (registers the `tiny` test model for --model tiny)
+
+from ..errors import PACGenError
+from ..settings import SampleSettings, TrainSettings, kind, surfaced
 
 
 def quiet_libraries() -> None:
@@ -31,6 +36,21 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="concept library folder (default: $PACGEN_HOME)")
 
 
+def _add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per surfaced setting, named after the field; left out, it keeps the model's default."""
+    for f in surfaced(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if kind(f) == "bool":
+            negated = "--no-" + f.name.replace("_", "-")
+            parser.add_argument(negated if f.default else flag, dest=f.name, action="store_const",
+                                const=not f.default, default=argparse.SUPPRESS,
+                                help=("turn off: " if f.default else "") + f.metadata["help"])
+            continue
+        shown = "" if f.default is None else f" (default: {f.default})"
+        parser.add_argument(flag, dest=f.name, type={"int": int, "float": float, "str": str}[kind(f)],
+                            default=argparse.SUPPRESS, choices=f.metadata["choices"], help=f.metadata["help"] + shown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pacgen", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,23 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate images with boxes and concepts")
     _add_model_args(gen)
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative", default="", help="negative prompt")
+    gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--box", action="append", default=[], metavar="LABEL=x0,y0,x1,y1",
                      help="a phrase or <concept name> and its box in [0,1] (repeatable)")
     gen.add_argument("--concept", action="append", default=[], metavar="PATH_OR_NAME",
                      help="a concept folder, or the name of a concept in the library (repeatable)")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance", type=float, default=7.5)
-    gen.add_argument("--grounding-fraction", type=float, default=None,
-                     help="share of steps the boxes steer (default: the model's; 0.3, mini 1.0)")
-    gen.add_argument("--regional-fraction", type=float, default=1.0)
-    gen.add_argument("--no-regional", action="store_true", help="apply concept LoRAs to the whole image")
-    gen.add_argument("--feather", type=int, default=0, help="soften box edges over this many latent cells")
-    gen.add_argument("--scheduler", default="dpm++")
-    gen.add_argument("--num-images", type=int, default=1)
-    gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--height", type=int, default=None)
+    _add_settings(gen, SampleSettings)
     gen.add_argument("--out", default="out.png", help="output PNG; several images get -0, -1, ... suffixes")
 
     train = commands.add_parser("train", help="train a concept from 3-5 photos of one object")
@@ -62,21 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--images", nargs="+", required=True, help="3 to 5 photos of the object")
     train.add_argument("--name", required=True, help="how prompts refer to it: <name>")
     train.add_argument("--class-noun", default="", help="what the object is, e.g. dog, mug, star")
-    train.add_argument("--steps", type=int, default=500)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--rank", type=int, default=4)
-    train.add_argument("--batch-size", type=int, default=1)
-    train.add_argument("--resolution", type=int, default=None)
-    train.add_argument("--no-prior", action="store_true", help="skip prior preservation (no class images)")
-    train.add_argument("--class-images", type=int, default=100)
-    train.add_argument("--prior-weight", type=float, default=1.0)
-    train.add_argument("--augment-strength", type=float, default=1.0, help="0 = plain DreamBooth, 1 = PACGen default")
-    train.add_argument("--caption-modifiers", action="store_true", help='add "far away"/"close up" to captions')
-    train.add_argument("--gradient-checkpointing", action="store_true")
-    train.add_argument("--use-8bit-adam", action="store_true")
-    train.add_argument("--preview-every", type=int, default=0, help="save a preview image every K steps")
-    train.add_argument("--seed", type=int, default=0)
+    _add_settings(train, TrainSettings)
     return parser
+
+
+def _chosen(args: argparse.Namespace, cls: type) -> dict:
+    """The settings given on the command line, by field name."""
+    return {f.name: getattr(args, f.name) for f in surfaced(cls) if hasattr(args, f.name)}
 
 
 def output_paths(out: str, count: int) -> list[Path]:
@@ -95,23 +96,19 @@ def save_png(image, path: Path, info: dict) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .concepts import ConceptLibrary
-    from .layout import parse_box
-    from .sampling import PACGenPipeline
+    from ..concepts import ConceptLibrary
+    from ..layout import parse_box
+    from ..sampling import PACGenPipeline
 
     boxes = [parse_box(text) for text in args.box]
     pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
+    settings = pipe.settings(**_chosen(args, SampleSettings))
     library = ConceptLibrary(args.data_dir)
     for ref in args.concept:
         pipe.load_concept(library.resolve(ref))
-    with tqdm(total=args.steps, desc="generating", unit="step", delay=0.5) as bar:
-        result = pipe(
-            args.prompt, boxes=boxes, negative_prompt=args.negative, num_inference_steps=args.steps,
-            guidance_scale=args.guidance, grounding_fraction=args.grounding_fraction,
-            regional=not args.no_regional, regional_fraction=args.regional_fraction, feather=args.feather,
-            seed=args.seed, num_images=args.num_images, width=args.width, height=args.height,
-            scheduler=args.scheduler, callback=lambda step, total: bar.update(1),
-        )
+    with tqdm(total=settings.num_inference_steps, desc="generating", unit="step", delay=0.5) as bar:
+        result = pipe(args.prompt, boxes=boxes, negative_prompt=args.negative_prompt, settings=settings,
+                      callback=lambda step, total: bar.update(1))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for image, seed, path in zip(result.images, result.seeds, output_paths(args.out, len(result.images))):
@@ -122,22 +119,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .augment import AugmentConfig
-    from .concepts import ConceptLibrary
-    from .sampling import PACGenPipeline
-    from .training import TrainConfig, train_concept
+    from ..concepts import ConceptLibrary
+    from ..sampling import PACGenPipeline
+    from ..training import train_concept
 
-    augment = AugmentConfig.with_strength(args.augment_strength)
-    augment.caption_modifiers = args.caption_modifiers
-    config = TrainConfig(
-        steps=args.steps, learning_rate=args.lr, rank=args.rank, batch_size=args.batch_size,
-        resolution=args.resolution, prior_preservation=not args.no_prior, num_class_images=args.class_images,
-        prior_weight=args.prior_weight, augment=augment, gradient_checkpointing=args.gradient_checkpointing,
-        use_8bit_adam=args.use_8bit_adam, preview_every=args.preview_every, seed=args.seed,
-    )
-    config.validate()
     library = ConceptLibrary(args.data_dir)
     pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
+    config = pipe.components.defaults.training.override(**_chosen(args, TrainSettings)).checked()
     bars: dict[str, tqdm] = {}
     events = train_concept(pipe, args.images, args.name, args.class_noun, config, library)
     try:
