@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from . import lora
-from .concepts import Concept
-from .sampling import PACGenPipeline
+from pacgen import lora
+from pacgen.concepts import Concept
+from pacgen.sampling import PACGenPipeline
 
 
 def write_random_concept(
@@ -26,7 +26,7 @@ def write_random_concept(
                 weight.copy_(torch.randn(weight.shape, generator=generator) * strength)
     folder.mkdir(parents=True, exist_ok=True)
     lora.save_adapter(unet, adapter, folder)
-    unet.delete_adapters(adapter)
+    lora.delete_adapter(unet, adapter)
     comp = pipe.components
     concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, path=folder)
     (folder / "concept.json").write_text(concept.to_json())

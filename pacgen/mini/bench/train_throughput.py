@@ -2,8 +2,9 @@
 
 Both train a rank-4 UNet LoRA on the same local `tiny` model folder (`build_tiny().save(...)`) from the
 same 3 kit photos: 64 px, batch 1, lr 1e-4, fp32 on CPU, no prior preservation, --steps steps. Each run
-is a fresh subprocess of this interpreter (so the same torch) with the same CPU thread count, and the
-trainers alternate over --repeats rounds; the table gives medians. Measured alike for both:
+is a fresh subprocess of this interpreter (so the same torch) with the same CPU thread count, started as
+`python -m` of this module (so both import `pacgen.mini` first), and the trainers alternate over --repeats
+rounds; the table gives medians. Measured alike for both:
 
 - steady-state steps/s and CPU ms/step: a wall-clock and a process-CPU-time stamp as each optimizer
   step finishes (ours: each "training" event of `train_concept`; theirs: each update of their "Steps"
@@ -14,12 +15,14 @@ trainers alternate over --repeats rounds; the table gives medians. Measured alik
 
 diffusers' script is not part of this repository. Take it from the `huggingface/diffusers` repository at
 the release tag matching the installed diffusers (v0.40.0 was the newest tag available when this was
-written), and run everything in an environment that has torchvision for that script, e.g.:
+written), and run everything from the repository root, in an environment that has torchvision for that
+script, e.g.:
 
     git -C diffusers show v0.40.0:examples/dreambooth/train_dreambooth_lora.py > /tmp/train_dreambooth_lora.py
     python -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
         diffusers==0.42.1 transformers==5.23.0 "accelerate>=1.15,<2" peft==0.21.2 safetensors pillow numpy tqdm
-    /tmp/benchvenv/bin/python benchmarks/train_throughput.py --reference /tmp/train_dreambooth_lora.py --threads 1
+    /tmp/benchvenv/bin/python -m pacgen.mini.bench.train_throughput --reference /tmp/train_dreambooth_lora.py \\
+        --threads 1
 
 With tensorboard not installed, their default `--report_to tensorboard` logs nothing (accelerate skips it).
 After training, their script fails to reload its LoRA into the folder's StableDiffusionGLIGENPipeline (which
@@ -39,8 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 INSTANCE_PROMPT = "a photo of sks star"  # what PACGen's trainer builds: first free identifier + class noun
 CLASS_NOUN = "star"
 
@@ -51,11 +52,12 @@ def run_ours(model: str, photos: str, steps: int, resolution: int, stamps: str) 
 
     from pacgen.concepts import ConceptLibrary
     from pacgen.sampling import PACGenPipeline
-    from pacgen.training import TrainConfig, train_concept
+    from pacgen.settings import TrainSettings
+    from pacgen.training import train_concept
 
     pipe = PACGenPipeline.from_pretrained(model, device="cpu", dtype=torch.float32)
-    config = TrainConfig(steps=steps, learning_rate=1e-4, rank=4, batch_size=1, resolution=resolution,
-                         prior_preservation=False, seed=0)
+    config = TrainSettings(steps=steps, learning_rate=1e-4, rank=4, batch_size=1, resolution=resolution,
+                           prior_preservation=False, seed=0)
     with tempfile.TemporaryDirectory() as library:
         events = train_concept(pipe, sorted(Path(photos).glob("*.png")), "bench", CLASS_NOUN, config,
                                ConceptLibrary(library))
@@ -90,8 +92,8 @@ def measure(name: str, child_args: list[str], work: Path, args: argparse.Namespa
                OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     started = time.time()
     with log.open("w") as out:
-        child = subprocess.Popen([sys.executable, __file__, "--child", str(stamps), *child_args], stdout=out,
-                                 stderr=subprocess.STDOUT, env=env)
+        child = subprocess.Popen([sys.executable, "-m", __spec__.name, "--child", str(stamps), *child_args],
+                                 stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.time() - started
@@ -122,7 +124,7 @@ def main() -> None:
     import torch
 
     from pacgen.mini.kit import KIT, kit_photos
-    from pacgen.models import build_tiny
+    from pacgen.mini.tiny import build_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

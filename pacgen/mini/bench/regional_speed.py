@@ -6,16 +6,16 @@ The target is a denoising time of at most 1.1 x (N + 2) / 2 times the plain one:
 the extra rows, bar 10%.
 
 Every case uses the same model, size, steps, seed and scheduler. Concepts are random stand-in LoRAs
-(`pacgen.testing.write_random_concept`), each with its own box and referenced in the prompt as <cK>.
+(`pacgen.mini.stand_ins.write_random_concept`), each with its own box and referenced in the prompt as <cK>.
 "plain" runs on a pristine copy of the UNet that never had a LoRA; "plain + LoRAs" on the concepts'
 UNet with all three loaded but switched off (as in the app, where the library's concepts stay loaded).
 After one warm-up call of each UNet, the repeats run interleaved, so that load from other processes
 hits every case alike; the table gives medians of the pipeline's own `denoise_s` (wall clock) and of
 the process CPU time from the first UNet call to the last step (robust to preemption on a shared CPU).
 
-    python benchmarks/regional_speed.py --model tiny --steps 10 --repeats 3 --threads 1
-    python benchmarks/regional_speed.py --model sd14-random --size 256 --steps 4 --repeats 1 --threads 1
-    python benchmarks/regional_speed.py --model tiny --threads 1 --profile  # plus torch.profiler's top ops of N=3
+    python -m pacgen.mini.bench.regional_speed --model tiny --steps 10 --repeats 3 --threads 1
+    python -m pacgen.mini.bench.regional_speed --model sd14-random --size 256 --steps 4 --repeats 1 --threads 1
+    python -m pacgen.mini.bench.regional_speed --model tiny --threads 1 --profile  # plus the profiler's top ops, N=3
 
 --model takes tiny, mini, a local diffusers folder, or sd14-random: SD-1.4 + GLIGEN sized, random weights.
 On a CPU shared with other work, --threads 1 keeps OpenMP threads from waiting on each other.
@@ -27,30 +27,21 @@ import argparse
 import copy
 import dataclasses
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from diffusers import AutoencoderKL, UNet2DConditionModel
-
 from pacgen.layout import Box
-from pacgen.models import (
-    IDENTIFIER_CANDIDATES,
-    SD_SCHEDULER_CONFIG,
-    Components,
-    build_toy_tokenizer,
-    open_gates,
-    toy_text_encoder,
-)
-from pacgen.sampling import DEFAULT_SCHEDULER, PACGenPipeline
-from pacgen.testing import write_random_concept
+from pacgen.mini.stand_ins import write_random_concept
+from pacgen.mini.tiny import build_toy_tokenizer, open_gates, toy_text_encoder
+from pacgen.models import SD_SCHEDULER_CONFIG, Components
+from pacgen.sampling import PACGenPipeline
+from pacgen.training import IDENTIFIER_CANDIDATES
 
 MAX_CONCEPTS = 3
 PLAIN_PROMPT = "a photo of a dog and a cat on grass"
@@ -155,7 +146,7 @@ def main() -> None:
         return statistics.median(t[key] for t in timings[case])
 
     plain, plain_cpu = median("plain", "denoise_s"), median("plain", "denoise_cpu_s")
-    print(f"model {args.model}, {size}x{size}, {args.steps} steps ({DEFAULT_SCHEDULER}), seed 0, "
+    print(f"model {args.model}, {size}x{size}, {args.steps} steps ({pipe.settings().scheduler}), seed 0, "
           f"median of {args.repeats}, {args.threads} torch thread(s), torch {torch.__version__}\n")
     print("| mode | concepts | UNet rows/step | denoise s | denoise CPU s | total s | ratio vs plain | ratio (CPU) "
           "| target 1.1×(N+2)/2 | ok? (wall, CPU) |")
