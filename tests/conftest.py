@@ -8,8 +8,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network here: n
 
 import pytest  # noqa: E402
 
+import pacgen.mini  # noqa: E402,F401  (registers the `tiny` model)
+from pacgen.mini.stand_ins import write_random_concept  # noqa: E402
 from pacgen.sampling import PACGenPipeline  # noqa: E402
-from pacgen.testing import write_random_concept  # noqa: E402
 
 
 @pytest.fixture

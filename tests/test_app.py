@@ -11,12 +11,13 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
-from pacgen.studio import Studio
+from pacgen.app.session import Studio
+
+pytestmark = pytest.mark.slow  # launches the app and trains
 
 KIT = Path(__file__).resolve().parent.parent / "assets" / "concepts"
 PHOTOS = sorted(str(p) for p in (KIT / "ruby_checker_star").glob("photo_*.png"))[:3]
-# steps, lr, rank, prior, class images, augmentation strength, preview every
-FAST = [6, 1e-3, 4, True, 2, 1.0, 3]
+FAST = dict(steps=6, learning_rate=1e-3, num_class_images=2, preview_every=3)
 
 
 def free_port() -> int:
@@ -49,11 +50,13 @@ def table(*rows):
 
 
 def generate(client, prompt, rows, width=64, height=64, seed=1):
-    return client.predict(prompt, "", rows, 4, 7.5, 0.3, True, seed, 1, width, height, False, api_name="/generate")
+    return client.predict(prompt=prompt, boxes=rows, num_inference_steps=4, seed=seed, width=width, height=height,
+                          api_name="/generate")
 
 
-def train(client, name, photos=PHOTOS, noun="star"):
-    return client.submit([handle_file(p) for p in photos], name, noun, *FAST, api_name="/train")
+def train(client, name, photos=PHOTOS, noun="star", **settings):
+    return client.submit(photos=[handle_file(p) for p in photos], name=name, class_noun=noun, **{**FAST, **settings},
+                         api_name="/train")
 
 
 def test_training_streams_progress_and_the_concept_is_usable(served):
@@ -63,7 +66,7 @@ def test_training_streams_progress_and_the_concept_is_usable(served):
     assert len(updates) >= 4
     status, losses, previews, log = updates[-1]
     assert "saved 'my star'" in status and len(previews) == 2
-    assert len(losses["data"]) == FAST[0]
+    assert len(losses["data"]) == FAST["steps"]
     assert [c["name"] for c in client.predict(api_name="/list_concepts")] == ["my star"]
 
     gallery, info, *_ = generate(client, "<my star> and a red ball on grass",
@@ -97,8 +100,7 @@ def test_bad_input_is_an_error_and_the_next_request_still_works(served, call, me
 
 def test_a_second_training_is_refused_while_one_runs(served):
     studio, client = served
-    long_job = client.submit([handle_file(p) for p in PHOTOS], "long one", "star", 400, 1e-3, 4, False, 1, 1.0, 0,
-                             api_name="/train")
+    long_job = train(client, "long one", steps=400, prior_preservation=False, preview_every=0)
     deadline = time.time() + 60
     while not studio.training_lock.locked() and time.time() < deadline:
         time.sleep(0.1)
@@ -114,14 +116,14 @@ def test_export_delete_import_round_trip(served, tmp_path):
     studio, client = served
     if "my star" not in studio.concept_names():
         list(train(client, "my star"))
-    exported = client.predict("my star", api_name="/export_concept")
+    exported = client.predict(name="my star", api_name="/export_concept")
     with pytest.raises(Exception, match="tick 'confirm'"):
-        client.predict("my star", False, api_name="/delete_concept")
-    client.predict("my star", True, api_name="/delete_concept")
+        client.predict(name="my star", confirm=False, api_name="/delete_concept")
+    client.predict(name="my star", confirm=True, api_name="/delete_concept")
     assert "my star" not in [c["name"] for c in client.predict(api_name="/list_concepts")]
-    message = client.predict(handle_file(exported), api_name="/import_concept")
+    message = client.predict(zip_file=handle_file(exported), api_name="/import_concept")
     assert "Imported 'my star'" in message
     bad = tmp_path / "bad.zip"
     bad.write_text("not a zip")
     with pytest.raises(Exception, match="not a zip file"):
-        client.predict(handle_file(str(bad)), api_name="/import_concept")
+        client.predict(zip_file=handle_file(str(bad)), api_name="/import_concept")

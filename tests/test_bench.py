@@ -1,11 +1,14 @@
 """The mini benchmark end to end on `tiny` (a few steps): every method and study row is scored and reported."""
+import pytest
 import torch
 
 from pacgen.concepts import ConceptLibrary
-from pacgen.mini import bench
+from pacgen.mini.bench import __main__ as bench
+from pacgen.mini.bench.methods import METHODS, PLACEMENTS, STUDY
 from pacgen.mini.score import train_scorer
 
 
+@pytest.mark.slow
 def test_bench_study_reports_every_method_and_variant(tmp_path, monkeypatch):
     identifiers = []
 
@@ -25,18 +28,18 @@ def test_bench_study_reports_every_method_and_variant(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     report = (tmp_path / "docs" / "mini_study.md").read_text()
-    for method in bench.METHODS + bench.STUDY:
+    for method in METHODS + STUDY:
         assert f"| {method.name} |" in report
     assert "--study" in report and (tmp_path / "docs" / "mini_study.png").is_file()
     assert not (tmp_path / "docs" / "mini_bench.md").exists()  # a study leaves the benchmark's report alone
     assert ConceptLibrary(tmp_path / "work").list() == []  # each concept's LoRAs free their identifier words
     # every method's LoRA is prompted with the same word, so no method gets a luckier embedding
-    loras = {m.lora for m in bench.METHODS + bench.STUDY if m.lora}
+    loras = {m.lora for m in METHODS + STUDY if m.lora}
     assert len(identifiers) == len(loras) and len(set(identifiers)) == 1
 
 
 def test_caption_modifier_lora_is_asked_for_small_objects_far_away():
-    method = next(m for m in bench.STUDY if m.lora == "modifiers")
-    assert method.prompt_words(bench.PLACEMENTS["corner"]) == ", far away"
-    assert method.prompt_words(bench.PLACEMENTS["centre"]) == ""
-    assert bench.METHODS[-1].prompt_words(bench.PLACEMENTS["corner"]) == ""
+    method = next(m for m in STUDY if m.lora == "modifiers")
+    assert method.prompt_words(PLACEMENTS["corner"]) == ", far away"
+    assert method.prompt_words(PLACEMENTS["centre"]) == ""
+    assert METHODS[-1].prompt_words(PLACEMENTS["corner"]) == ""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import app
-from pacgen.studio import Studio
+from pacgen.app.session import Studio
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "browser"

@@ -4,9 +4,9 @@ import sys
 import pytest
 from PIL import Image
 
-from pacgen.cli import main
+from pacgen.app.cli import main
 
-BASE = ["generate", "--model", "tiny", "--device", "cpu", "--prompt", "a dog", "--steps", "2"]
+BASE = ["generate", "--model", "tiny", "--device", "cpu", "--prompt", "a dog", "--num-inference-steps", "2"]
 
 
 def run(capsys, *extra):
@@ -48,8 +48,8 @@ def concept_dirs(tmp_path, pipe, random_concept):
         (["--box", "dog " * 80 + "=0,0,1,1"], "tokens long"),
         (["--box", "<cat>=0,0,1,1"], "unknown concept '<cat>'"),
         (["--width", "60"], "multiples of 8"),
-        (["--steps", "0"], "steps must be at least 1"),
-        (["--guidance", "-2"], "must not be negative"),
+        (["--num-inference-steps", "0"], "num_inference_steps must be between 1 and 500"),
+        (["--guidance-scale", "-2"], "guidance_scale must be between 0 and 30"),
         (["--box", "dog:0,0,1,1"], "expected LABEL=x0,y0,x1,y1"),
     ],
 )

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pacgen.layout import (
-    Box, LayoutError, cell_mask, expand_prompt, parse_box, region_masks, validate_boxes, with_concept_refs,
+    Box, LayoutError, cell_mask, expand_prompt, parse_box, region_masks, check_boxes, clamp_box, with_concept_refs,
 )
 
 
@@ -44,21 +44,23 @@ def test_overlap_goes_to_the_smaller_box_and_masks_sum_to_at_most_one():
         (Box("x", (0.1, 0.1, 0.4, 1.3)), "outside [0, 1]"),
         (Box("x", (0.50, 0.50, 0.52, 0.52)), "too small"),
         (Box(" ", (0.1, 0.1, 0.4, 0.9)), "empty label"),
+        (Box("x", (float("nan"), 0.1, 0.4, 0.9)), "four finite numbers"),
     ],
 )
 def test_bad_boxes_are_refused_with_a_precise_message(box, message):
     with pytest.raises(LayoutError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        validate_boxes([box], (8, 8))
+        check_boxes([box], (8, 8))
 
 
-def test_coordinates_a_hair_outside_are_clamped():
-    (box,) = validate_boxes([Box("x", (-0.0005, 0.0, 1.0004, 1.0))], (8, 8))
-    assert box.xyxy == (0.0, 0.0, 1.0, 1.0)
+def test_coordinates_a_hair_outside_are_accepted_and_clamped():
+    box = Box("x", (-0.0005, 0.0, 1.0004, 1.0))
+    check_boxes([box], (8, 8))
+    assert clamp_box(box).xyxy == (0.0, 0.0, 1.0, 1.0)
 
 
 def test_more_than_30_boxes_refused():
     with pytest.raises(LayoutError, match="at most 30"):
-        validate_boxes([Box("x", (0.0, 0.0, 0.5, 0.5))] * 31, (8, 8))
+        check_boxes([Box("x", (0.0, 0.0, 0.5, 0.5))] * 31, (8, 8))
 
 
 def test_parse_box_cli_form():

@@ -10,9 +10,10 @@ from pacgen.concepts import ConceptError, ConceptLibrary
 from pacgen.errors import PACGenError
 from pacgen.mini.kit import KIT, kit_photos
 from pacgen.photos import load_photo
-from pacgen.training import TrainConfig, train_concept
+from pacgen.settings import TrainSettings
+from pacgen.training import train_concept
 
-FAST = TrainConfig(steps=1, num_class_images=1, class_image_steps=1, samples_per_photo=1)
+FAST = TrainSettings(steps=1, num_class_images=1, class_image_steps=1, samples_per_photo=1)
 
 
 @pytest.fixture
@@ -82,6 +83,7 @@ def test_bad_names_are_refused(pipe, library, photo_files, name, noun, message):
     assert not (library.root / "concepts").exists()
 
 
+@pytest.mark.slow  # trains
 def test_duplicate_name_is_refused_and_the_first_concept_survives(pipe, library, photo_files):
     first = train(pipe, library, photo_files[:3])[-1].concept
     stamp = (first.path / "pytorch_lora_weights.safetensors").read_bytes()
@@ -104,6 +106,7 @@ def test_photos_are_normalised(tmp_path):
     assert load_photo(cmyk).mode == "RGB" and load_photo(cmyk).getpixel((0, 0))[0] > 200
 
 
+@pytest.mark.slow  # trains
 def test_list_get_rename_delete(pipe, library, photo_files):
     train(pipe, library, photo_files[:3], "my circle")
     train(pipe, library, photo_files[:3], "second one")
@@ -119,6 +122,7 @@ def test_list_get_rename_delete(pipe, library, photo_files):
         library.get("second one")
 
 
+@pytest.mark.slow  # trains
 def test_corrupt_folder_is_skipped_with_a_warning(pipe, library, photo_files, caplog):
     train(pipe, library, photo_files[:3])
     broken = library.root / "concepts" / "broken"

@@ -9,8 +9,10 @@ from diffusers.models.attention import GatedSelfAttentionDense
 
 from pacgen import lora
 from pacgen.concepts import ConceptError
+from pacgen.errors import PACGenError
 from pacgen.layout import Box, LayoutError
 from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG, ModelLoadError
+from pacgen.settings import SettingsError
 from pacgen.sampling import PACGenPipeline, blend, guided
 
 BOXES = [Box("a dog", (0.1, 0.2, 0.5, 0.9)), Box("a red ball", (0.6, 0.6, 0.95, 0.95))]
@@ -45,8 +47,11 @@ def test_matches_diffusers_gligen_pipeline_without_concepts(pipe, scheduler, sch
     comp = pipe.components
     if schedule == "zero-snr":
         comp.scheduler_config = dict(ZERO_SNR_SCHEDULER_CONFIG)
-    ours = pipe("a dog and a ball on grass", boxes=BOXES, seed=7, num_inference_steps=8, guidance_scale=7.5,
-                grounding_fraction=0.5, regional=False, scheduler=scheduler, output_type="np")
+    request = dict(prompt="a dog and a ball on grass", boxes=BOXES, num_inference_steps=8, guidance_scale=7.5,
+                   grounding_fraction=0.5, regional=False, scheduler=scheduler, output_type="np")
+    ours = pipe(**request, seed=7)
+    with_generator = pipe(**request, generator=torch.Generator().manual_seed(7))  # diffusers' convention
+    assert with_generator.seeds == [None]
     reference = StableDiffusionGLIGENPipeline(
         vae=comp.vae, text_encoder=comp.text_encoder, tokenizer=comp.tokenizer, unet=comp.unet,
         scheduler=pipe.make_scheduler(scheduler), safety_checker=None, feature_extractor=None,
@@ -59,11 +64,17 @@ def test_matches_diffusers_gligen_pipeline_without_concepts(pipe, scheduler, sch
         generator=torch.Generator().manual_seed(7), output_type="np",
     ).images
     assert np.abs(ours.images[0] - theirs[0]).max() <= 1e-3
+    assert np.abs(with_generator.images[0] - theirs[0]).max() <= 1e-3
+
+
+def test_a_seed_and_a_generator_together_are_refused(pipe):
+    with pytest.raises(SettingsError, match="a seed or a generator, not both"):
+        pipe("a dog", boxes=BOXES, seed=1, generator=torch.Generator().manual_seed(1), num_inference_steps=1)
 
 
 def test_pndm_is_refused_for_a_zero_snr_model_and_the_message_names_what_works(pipe):
     pipe.components.scheduler_config = dict(ZERO_SNR_SCHEDULER_CONFIG)
-    with pytest.raises(LayoutError, match="'pndm' cannot follow .* choose one of dpm\\+\\+, ddim, euler"):
+    with pytest.raises(SettingsError, match="'pndm' cannot follow .* choose one of dpm\\+\\+, ddim, euler"):
         pipe("a dog", boxes=BOXES, num_inference_steps=2, scheduler="pndm")
 
 
@@ -73,11 +84,16 @@ def test_a_model_folder_sets_its_own_grounding_default(pipe, tmp_path):
         return p("a dog", boxes=BOXES, seed=0, num_inference_steps=2, **kwargs).settings["grounding_fraction"]
 
     assert used(pipe) == 0.3  # GLIGEN's scheduled sampling, for SD-1.4 and any folder that says nothing
-    pipe.components.grounding_fraction = 1.0
+    defaults = pipe.components.defaults
+    defaults.sampling = defaults.sampling.override(grounding_fraction=1.0)
+    defaults.training = defaults.training.override(steps=123)
     pipe.components.save(tmp_path / "model")
     loaded = PACGenPipeline.from_pretrained(str(tmp_path / "model"), device="cpu")
     assert used(loaded) == 1.0 and used(loaded, grounding_fraction=0.5) == 0.5
-    for text, message in (("{not json", "is not valid"), ('{"grounding_fraction": 2}', "between 0 and 1")):
+    assert loaded.components.defaults.training.steps == 123 and loaded.components.defaults.banner == defaults.banner
+    for text, message in (("{not json", "is not valid JSON"), ('{"sampling": {"grounding_fraction": 2}}', "between 0 and 1"),
+                          ('{"sampling": {"grounding": 1}}', "unknown setting"), ("[1]", "must hold a JSON object"),
+                          ('{"colour": 1}', "unknown section")):
         (tmp_path / "model" / "pacgen.json").write_text(text)
         with pytest.raises(ModelLoadError, match=message):
             PACGenPipeline.from_pretrained(str(tmp_path / "model"), device="cpu")
@@ -94,17 +110,22 @@ def test_fusers_run_exactly_during_the_grounded_fraction(pipe):
     assert fuser_calls == [0, 1, 2]
 
 
-def test_grounding_moves_content_into_the_box(pipe):
-    """Fusers are live on tiny (open gates): the same seed with the box elsewhere changes the image."""
-    left = pipe("a dog", boxes=[Box("a dog", (0.0, 0.0, 0.5, 1.0))], seed=1, num_inference_steps=6, grounding_fraction=1)
-    right = pipe("a dog", boxes=[Box("a dog", (0.5, 0.0, 1.0, 1.0))], seed=1, num_inference_steps=6, grounding_fraction=1)
-    assert not np.array_equal(pixels(left), pixels(right))
+@pytest.mark.parametrize("xyxy", [(0.0, 0.0, 0.45, 0.45), (0.55, 0.55, 1.0, 1.0), (0.5, 0.0, 1.0, 0.5)])
+def test_the_boxed_object_is_drawn_inside_its_box(xyxy):
+    """On the embedded model (which follows boxes): the red star's pixels lie inside the box it was given."""
+    mini = PACGenPipeline.from_pretrained("mini", device="cpu")
+    image = np.asarray(mini("a red star on grass", boxes=[Box("a red star", xyxy)], seed=0).images[0]).astype(int)
+    red = (image[..., 0] > 150) & (image[..., 1] < 90) & (image[..., 2] < 90)
+    size = image.shape[0]
+    x0, y0, x1, y1 = (round(v * size) for v in xyxy)
+    inside = red[y0:y1, x0:x1].sum()
+    assert red.sum() >= 10 and inside / red.sum() > 0.9
 
 
 def test_blended_step_is_concept_inside_and_base_outside():
     """On a real UNet prediction: the blend takes branch c inside the box and b outside."""
     from pacgen.layout import region_masks
-    from pacgen.models import build_tiny
+    from pacgen.mini.tiny import build_tiny
 
     comp = build_tiny()
     latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -172,26 +193,31 @@ def test_unknown_concept_and_unboxed_concept_are_refused(pipe, random_concept):
     "kwargs, message",
     [
         (dict(height=60), "multiples of 8"),
-        (dict(num_inference_steps=0), "steps must be at least 1"),
-        (dict(guidance_scale=-1.0), "must not be negative"),
-        (dict(grounding_fraction=1.5), "between 0 and 1"),
+        (dict(num_inference_steps=0), "num_inference_steps must be between 1 and 500, got 0"),
+        (dict(guidance_scale=-1.0), "guidance_scale must be between 0 and 30"),
+        (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+        (dict(grounding_fraction=1.5), "grounding_fraction must be between 0 and 1"),
+        (dict(num_inference_steps=2.5), "must be a whole number"),
+        (dict(seed=-2), "seed must be between 0 and"),
         (dict(scheduler="magic"), "unknown scheduler"),
+        (dict(steps=3), "unknown setting"),
         (dict(boxes=[Box("word " * 80, (0, 0, 1, 1))]), "tokens long"),
     ],
 )
 def test_bad_generation_settings_are_refused(pipe, kwargs, message):
-    with pytest.raises(LayoutError, match=message):
+    with pytest.raises(PACGenError, match=message):
         pipe("a dog", **{"num_inference_steps": 2, **kwargs})
 
 
 def test_tiny_is_identical_in_another_process(pipe):
-    code = "from pacgen.models import build_tiny; print(build_tiny().fingerprint)"
+    code = "from pacgen.mini.tiny import build_tiny; print(build_tiny().fingerprint)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == pipe.components.fingerprint
 
 
 def test_toy_vocabulary_words_and_identifiers_are_single_tokens(pipe):
-    from pacgen.models import IDENTIFIER_CANDIDATES, TOY_WORDS
+    from pacgen.mini.tiny import TOY_WORDS
+    from pacgen.training import IDENTIFIER_CANDIDATES
 
     tokenizer = pipe.components.tokenizer
     assert [w for w in TOY_WORDS if len(tokenizer.tokenize(w)) != 1] == []

@@ -7,8 +7,11 @@ import torch
 from PIL import Image
 
 from pacgen.mini.kit import KIT, kit_layouts, kit_photos
-from pacgen.mini.score import (Scorer, artifact_rate, box_iou, crop, held_out_scenes, iou, localise, sample_sheet,
-                               train_scorer, zoom_out)
+from pacgen.mini.score.evaluate import held_out_scenes, zoom_out
+from pacgen.mini.score.fit import train_scorer
+from pacgen.mini.score.metrics import artifact_rate, box_iou, crop, iou, localise
+from pacgen.mini.score.net import Scorer
+from pacgen.mini.score.report import sample_sheet
 from pacgen.mini.world import PlacedObject, render
 
 STEPS, MARGIN = 10, 0.25  # a 10-step scorer (2 s) separates own from other concepts by ~0.5 on average

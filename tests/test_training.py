@@ -11,10 +11,13 @@ from pacgen.augment import AugmentConfig
 from pacgen.concepts import ConceptLibrary
 from pacgen.layout import Box
 from pacgen.mini.kit import KIT, kit_photos
-from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG, training_target
-from pacgen.training import TrainConfig, TrainingCancelled, class_image_dir, train_concept
+from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG
+from pacgen.settings import TrainSettings
+from pacgen.training import TrainingCancelled, class_image_dir, train_concept, training_target
 
 FAST = dict(num_class_images=2, class_image_steps=2, samples_per_photo=4)
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def instance_loss(pipe, photos, prompt):
 def test_training_lowers_loss_keeps_base_and_fusers_identical_and_saves(pipe, photos, library):
     before = {k: v.clone() for k, v in pipe.components.unet.state_dict().items()}
     loss_before = instance_loss(pipe, photos, "a photo of sks star")
-    config = TrainConfig(steps=30, learning_rate=2e-3, prior_preservation=False, samples_per_photo=2,
+    config = TrainSettings(steps=30, learning_rate=2e-3, prior_preservation=False, samples_per_photo=2,
                          augment=AugmentConfig.none())
     events = run(train_concept(pipe, photos, "my star", "star", config, library))
     steps = [e for e in events if e.phase == "training"]
@@ -67,6 +70,8 @@ def test_training_lowers_loss_keeps_base_and_fusers_identical_and_saves(pipe, ph
     folder = library.get("my star").path
     assert {p.name for p in folder.iterdir()} >= {"pytorch_lora_weights.safetensors", "concept.json", "thumbnail.png",
                                                  "README.md"}
+    card = (folder / "README.md").read_text()
+    assert "plain DreamBooth" in card and "augmentation" not in card.split("##")[0]  # trained without it
 
 
 def test_a_v_prediction_model_is_trained_on_velocity(pipe, photos, library):
@@ -90,7 +95,7 @@ def test_a_v_prediction_model_is_trained_on_velocity(pipe, photos, library):
         return float(torch.nn.functional.cosine_similarity(prediction.flatten(), -latents.flatten(), dim=0))
 
     assert toward_photos() < 0
-    config = TrainConfig(steps=30, learning_rate=2e-3, prior_preservation=False, samples_per_photo=2,
+    config = TrainSettings(steps=30, learning_rate=2e-3, prior_preservation=False, samples_per_photo=2,
                          augment=AugmentConfig.none())
     run(train_concept(pipe, photos, "my star", "star", config, library))
     lora.activate(comp.unet, [library.get("my star").adapter_name])
@@ -98,7 +103,7 @@ def test_a_v_prediction_model_is_trained_on_velocity(pipe, photos, library):
 
 
 def test_same_seed_same_concept_whatever_ran_before(pipe, photos, library):
-    config = TrainConfig(steps=3, learning_rate=5e-3, **FAST)
+    config = TrainSettings(steps=3, learning_rate=5e-3, **FAST)
     run(train_concept(pipe, photos, "first", "star", config, library))
     first = lora.read_lora_file(library.get("first").lora_path)
     pipe.unload_concept("first")
@@ -111,7 +116,7 @@ def test_same_seed_same_concept_whatever_ran_before(pipe, photos, library):
 
 
 def test_saved_lora_loads_back_and_changes_generation_only_when_used(pipe, photos, library):
-    run(train_concept(pipe, photos, "my star", "star", TrainConfig(steps=5, learning_rate=5e-3, **FAST), library))
+    run(train_concept(pipe, photos, "my star", "star", TrainSettings(steps=5, learning_rate=5e-3, **FAST), library))
     from pacgen.sampling import PACGenPipeline
 
     fresh = PACGenPipeline.from_pretrained("tiny", device="cpu")
@@ -124,9 +129,25 @@ def test_saved_lora_loads_back_and_changes_generation_only_when_used(pipe, photo
     assert np.abs(used - plain).max() > 1e-3
 
 
+def test_a_concept_just_trained_generates_exactly_as_after_a_reload(photos, library):
+    """In half precision too: the trained LoRA is attached from its saved file, in the model's dtype."""
+    from pacgen.sampling import PACGenPipeline
+
+    pipe = PACGenPipeline.from_pretrained("tiny", device="cpu", dtype=torch.bfloat16)
+    run(train_concept(pipe, photos, "my star", "star", TrainSettings(steps=3, learning_rate=5e-3, **FAST), library))
+    adapter = library.get("my star").adapter_name
+    assert {layer.lora_A[adapter].weight.dtype for layer in lora.lora_layers(pipe.components.unet)} == {torch.bfloat16}
+    request = dict(prompt="<my star> on grass", boxes=[Box("<my star>", (0.2, 0.2, 0.7, 0.7))], num_inference_steps=3,
+                   seed=4, output_type="np")
+    just_trained = pipe(**request).images[0]
+    fresh = PACGenPipeline.from_pretrained("tiny", device="cpu", dtype=torch.bfloat16)
+    fresh.load_concept(library.get("my star"))
+    assert np.array_equal(just_trained, fresh(**request).images[0])
+
+
 def test_lora_loads_into_plain_diffusers_stable_diffusion(pipe, photos, library):
     """Interoperability: the same file in diffusers' own SD pipeline gives what our whole-image mode gives."""
-    run(train_concept(pipe, photos, "my star", "star", TrainConfig(steps=5, learning_rate=5e-3, **FAST), library))
+    run(train_concept(pipe, photos, "my star", "star", TrainSettings(steps=5, learning_rate=5e-3, **FAST), library))
     concept = library.get("my star")
     ours = pipe("a photo of <my star>", regional=False, grounding_fraction=0.0, num_inference_steps=4, seed=2,
                 scheduler="ddim", output_type="np").images[0]
@@ -144,7 +165,7 @@ def test_lora_loads_into_plain_diffusers_stable_diffusion(pipe, photos, library)
 @pytest.mark.parametrize("how", ["event", "close"])
 def test_cancel_leaves_nothing_behind(pipe, photos, library, how):
     cancel = threading.Event()
-    events = train_concept(pipe, photos, "my star", "star", TrainConfig(steps=50, **FAST), library, cancel)
+    events = train_concept(pipe, photos, "my star", "star", TrainSettings(steps=50, **FAST), library, cancel)
     if how == "event":
         with pytest.raises(TrainingCancelled):
             for event in events:
@@ -160,17 +181,17 @@ def test_cancel_leaves_nothing_behind(pipe, photos, library, how):
 
 
 def test_class_images_are_cached_and_reused(pipe, photos, library):
-    first = run(train_concept(pipe, photos, "first", "star", TrainConfig(steps=1, **FAST), library))
+    first = run(train_concept(pipe, photos, "first", "star", TrainSettings(steps=1, **FAST), library))
     assert sum(e.phase == "class-images" for e in first) == 2
     folder = class_image_dir(library, pipe.components.fingerprint, "a photo of a star", 64)
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
-    second = run(train_concept(pipe, photos, "second", "star", TrainConfig(steps=1, **FAST), library))
+    second = run(train_concept(pipe, photos, "second", "star", TrainSettings(steps=1, **FAST), library))
     assert not any(e.phase == "class-images" for e in second)
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
     assert second[-1].concept.identifier != first[-1].concept.identifier
 
 
 def test_previews_show_the_concept_while_training(pipe, photos, library):
-    config = TrainConfig(steps=4, preview_every=2, **FAST)
+    config = TrainSettings(steps=4, preview_every=2, **FAST)
     previews = [e.preview for e in train_concept(pipe, photos, "my star", "star", config, library) if e.preview]
     assert len(previews) == 2 and all(isinstance(p, Image.Image) and p.size == (64, 64) for p in previews)
