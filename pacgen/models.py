@@ -82,6 +82,7 @@ class Components:
     model_id: str
     fingerprint: str = field(default="")
     defaults: ModelDefaults = field(default_factory=lambda: replace(SD14_DEFAULTS))  # what this model asks for
+    folder: Path | None = None  # where it was loaded from, when a local folder (files that travel with a model)
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
@@ -205,7 +206,7 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
         except PACGenError as error:
             raise ModelLoadError(str(error)) from None
     return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), source,
-                      defaults=defaults)
+                      defaults=defaults, folder=Path(source).resolve() if local else None)
 
 
 def _first_line(error: Exception | None) -> str:

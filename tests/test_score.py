@@ -57,6 +57,7 @@ def test_colour_localiser_finds_ground_truth_objects(scenes):
     assert localise(image, (0.7, 0.0, 1.0, 0.2), list(KIT[2].colours)) is None  # nothing there
 
 
+@pytest.mark.slow  # trains the scorer
 def test_identity_prefers_the_concepts_own_photos():
     scorer = train_scorer(32, scenes=150, steps=STEPS, log=False)
     photos = {c.name: [crop(p, box) for p, (_, box) in zip(kit_photos(c, 5, 32), kit_layouts(c, 5))] for c in KIT}

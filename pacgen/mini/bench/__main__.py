@@ -29,9 +29,8 @@ from pacgen.mini.bench.methods import LORAS, METHODS, PLACEMENTS, REFERENCES, ST
 from pacgen.mini.bench.report import grid, write_report
 from pacgen.mini.bench.scoring import Bench, Scores, references
 from pacgen.mini.kit import KIT, KitConcept, kit_photos
-from pacgen.mini.score import SCORER_FILE, load_or_train, texture_floors, vae_roundtrip
+from pacgen.mini.score import load_or_train, scorer_path, texture_floors, vae_roundtrip
 from pacgen.mini.world import BACKGROUNDS, PlacedObject, render
-from pacgen.models import MINI_DIR
 from pacgen.sampling import PACGenPipeline
 from pacgen.settings import TrainSettings
 from pacgen.training import train_concept
@@ -75,8 +74,7 @@ def open_bench(args: argparse.Namespace) -> Bench:
         if getattr(args, flag) is None:
             setattr(args, flag, getattr(pipe.components.defaults.training, name))
     size = pipe.components.default_size
-    model_dir = MINI_DIR if args.model == "mini" else Path(args.model)
-    scorer = load_or_train(args.scorer or model_dir / SCORER_FILE, size, args.scorer_minutes, args.seed)
+    scorer = load_or_train(args.scorer or scorer_path(pipe), size, args.scorer_minutes, args.seed)
     return Bench(pipe, scorer, texture_floors(functools.partial(vae_roundtrip, pipe), size), size)
 
 

@@ -32,11 +32,11 @@ quality gates (`__main__`).
 from pacgen.mini.score.evaluate import held_out_scenes, summarise, vae_roundtrip, zoom_out
 from pacgen.mini.score.fit import load_or_train, train_scorer
 from pacgen.mini.score.metrics import CROP, artifact_rate, box_iou, crop, iou, localise, texture_floors
-from pacgen.mini.score.net import SCORER_FILE, Net, Scorer
+from pacgen.mini.score.net import SCORER_FILE, Net, Scorer, scorer_path
 from pacgen.mini.score.report import sample_sheet
 
 __all__ = [
     "CROP", "SCORER_FILE", "Net", "Scorer", "artifact_rate", "box_iou", "crop", "held_out_scenes", "iou",
-    "load_or_train", "localise", "sample_sheet", "summarise", "texture_floors", "train_scorer", "vae_roundtrip",
+    "load_or_train", "localise", "sample_sheet", "scorer_path", "summarise", "texture_floors", "train_scorer", "vae_roundtrip",
     "zoom_out",
 ]

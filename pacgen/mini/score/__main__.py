@@ -20,9 +20,8 @@ from pacgen.layout import Box as LayoutBox
 from pacgen.mini.score.evaluate import held_out_scenes, mean_artifacts, summarise, vae_roundtrip, zoom_out
 from pacgen.mini.score.fit import load_or_train
 from pacgen.mini.score.metrics import renderer_floors, texture_floors
-from pacgen.mini.score.net import SCORER_FILE
+from pacgen.mini.score.net import scorer_path
 from pacgen.mini.score.report import gate_table, sample_sheet, summary_row
-from pacgen.models import MINI_DIR
 from pacgen.sampling import PACGenPipeline
 
 
@@ -43,8 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipe = PACGenPipeline.from_pretrained(args.model, device="cpu")
     size = pipe.components.default_size
-    model_dir = MINI_DIR if args.model == "mini" else Path(args.model)
-    scorer = load_or_train(args.scorer or model_dir / SCORER_FILE, size, args.train_minutes, args.seed, args.retrain)
+    scorer = load_or_train(args.scorer or scorer_path(pipe), size, args.train_minutes, args.seed, args.retrain)
     scenes = held_out_scenes(args.n, size, args.seed)
     truth = [s.image for s in scenes]
     decode = functools.partial(vae_roundtrip, pipe)

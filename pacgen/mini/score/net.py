@@ -101,3 +101,11 @@ class Scorer:
         crop_net.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("crop.")})
         background_net.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("background.")})
         return cls(crop_net.eval(), background_net.eval(), state["centre"], size)
+
+
+def scorer_path(pipe) -> Path:
+    """The scorer that travels with a model: `scorer.safetensors` in the folder it was loaded from."""
+    folder = pipe.components.folder
+    if folder is None:
+        raise SystemExit(f"{pipe.components.model_id} has no model folder to keep a scorer in: pass --scorer PATH")
+    return folder / SCORER_FILE
