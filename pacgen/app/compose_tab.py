@@ -66,8 +66,7 @@ def build(studio: Studio) -> ComposeTab:
                 settings = []
                 for f in FIELDS:
                     if f.name in ("width", "height"):
-                        settings.append(component(f, getattr(defaults, f.name), step=step, minimum=step,
-                                                  maximum=size * 2))
+                        settings.append(component(f, getattr(defaults, f.name), low=step, high=size * 2, step=step))
                     else:
                         settings.append(component(f, getattr(defaults, f.name)))
                 reuse_seed = gr.Button("Reuse last seed", size="sm")

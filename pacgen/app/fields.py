@@ -19,19 +19,23 @@ from ..settings import kind, label
 UI_ONLY = {"api_visibility": "private"}  # page-internal events: not part of the public API
 
 
-def component(f: Field, value: Any, step: float | None = None, **extra) -> gr.components.Component:
-    """The input for one setting: a checkbox, a dropdown, a slider for bounded numbers, else a number box."""
+def component(f: Field, value: Any, *, low: float | None = None, high: float | None = None,
+              step: float | None = None) -> gr.components.Component:
+    """The input for one setting: a checkbox, a dropdown, a slider for a bounded range on a linear scale, else a
+    number box. `low`/`high`/`step` narrow the field's own range for this model (image sizes, say)."""
     meta = f.metadata
-    common = dict(label=label(f), info=meta["help"], elem_id=f"setting-{f.name}", **extra)
+    common = dict(label=label(f), info=meta["help"], elem_id=f"setting-{f.name}")
     if kind(f) == "bool":
         return gr.Checkbox(value=value, **common)
     if kind(f) == "str":
         return gr.Dropdown(list(meta["choices"]), value=value, **common)
     if f.name == "seed":
         return gr.Number(value=-1 if value is None else value, precision=0, **common)
-    low, high = meta["low"], meta["high"]
+    low = meta["low"] if low is None else low
+    high = meta["high"] if high is None else high
     integer = kind(f) == "int"
-    if step is not None or (low is not None and high is not None and high - low <= (2000 if integer else 50)):
+    linear = low is not None and high is not None and (high - low <= 2000 if integer else low == 0 and high <= 50)
+    if linear:
         return gr.Slider(low, high, value=value, step=step or (1 if integer else 0.05), **common)
     return gr.Number(value=value, precision=0 if integer else None, minimum=low, maximum=high, **common)
 
