@@ -6,6 +6,7 @@ plain `StableDiffusionPipeline.load_lora_weights`), `concept.json`, `thumbnail.p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,8 +47,9 @@ class Concept:
 
     @property
     def adapter_name(self) -> str:
-        """PEFT adapter names become module keys: letters, digits and underscores only."""
-        return "c_" + re.sub(r"[^0-9a-zA-Z]+", "_", slugify(self.name))
+        """A PEFT adapter name: letters and digits, and all of one length, because PEFT and diffusers pick an
+        adapter's keys by substring, so a name inside another ('c_dog' in 'c_dog_two') would take its weights."""
+        return "concept" + hashlib.sha256(self.name.encode()).hexdigest()[:12]
 
     @property
     def lora_path(self) -> Path:

@@ -1,7 +1,10 @@
-"""Concept LoRAs on the UNet: which layers they touch, how they load, and per-row routing at inference.
+"""Concept weights on the UNet: which layers each training method touches, LoRA files, and per-row routing.
 
-LoRAs only wrap the UNet's own attention projections (`attn1`/`attn2`), never GLIGEN's fusers, so
-the grounding adapters stay exactly as they were trained (the plug-and-play property).
+Three methods, all stored and used as a LoRA adapter (so any mix of them can share one regional sampling
+call): `lora` wraps the attention projections; `lora-all` also the feed-forward layers, `proj_in/out` and the
+resnet convolutions; `full` finetunes every weight matrix and convolution kernel (DreamBooth as the paper does
+it) and is stored as the SVD of its weight change. None of them ever touches GLIGEN's fusers or position net,
+so the grounding adapters stay exactly as they were trained (the plug-and-play property).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from typing import Iterator
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
@@ -24,18 +26,46 @@ from safetensors.torch import load_file
 from .errors import PACGenError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-TARGET_MODULES = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+METHODS = ("lora", "lora-all", "full")
 BASE_ROW = "__base__"  # PEFT's name for "no adapter on this row"
+_ATTENTION = r"attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+_TARGETS = {
+    "lora": re.compile(rf".*{_ATTENTION}"),
+    "lora-all": re.compile(rf".*({_ATTENTION}|ff\.net\.(0\.proj|2)|proj_in|proj_out|resnets\.\d+\.(conv1|conv2|conv_shortcut))"),
+    "full": re.compile(r".+"),
+}
+_FROZEN = re.compile(r".*(fuser|position_net).*")  # GLIGEN's adapters: never trained, never in a concept file
 # diffusers writes `lora.down/up`; PEFT-style files say `lora_A/B`. Both load.
-_KEY = re.compile(r"^unet\..*attn[12]\.(to_q|to_k|to_v|to_out\.0)\.(lora\.(down|up)|lora_[AB])\.weight$")
+_KEY = re.compile(r"^unet\.(.+)\.(lora\.(down|up)|lora_[AB])\.weight$")
 
 
 class LoraFileError(PACGenError):
     """A LoRA file that is missing, unreadable, or not for this kind of model."""
 
 
-def lora_config(rank: int, alpha: float) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TARGET_MODULES)
+def _weighted(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The plain Linear or Conv2d behind a module (unwrapping a LoRA layer), or None."""
+    base = module.get_base_layer() if isinstance(module, LoraLayer) else module
+    return base if type(base) in (torch.nn.Linear, torch.nn.Conv2d) else None
+
+
+def method_modules(unet: UNet2DConditionModel, method: str) -> dict[str, torch.nn.Module]:
+    """The Linear/Conv2d layers a training method changes, by module name (never the fusers or position net)."""
+    if method not in _TARGETS:
+        raise PACGenError(f"unknown training method '{method}'; choose one of {', '.join(METHODS)}")
+    found = {}
+    for name, module in unet.named_modules():
+        if name.endswith(".base_layer") or ".lora_" in name or _FROZEN.fullmatch(name):
+            continue
+        base = _weighted(module)
+        if base is not None and _TARGETS[method].fullmatch(name):
+            found[name] = base
+    return found
+
+
+def lora_config(unet: UNet2DConditionModel, method: str, rank: int, alpha: float) -> LoraConfig:
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                      target_modules=sorted(method_modules(unet, method)))
 
 
 @contextmanager
@@ -46,10 +76,10 @@ def _several_adapters_expected() -> Iterator[None]:
         yield
 
 
-def add_adapter(unet: UNet2DConditionModel, name: str, rank: int, alpha: float) -> None:
-    """A fresh trainable LoRA on the attention projections (its B matrices start at zero)."""
+def add_adapter(unet: UNet2DConditionModel, name: str, rank: int, alpha: float, method: str = "lora") -> None:
+    """A fresh trainable LoRA on the layers of a LoRA method (its B matrices start at zero)."""
     with _several_adapters_expected():
-        unet.add_adapter(lora_config(rank, alpha), adapter_name=name)
+        unet.add_adapter(lora_config(unet, method, rank, alpha), adapter_name=name)
 
 
 def delete_adapter(unet: UNet2DConditionModel, name: str) -> None:
@@ -61,10 +91,49 @@ def delete_adapter(unet: UNet2DConditionModel, name: str) -> None:
 
 def save_adapter(unet: UNet2DConditionModel, name: str, folder: str | Path) -> Path:
     """Write one adapter as diffusers' `pytorch_lora_weights.safetensors`, as fp32 on the CPU."""
-    state = get_peft_model_state_dict(unet, adapter_name=name)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}
+    return write_lora_file(get_peft_model_state_dict(unet, adapter_name=name), folder)
+
+
+def write_lora_file(state: dict[str, torch.Tensor], folder: str | Path) -> Path:
+    """A PEFT-named LoRA state dict (`<module>.lora_A.weight`, ...) as diffusers' LoRA file, fp32 on the CPU.
+
+    Keys stay in PEFT's naming: diffusers' older `lora.down/up` naming exists only for attention projections, and
+    a file that mixed the two would lose its attention layers on loading.
+    """
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
     StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=state, weight_name=LORA_FILE)
     return Path(folder) / LORA_FILE
+
+
+def snapshot(layers: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """A CPU copy of each layer's weight, to restore the base model and measure a finetune's change."""
+    return {name: layer.weight.detach().to("cpu", copy=True) for name, layer in layers.items()}
+
+
+@torch.no_grad()
+def extract_lora(layers: dict[str, torch.nn.Module], original: dict[str, torch.Tensor],
+                 rank: int) -> tuple[dict[str, torch.Tensor], float]:
+    """The change of each finetuned layer as a rank-`rank` LoRA (truncated SVD; exact where the layer's own rank
+    is lower), in PEFT naming with scale 1, and the share of the change's energy the truncation dropped.
+
+    A convolution's kernel change is factored as (out, in*kh*kw): its A is a conv of the layer's own kernel and
+    stride, its B a 1x1 conv, which is how PEFT builds conv LoRAs.
+    """
+    state, dropped, total = {}, 0.0, 0.0
+    for name, layer in layers.items():
+        delta = layer.weight.detach().float().cpu() - original[name].float()
+        matrix = delta.reshape(delta.shape[0], -1)
+        if not torch.any(matrix):
+            continue
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        r = min(rank, len(s))
+        total += float((s**2).sum())
+        dropped += float((s[r:] ** 2).sum())
+        down, up = vh[:r], u[:, :r] * s[:r]
+        if delta.dim() == 4:
+            down, up = down.reshape(r, *delta.shape[1:]), up.reshape(delta.shape[0], r, 1, 1)
+        state[f"{name}.lora_A.weight"], state[f"{name}.lora_B.weight"] = down.contiguous(), up.contiguous()
+    return state, (dropped / total if total else 0.0)
 
 
 def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -78,11 +147,11 @@ def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise LoraFileError(f"{path.name} is not a readable safetensors file ({error})") from None
     if not state:
         raise LoraFileError(f"{path.name} holds no weights")
-    stray = [key for key in state if not _KEY.match(key)]
+    stray = [key for key in state if not _KEY.match(key) or _FROZEN.fullmatch(_KEY.match(key).group(1))]
     if stray:
         raise LoraFileError(
-            f"{path.name} is not a PACGen concept LoRA: it has weights outside the UNet's attention "
-            f"projections (e.g. '{stray[0]}')"
+            f"{path.name} is not a PACGen concept LoRA: it has weights outside the UNet's own layers, or on GLIGEN's "
+            f"grounding adapters (e.g. '{stray[0]}')"
         )
     return state
 

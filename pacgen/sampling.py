@@ -70,6 +70,15 @@ def blend(base: torch.Tensor, concepts: list[torch.Tensor], masks: torch.Tensor)
 
 
 @dataclass
+class TrainableWeights:
+    """What a training optimises, and how to write what it learnt as the concept's LoRA file."""
+
+    params: list[torch.nn.Parameter]
+    save: Callable[[Path], Path]
+    stored_error: float = 0.0  # share of a full finetune's change that its stored LoRA leaves out
+
+
+@dataclass
 class _Plan:
     """What one request needs beyond its settings: the concepts it uses and whether it samples regionally."""
 
@@ -120,36 +129,66 @@ class PACGenPipeline:
         lora.delete_adapter(self.components.unet, concept.adapter_name)
 
     @contextmanager
-    def training_adapter(self, concept: Concept, rank: int, alpha: float, seed: int) -> Iterator[list[torch.nn.Parameter]]:
-        """A fresh LoRA for `concept`, active and trainable (fp32 master weights), removed again on exit.
+    def training(self, concept: Concept, method: str, rank: int, alpha: float, seed: int) -> Iterator[TrainableWeights]:
+        """The weights a training method changes for `concept`, trainable, and a way to save what they learnt.
 
-        Its random start follows `seed`, not earlier work. Training saves it (`save_training_adapter`) and then
-        attaches the saved file with `load_concept`, so a concept just trained runs as a reloaded one does.
+        `lora`/`lora-all`: a fresh LoRA (its random start follows `seed`), active alone. `full`: the UNet's own
+        weight matrices and kernels, with every adapter off; on exit they are restored bit for bit. Either way the
+        saved file is a LoRA, which training then attaches with `load_concept`, so a concept just trained runs as
+        a reloaded one does. GLIGEN's fusers and position net are never among the weights.
         """
         unet = self.components.unet
+        if method == "full":
+            yield from self._finetuning(rank)
+            return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            lora.add_adapter(unet, concept.adapter_name, rank, alpha)
+            lora.add_adapter(unet, concept.adapter_name, rank, alpha, method)
         try:
             params = lora.trainable_parameters(unet, concept.adapter_name)
             lora.activate(unet, [concept.adapter_name])
-            yield params
+            yield TrainableWeights(params, lambda folder: lora.save_adapter(unet, concept.adapter_name, folder))
         finally:
             lora.delete_adapter(unet, concept.adapter_name)
             unet.eval()
 
-    def save_training_adapter(self, concept: Concept, folder: Path) -> Path:
-        return lora.save_adapter(self.components.unet, concept.adapter_name, folder)
+    def _finetuning(self, rank: int) -> Iterator[TrainableWeights]:
+        unet = self.components.unet
+        layers = lora.method_modules(unet, "full")
+        original = lora.snapshot(layers)
+        lora.activate(unet, [])
+        weights = TrainableWeights([layer.weight for layer in layers.values()], lambda folder: save(folder))
+
+        def save(folder: Path) -> Path:
+            state, weights.stored_error = lora.extract_lora(layers, original, rank)
+            return lora.write_lora_file(state, folder)
+
+        try:
+            for param in weights.params:
+                param.requires_grad_(True)
+            yield weights
+        finally:
+            with torch.no_grad():
+                for name, layer in layers.items():
+                    layer.weight.requires_grad_(False)
+                    layer.weight.copy_(original[name])
+            unet.eval()
 
     @contextmanager
-    def previewing(self, concept: Concept) -> Iterator[None]:
-        """Let a concept that is still training be used in a call: known by name, in eval mode, and afterwards
-        the only active adapter again, as its training loop expects."""
+    def previewing(self, concept: Concept, method: str) -> Iterator[str]:
+        """Let a concept that is still training be drawn; yields how a prompt refers to it.
+
+        A LoRA in training is used as any concept (`<name>`, regional), and is afterwards the only active adapter
+        again, as its loop expects. A full finetune has changed the whole UNet, so it is asked for by its words.
+        """
         unet = self.components.unet
-        self.concepts[concept.name] = concept
         unet.eval()
+        if method == "full":
+            yield f"{concept.identifier} {concept.class_noun}"
+            return
+        self.concepts[concept.name] = concept
         try:
-            yield
+            yield f"<{concept.name}>"
         finally:
             del self.concepts[concept.name]
             lora.activate(unet, [concept.adapter_name])

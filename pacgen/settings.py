@@ -15,6 +15,7 @@ from .augment import AugmentConfig
 from .errors import PACGenError
 
 SCHEDULER_NAMES = ("dpm++", "ddim", "euler", "pndm")
+TRAINING_METHODS = ("lora", "lora-all", "full")  # see pacgen.lora
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; image k of a batch uses seed + k
 
 
@@ -155,10 +156,15 @@ class SampleSettings(_Checked):
 class TrainSettings(_Checked):
     """How one concept is trained. Defaults: diffusers' DreamBooth LoRA recipe (rank 4, lr 1e-4, ~500 steps)."""
 
+    method: str = setting("lora", "what is trained: 'lora' on the attention projections; 'lora-all' also on the "
+                          "feed-forward, proj_in/out and resnet convolutions; 'full' every weight matrix and kernel "
+                          "(the paper's DreamBooth; use a lower learning rate)", choices=TRAINING_METHODS,
+                          label="Training method")
     steps: int = setting(500, "optimisation steps", low=1, high=20000, label="Training steps")
-    learning_rate: float = setting(1e-4, "AdamW learning rate of the LoRA weights", low=1e-7, high=1.0,
+    learning_rate: float = setting(1e-4, "AdamW learning rate of the trained weights", low=1e-7, high=1.0,
                                    label="Learning rate")
-    rank: int = setting(4, "LoRA rank: capacity of the concept", low=1, high=256, label="LoRA rank")
+    rank: int = setting(4, "LoRA rank: the concept's capacity ('full': the rank its weight change is stored at)",
+                        low=1, high=1024, label="LoRA rank")
     alpha: float | None = setting(None, "LoRA scale numerator; empty: equal to the rank (scale 1)", low=1e-3,
                                   high=1024.0, surface=False)
     batch_size: int = setting(1, "photos per step (each with one class image under prior preservation)",

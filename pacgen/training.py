@@ -173,8 +173,13 @@ def _write_card(folder: Path, concept: Concept, photos: list[Image.Image], augme
         square(photo, 256).save(folder / "photos" / f"{k}.png")
     settings = "\n".join(f"- {k}: {v}" for k, v in concept.training.items())
     how = "PACGen's resize/reposition augmentation" if augmented else "the photos as taken (plain DreamBooth)"
+    method, rank = concept.training.get("method", "lora"), concept.training.get("rank")
+    what = {"lora": "a LoRA on the UNet's attention projections",
+            "lora-all": "a LoRA on the UNet's attention, feed-forward, proj_in/out and resnet convolutions",
+            "full": f"a full finetune of the UNet's weight matrices and kernels, stored as a rank-{rank} LoRA of its "
+                    "weight change"}[method]
     (folder / "README.md").write_text(
-        f"# {concept.name}\n\nA PACGen concept: a LoRA on the UNet's attention projections (never GLIGEN's fusers),\n"
+        f"# {concept.name}\n\nA PACGen concept: {what} (never GLIGEN's fusers),\n"
         f"trained on {len(photos)} photos of a {concept.class_noun} with {how}.\n\n"
         f"- identifier: `{concept.identifier}` (prompt as `<{concept.name}>`, or `{concept.identifier} {concept.class_noun}`)\n"
         f"- base model: `{concept.base_model}` (fingerprint `{concept.base_fingerprint}`)\n"
@@ -230,17 +235,19 @@ def train_concept(
     captions = [", ".join(filter(None, [instance_prompt, s.modifier])) for s in samples]
     data = _Batches(pipe, samples, captions, class_images, prior_prompt)
 
-    # 4. Optimise a fresh LoRA under the concept's adapter name; everything else frozen, fusers never called.
+    # 4. Optimise what the method trains (a fresh LoRA, or the UNet's own weights); fusers never called.
     training = {**asdict(config), "augment": asdict(augment), "resolution": resolution, "photos": len(photos)}
     concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training)
-    with pipe.training_adapter(concept, config.rank, config.alpha or config.rank, config.seed) as params:
-        yield from _optimize(pipe, concept, params, data, config, cancel, started)
+    with pipe.training(concept, config.method, config.rank, config.alpha or config.rank, config.seed) as weights:
+        yield from _optimize(pipe, concept, weights.params, data, config, cancel, started)
         yield TrainEvent("saving", config.steps, config.steps, elapsed_s=time.perf_counter() - started,
                          message="saving the concept")
-        concept.duration_s = time.perf_counter() - started
-        concept.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with library.staging() as staged:
-            pipe.save_training_adapter(concept, staged)
+            weights.save(staged)
+            if config.method == "full":
+                concept.training["stored_error"] = round(weights.stored_error, 6)
+            concept.duration_s = time.perf_counter() - started
+            concept.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             _write_card(staged, concept, photos, augmented=augment.zoom_out_prob + augment.zoom_in_prob > 0)
             saved = library.commit(staged, concept)
 
@@ -271,7 +278,8 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
     """The training loop proper: masked denoising loss on instances plus λ × the loss on class images."""
     comp = pipe.components
     unet = comp.unet
-    optimizer = _optimizer(params, config)
+    masters = _MasterWeights(params)
+    optimizer = _optimizer(masters.params, config)
     noise_scheduler = DDPMScheduler.from_config(comp.scheduler_config)
     generator = torch.Generator().manual_seed(config.seed)
     picker = random.Random(config.seed)
@@ -305,15 +313,17 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
             if data.class_latents is not None:
                 loss = loss + config.prior_weight * F.mse_loss(prediction[n:].float(), target[n:].float())
             scaler.scale(loss).backward()
+            masters.gather_grads()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            masters.write_back()
             value = float(loss.detach())
             smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
             per_step = (time.perf_counter() - loop_started) / step
             preview = None
             if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
-                preview = _preview(pipe, concept, step, config.seed)
+                preview = _preview(pipe, concept, config.method, step, config.seed)
                 unet.train()
             yield TrainEvent("training", step, config.steps, value, smoothed, config.learning_rate,
                              time.perf_counter() - started, per_step * (config.steps - step), preview,
@@ -323,14 +333,33 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
             unet.disable_gradient_checkpointing()
 
 
-def _preview(pipe: PACGenPipeline, concept: Concept, step: int, seed: int) -> Image.Image:
+def _preview(pipe: PACGenPipeline, concept: Concept, method: str, step: int, seed: int) -> Image.Image:
     """Generate the concept at a random box, so users watch both identity and placement while it trains."""
     rng = random.Random(seed * 1000 + step)
     side = rng.uniform(0.35, 0.7)
     x0, y0 = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
-    ref = f"<{concept.name}>"
-    prompt = rng.choice(PREVIEW_PROMPTS).format(ref=ref)
-    with pipe.previewing(concept):
-        result = pipe(prompt, boxes=[Box(ref, (x0, y0, x0 + side, y0 + side))], num_inference_steps=PREVIEW_STEPS,
-                      seed=seed)
+    template = rng.choice(PREVIEW_PROMPTS)
+    with pipe.previewing(concept, method) as ref:
+        result = pipe(template.format(ref=ref), boxes=[Box(ref, (x0, y0, x0 + side, y0 + side))],
+                      num_inference_steps=PREVIEW_STEPS, seed=seed)
     return result.images[0]
+
+
+class _MasterWeights:
+    """fp32 master copies of weights kept in half precision (a full finetune of a bf16 UNet): the optimizer
+    steps the copies, and each step's result is written back. fp32 weights are optimised directly."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.live = [p for p in params if p.dtype != torch.float32]
+        self.copies = [p.detach().float().clone().requires_grad_(True) for p in self.live]
+        self.params = [p for p in params if p.dtype == torch.float32] + self.copies
+
+    def gather_grads(self) -> None:
+        for live, copy in zip(self.live, self.copies):
+            copy.grad = None if live.grad is None else live.grad.float()
+            live.grad = None
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        for live, copy in zip(self.live, self.copies):
+            live.copy_(copy)

@@ -17,7 +17,7 @@ def write_random_concept(
 ) -> Concept:
     """Write a concept folder (LoRA + concept.json) for the pipeline's base model, without training."""
     unet = pipe.components.unet
-    adapter = f"random_{seed}"
+    adapter = f"random{seed:012d}"  # one length for every seed: PEFT selects an adapter's keys by substring
     lora.add_adapter(unet, adapter, rank=rank, alpha=rank)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
