@@ -257,20 +257,58 @@ def train_concept(
                      message=f"saved '{saved.name}' ({identifier} {class_noun})", concept=saved)
 
 
+def measure_step_seconds(pipe: PACGenPipeline, config: TrainSettings, repeats: int = 2) -> float:
+    """Seconds of one optimisation step of this method, batch and size on this machine, timed on random latents
+    after a warm-up step; the trained weights are thrown away (a full finetune's restored)."""
+    comp = pipe.components
+    config = config.checked()
+    size = (config.resolution or comp.default_size) // comp.vae_scale_factor
+    rows = config.batch_size * (2 if config.prior_preservation else 1)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(rows, comp.unet.config.in_channels, size, size, generator=generator).to(comp.device, comp.dtype)
+    text = pipe.encode_prompts(["a photo"]).expand(rows, -1, -1)
+    timesteps = torch.randint(0, 1000, (rows,), generator=generator).to(comp.device)
+    probe = Concept("step timing", "sks", "thing", comp.model_id, comp.fingerprint)
+    autocast = torch.autocast(comp.device.type, dtype=comp.dtype, enabled=comp.dtype != torch.float32)
+    with pipe.training(probe, config.method, config.rank, config.alpha or config.rank, 0) as weights:
+        masters = _MasterWeights(weights.params)
+        optimizer = _optimizer(masters.params, config)
+        if config.gradient_checkpointing:
+            comp.unet.enable_gradient_checkpointing()
+        comp.unet.train()
+        times = []
+        try:
+            for _ in range(repeats + 1):
+                started = time.perf_counter()
+                with autocast:
+                    prediction = comp.unet(latents, timesteps, encoder_hidden_states=text).sample
+                F.mse_loss(prediction.float(), latents.float()).backward()
+                masters.gather_grads()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                masters.write_back()
+                if comp.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+        finally:
+            if config.gradient_checkpointing:
+                comp.unet.disable_gradient_checkpointing()
+    return float(np.median(times[1:]))
+
+
 def estimate_seconds(pipe: PACGenPipeline, library: ConceptLibrary, class_noun: str, config: TrainSettings,
-                     step_s: float) -> float:
-    """Seconds a training will take, from one measured sampling step of two UNet rows (`step_s`): class images
-    still missing from the cache, the optimisation steps, and the previews."""
-    rows = 2 if config.prior_preservation else 1
-    train_s = config.steps * step_s * 1.5 * rows * config.batch_size  # forward + backward ≈ 3 forwards of one row
+                     sample_step_s: float, train_step_s: float) -> float:
+    """Seconds a training will take: the class images still missing from the cache (sampling steps of two UNet
+    rows, `sample_step_s`), the optimisation steps (`train_step_s`, see `measure_step_seconds`) and the previews
+    (regional sampling: three rows)."""
     class_s = 0.0
     if config.prior_preservation:
         folder = class_image_dir(library, pipe.components.fingerprint, class_prompt(class_noun.strip()),
                                  config.resolution or pipe.components.default_size)
         missing = max(0, config.num_class_images - len(list(folder.glob("*.png"))))
-        class_s = missing * config.class_image_steps * step_s
+        class_s = missing * config.class_image_steps * sample_step_s
     previews = config.steps // config.preview_every if config.preview_every else 0
-    return train_s + class_s + previews * PREVIEW_STEPS * step_s
+    return class_s + config.steps * train_step_s + previews * PREVIEW_STEPS * sample_step_s * 1.5
 
 
 def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Parameter], data: _Batches,

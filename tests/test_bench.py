@@ -4,7 +4,8 @@ import torch
 
 from pacgen.concepts import ConceptLibrary
 from pacgen.mini.bench import __main__ as bench
-from pacgen.mini.bench.methods import METHODS, PLACEMENTS, STUDY
+from pacgen.mini.bench.methods import METHODS, PLACEMENTS, RECIPES, study
+from pacgen.models import load_components
 from pacgen.mini.score import train_scorer
 
 
@@ -28,18 +29,26 @@ def test_bench_study_reports_every_method_and_variant(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     report = (tmp_path / "docs" / "mini_study.md").read_text()
-    for method in METHODS + STUDY:
+    studied = study("lora")  # tiny's default method
+    for method in METHODS + studied:
         assert f"| {method.name} |" in report
+    assert "| identity (corner) |" in report.replace(" | ", " |\n| ") and "keeps colours" in report
+    assert "Gates, for the app's default (LoRA (attention) + augmentation + regional)" in report
     assert "--study" in report and (tmp_path / "docs" / "mini_study.png").is_file()
     assert not (tmp_path / "docs" / "mini_bench.md").exists()  # a study leaves the benchmark's report alone
     assert ConceptLibrary(tmp_path / "work").list() == []  # each concept's LoRAs free their identifier words
-    # every method's LoRA is prompted with the same word, so no method gets a luckier embedding
-    loras = {m.lora for m in METHODS + STUDY if m.lora}
-    assert len(identifiers) == len(loras) and len(set(identifiers)) == 1
+    # every method's concept is prompted with the same word, so no method gets a luckier embedding
+    trainings = {m.training for m in METHODS + studied if m.training}
+    assert len(identifiers) == len(trainings) and len(set(identifiers)) == 1
 
 
-def test_caption_modifier_lora_is_asked_for_small_objects_far_away():
-    method = next(m for m in STUDY if m.lora == "modifiers")
+def test_the_benchmark_trains_the_apps_default_exactly_as_the_app_does():
+    defaults = load_components("mini", device="cpu").defaults.training
+    assert defaults.override(**RECIPES[defaults.method]) == defaults
+
+
+def test_caption_modifier_concept_is_asked_for_small_objects_far_away():
+    method = next(m for m in study("lora-all") if m.training.augment == "modifiers")
     assert method.prompt_words(PLACEMENTS["corner"]) == ", far away"
     assert method.prompt_words(PLACEMENTS["centre"]) == ""
     assert METHODS[-1].prompt_words(PLACEMENTS["corner"]) == ""

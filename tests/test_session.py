@@ -65,7 +65,8 @@ def test_banner_and_examples_come_from_the_model_folder(tmp_path):
     assert "32x32 toy images" in views.banner(mini.notices())
     assert [e.prompt for e in mini.defaults.examples][0] == "a red star and a blue circle on grass"
     assert {o.name for o in mini.example_objects()} >= {"candy band diamond", "ruby checker star"}
-    assert mini.defaults.training.steps == 400 and mini.defaults.training.learning_rate == 2e-4
+    training = mini.defaults.training
+    assert (training.method, training.steps, training.learning_rate, training.rank) == ("lora-all", 400, 1e-3, 16)
 
 
 def test_compose_defaults_to_the_models_grounding_fraction(tmp_path):
@@ -73,8 +74,28 @@ def test_compose_defaults_to_the_models_grounding_fraction(tmp_path):
     assert Studio("tiny", tmp_path, device="cpu").pipe.settings().grounding_fraction == 0.3  # GLIGEN's own
 
 
-def test_the_first_example_uses_a_concept_when_one_is_loaded(studio, random_concept):
-    studio.pipe.load_concept(random_concept(studio.pipe, "my dog"))
-    first = views.examples(studio.defaults.examples, studio.concept_names())[0]
-    assert first.boxes[0].label == "<my dog>" and "<my dog>" in first.prompt
-    studio.pipe.unload_concept("my dog")
+def test_the_first_example_uses_the_newest_concept(tmp_path, random_concept):
+    studio = Studio("tiny", tmp_path / "home", device="cpu")
+    assert views.examples(studio.defaults.examples, studio.newest_concept())[0] == studio.defaults.examples[0]
+    for name, created in (("zebra", "2026-01-02T00:00:00+00:00"), ("aardvark", "2026-03-04T00:00:00+00:00")):
+        concept = random_concept(studio.pipe, name, identifier=name[:3])
+        concept.created = created
+        (concept.path / "concept.json").write_text(concept.to_json())
+        studio.library.concepts_dir.mkdir(parents=True, exist_ok=True)
+        concept.path.rename(studio.library.concepts_dir / name)
+    studio.sync_library()
+    first = views.examples(studio.defaults.examples, studio.newest_concept())[0]
+    assert first.boxes[0].label == "<aardvark>" and "<aardvark>" in first.prompt  # newest, not first by name
+
+
+def test_training_previews_are_enlarged_by_whole_pixels():
+    from PIL import Image
+
+    from pacgen.training import TrainEvent
+
+    shown = views.TrainView()
+    small = Image.new("RGB", (32, 32), (10, 200, 30))
+    small.putpixel((0, 0), (255, 0, 0))
+    shown.add(TrainEvent("training", 1, 2, 0.5, 0.5, preview=small))
+    big = shown.previews[0]
+    assert big.size == (128, 128) and big.getpixel((3, 3)) == (255, 0, 0) and big.getpixel((4, 4)) == (10, 200, 30)

@@ -33,7 +33,7 @@ def test_api_parameters_are_the_settings_fields_with_the_models_defaults(api):
     assert generate["width"] == generate["height"] == studio.size
     train = parameters(endpoints["/train"])
     assert list(train) == ["photos", "name", "class_noun", *[f.name for f in surfaced(TrainSettings)]]
-    assert (train["steps"], train["learning_rate"]) == (400, 2e-4)  # from assets/mini/pacgen.json
+    assert (train["method"], train["steps"], train["learning_rate"]) == ("lora-all", 400, 1e-3)  # assets/mini/pacgen.json
 
 
 @pytest.mark.parametrize("command, cls", [("generate", SampleSettings), ("train", TrainSettings)])

@@ -38,7 +38,7 @@ class ComposeTab:
 
 
 def example_list(studio: Studio):
-    return views.examples(studio.defaults.examples, studio.concept_names())
+    return views.examples(studio.defaults.examples, studio.newest_concept())
 
 
 def build(studio: Studio) -> ComposeTab:

@@ -25,7 +25,7 @@ from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, mo
 from ..photos import load_photos
 from ..sampling import GenerationResult, PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
-from ..training import TrainEvent, TrainingCancelled, estimate_seconds, train_concept
+from ..training import TrainEvent, TrainingCancelled, estimate_seconds, measure_step_seconds, train_concept
 
 ZERO_GPU_STEP_S = 0.05  # SD-1.4 at 512 px, 2 rows, bf16 on a ZeroGPU H200 slice (nominal)
 
@@ -79,6 +79,7 @@ class Studio:
         self.skipped: list[str] = []
         self.sync_library()
         self.step_s = self._measure_step()
+        self.train_step_s: dict[tuple, float] = {}  # measured optimisation step, by what changes its cost
 
     def _measure_step(self) -> float:
         """Seconds per sampling step, for training-time estimates.
@@ -161,6 +162,11 @@ class Studio:
     def concepts(self) -> list[Concept]:
         return self.library.list()
 
+    def newest_concept(self) -> str | None:
+        """The usable concept trained or imported last: what a user most likely wants to compose with next."""
+        usable = [c for c in self.library.list() if self.usable(c)]
+        return max(usable, key=lambda c: c.created).name if usable else None
+
     def usable(self, concept: Concept) -> bool:
         return concept.name in self.pipe.concepts
 
@@ -202,8 +208,22 @@ class Studio:
         return preview_grid(samples)
 
     def estimate(self, class_noun: str, settings: TrainSettings) -> float:
-        """Seconds the training would take on this machine, from the measured sampling step."""
-        return estimate_seconds(self.pipe, self.library, class_noun, settings.checked(), self.step_s)
+        """Seconds the training would take on this machine: sampling and training steps as measured here.
+
+        A training step is timed once per method, batch and size (about a second on the embedded model). While
+        the model is busy, or on ZeroGPU (no GPU in this process), it is put at three forwards of its rows.
+        """
+        settings = settings.checked()
+        rows = settings.batch_size * (2 if settings.prior_preservation else 1)
+        key = (settings.method, rows, settings.resolution, settings.rank, settings.gradient_checkpointing)
+        if key not in self.train_step_s and not os.environ.get("SPACES_ZERO_GPU") \
+                and self.model_lock.acquire(blocking=False):
+            try:
+                self.train_step_s[key] = measure_step_seconds(self.pipe, settings)
+            finally:
+                self.model_lock.release()
+        train_step = self.train_step_s.get(key, self.step_s * 1.5 * rows)
+        return estimate_seconds(self.pipe, self.library, class_noun, settings, self.step_s, train_step)
 
     def train(self, files: list[str] | None, name: str, class_noun: str,
               settings: TrainSettings) -> Iterator[TrainEvent]:

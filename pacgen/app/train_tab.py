@@ -60,7 +60,7 @@ def build(studio: Studio) -> TrainTab:
             status = gr.Markdown()
             loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
                                     label="Training loss", height=220)
-            previews = gr.Gallery(label="Previews at random boxes", columns=4, height=200)
+            previews = gr.Gallery(label="Previews at random boxes", columns=4, height=200, elem_id="previews")
             log = gr.Textbox(label="Log", lines=6, interactive=False)
     return TrainTab(photos, name, noun, settings, estimate, aug_button, train_button, cancel_button, photo_gallery,
                     aug_preview, status, loss_plot, previews, log)

@@ -14,13 +14,14 @@ from PIL import Image, ImageDraw
 from ..concepts import Concept
 from ..defaults import Example
 from ..errors import PACGenError
-from ..layout import Box, draw_boxes
+from ..layout import Box, draw_boxes, enlarge
 from ..sampling import GenerationResult
 from ..training import TrainEvent
 
 BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 TABLE_HEADERS = ["label", "x0", "y0", "x1", "y1"]
 CANVAS_SIDE = 512  # the drawing canvas's long side, whatever the output size
+PREVIEW_SIDE = 128  # training previews are enlarged to this by whole pixels
 
 
 # --------------------------------------------------------------------------------------- header and banner
@@ -124,11 +125,11 @@ def label_choices(concept_names: list[str], examples: list[Example]) -> list[str
     return list(dict.fromkeys([f"<{n}>" for n in concept_names] + phrases))
 
 
-def examples(model_examples: tuple[Example, ...], concept_names: list[str]) -> list[Example]:
-    """The model's worked examples, after one with the first concept in the library."""
+def examples(model_examples: tuple[Example, ...], newest: str | None) -> list[Example]:
+    """The model's worked examples, after one with the newest concept (the one a user just trained)."""
     items = list(model_examples)
-    for concept in concept_names[:1]:
-        items.insert(0, Example(f"a photo of <{concept}> on grass", (Box(f"<{concept}>", (0.55, 0.15, 0.95, 0.55)),)))
+    if newest:
+        items.insert(0, Example(f"a photo of <{newest}> on grass", (Box(f"<{newest}>", (0.55, 0.15, 0.95, 0.55)),)))
     return items
 
 
@@ -195,7 +196,7 @@ class TrainView:
         if event.phase == "cancelled":
             self.log.append(event.message)
         if event.preview is not None:
-            self.previews.append(event.preview)
+            self.previews.append(enlarge(event.preview, PREVIEW_SIDE))  # pixels as they are, not smoothed
             self.log.append(f"step {event.step}: preview at a random box")
         if event.phase == "training" and (event.step % max(1, event.total // 10) == 0 or event.step == event.total):
             self.log.append(f"step {event.step}/{event.total} · loss {event.loss_smoothed:.4f} · "

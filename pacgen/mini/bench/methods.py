@@ -1,4 +1,4 @@
-"""What the method benchmark compares: the placements, the LoRAs a concept gets, and the methods (and study
+"""What the method benchmark compares: the placements, the trainings a concept gets, and the methods (and study
 variants) that generate with them."""
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from pacgen.mini.world import Box, centred_box
 PLACEMENTS: dict[str, Box] = {
     "centre": centred_box(0.75),  # like the photos (side 0.6-0.85, centred)
     "corner": (0.04, 0.58, 0.40, 0.94),  # small, bottom-left
-    "off-centre": (0.42, 0.10, 0.92, 0.60),  # medium, top-right
+    "off-centre right": (0.42, 0.10, 0.92, 0.60),  # medium, top-right
+    "off-centre left": (0.06, 0.08, 0.50, 0.52),  # medium, top-left
 }
+# Two-object scenes: the concept in the first box, "a <colour> <shape>" in the second.
+PAIR_BOXES: tuple[Box, Box] = ((0.05, 0.08, 0.50, 0.53), (0.52, 0.47, 0.95, 0.90))
 
-
-# The LoRAs a concept gets, by tag: the same steps, rate and rank; only the augmentation differs.
-LORAS: dict[str, AugmentConfig] = {
+AUGMENTATIONS: dict[str, AugmentConfig] = {
     "plain": AugmentConfig.none(),
     "pacgen": AugmentConfig(),
     "mild": AugmentConfig(zoom_out_scale=(0.5, 0.9)),  # study only: narrower zoom-out range
@@ -23,37 +24,64 @@ LORAS: dict[str, AugmentConfig] = {
     "modifiers": AugmentConfig(caption_modifiers=True),  # study only: "far away" / "close up" in captions
 }
 
+# Each training method's recipe on mini, on top of the model's defaults. The model's own default method must get
+# exactly its defaults here (tests/test_bench.py checks), so the benchmark measures what the app trains.
+RECIPES: dict[str, dict] = {
+    "lora": {"method": "lora", "rank": 4, "learning_rate": 2e-4, "batch_size": 1},
+    "lora-all": {"method": "lora-all", "rank": 16, "learning_rate": 1e-3, "batch_size": 4},
+    "full": {"method": "full", "rank": 32, "learning_rate": 1e-4, "batch_size": 4},
+}
+
+
+@dataclass(frozen=True)
+class Training:
+    """One concept training: a method's recipe with an augmentation."""
+
+    method: str  # a key of RECIPES
+    augment: str  # a key of AUGMENTATIONS
+
+    @property
+    def tag(self) -> str:
+        return f"{self.method} {self.augment}"
+
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    lora: str | None  # a key of LORAS, or None for no personalization
+    training: Training | None  # None: no personalization, the class phrase in the box
     regional: bool = False
     options: tuple[tuple[str, object], ...] = ()  # further PACGenPipeline keyword arguments
 
     def prompt_words(self, box: Box) -> str:
-        """A LoRA trained with caption modifiers is asked for a small object the way it was taught."""
-        config = LORAS[self.lora] if self.lora else None
+        """A concept trained with caption modifiers is asked for a small object the way it was taught."""
+        config = AUGMENTATIONS[self.training.augment] if self.training else None
         small = config is not None and config.caption_modifiers and box[2] - box[0] < config.small_below
         return ", far away" if small else ""
 
 
 METHODS = (
     Method("GLIGEN, class phrase only", None),
-    Method("DreamBooth-LoRA, no augmentation", "plain"),
-    Method("PACGen augmentation", "pacgen"),
-    Method("PACGen augmentation + regional sampling", "pacgen", regional=True),
+    Method("DreamBooth (full), no augmentation", Training("full", "plain")),
+    Method("PACGen (full) + augmentation", Training("full", "pacgen")),
+    Method("PACGen (full) + augmentation + regional", Training("full", "pacgen"), regional=True),
+    Method("LoRA (attention), no augmentation + regional", Training("lora", "plain"), regional=True),
+    Method("LoRA (attention) + augmentation + regional", Training("lora", "pacgen"), regional=True),
+    Method("LoRA (all layers), no augmentation + regional", Training("lora-all", "plain"), regional=True),
+    Method("LoRA (all layers) + augmentation + regional", Training("lora-all", "pacgen"), regional=True),
 )
-# `--study`: one default changed at a time from the last method above, to choose the shipped defaults.
-STUDY = (
-    Method("zoom-out range 0.5-0.9 (milder)", "mild", regional=True),
-    Method("zoom-out range 0.2-0.9, p 0.8 (wider)", "wide", regional=True),
-    Method("caption modifiers", "modifiers", regional=True),
-    Method("grounding phrase: identifier + class", "pacgen", regional=True,
-           options=(("grounding_phrase", "identifier"),)),
-    Method("grounding for GLIGEN's first 30% of steps", "pacgen", regional=True,
-           options=(("grounding_fraction", 0.3),)),
-    Method("regional guidance for the first half only", "pacgen", regional=True,
-           options=(("regional_fraction", 0.5),)),
-)
+
+
+def study(default: str) -> tuple[Method, ...]:
+    """`--study`: one default changed at a time from the app's default (the model's method, augmented, regional)."""
+    base = Training(default, "pacgen")
+    return (
+        Method("zoom-out range 0.5-0.9 (milder)", Training(default, "mild"), regional=True),
+        Method("zoom-out range 0.2-0.9, p 0.8 (wider)", Training(default, "wide"), regional=True),
+        Method("caption modifiers", Training(default, "modifiers"), regional=True),
+        Method("grounding phrase: identifier + class", base, regional=True, options=(("grounding_phrase", "identifier"),)),
+        Method("grounding for GLIGEN's first 30% of steps", base, regional=True, options=(("grounding_fraction", 0.3),)),
+        Method("regional guidance for the first half only", base, regional=True, options=(("regional_fraction", 0.5),)),
+    )
+
+
 REFERENCES = ("ground truth (renderer)", "ground truth through the VAE", "another kit concept (identity chance)")

@@ -1,0 +1,67 @@
+"""Identity against the truth: the generated object compared cell by cell with the renderer's own drawing of the
+same concept, so colours *and* their layout count (bands, checks, the mark), not only the shape the class noun
+already gives.
+
+Generators place objects a little off and draw them a little small, so both are compared in the object's own
+frame: the generated object is found where it is (colour-blind localisation near its box), the drawing is the
+concept rendered filling its box, and each is resampled to a GRID x GRID grid over its own extent. The score is 1
+minus the mean colour distance over the drawing's face cells (its outline, which every world object has, left
+out), each distance capped at CAP so a wrong colour counts fully however wrong: 1 is a perfect copy, an object
+that is absent scores 0, and another kit concept in the box shows what ignoring the concept scores.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from PIL import Image
+
+from pacgen.mini.score.metrics import localise
+from pacgen.mini.world import Box, Drawable, PlacedObject, render
+
+GRID = 8  # cells per side of the comparison frame: enough for the kit's 4x4 checks and 3 bands
+CAP = 150.0  # RGB distance counted as a complete mismatch (about two kit colours apart)
+RENDER_SIZE = 64  # the drawing is rendered this large, then resampled to the grid
+
+
+def _grid(image: Image.Image, box: Box) -> np.ndarray:
+    w, h = image.size
+    region = (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
+    return np.asarray(image.convert("RGB").resize((GRID, GRID), Image.Resampling.BOX, box=region), np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def drawing(obj: Drawable) -> tuple[np.ndarray, np.ndarray]:
+    """The concept drawn filling a box, on the grid: its colours (GRID, GRID, 3) and its face cells (GRID, GRID)."""
+    box = (0.1, 0.1, 0.9, 0.9)
+    image, (mask,) = render("sand", [PlacedObject(obj, box)], RENDER_SIZE, np.random.default_rng(0))
+    face = mask.copy()  # less a rim of the outline's width, which every world object has
+    rim = max(1, RENDER_SIZE // 32)
+    for _ in range(rim):
+        face[1:] &= face[:-1].copy()
+        face[:-1] &= face[1:].copy()
+        face[:, 1:] &= face[:, :-1].copy()
+        face[:, :-1] &= face[:, 1:].copy()
+    cells = _grid(Image.fromarray(face.astype(np.uint8) * 255), box)[..., 0] > 191  # mostly face
+    return _grid(image, box), cells
+
+
+def truth_identity(image: Image.Image, obj: Drawable, box: Box) -> float:
+    """How closely the object near `box` looks like the renderer's drawing of `obj` (1 = identical, 0 = absent)."""
+    found = localise(image, box)
+    if found is None:
+        return 0.0
+    colours, face = drawing(obj)
+    distance = np.linalg.norm(_grid(image, found) - colours, axis=2)
+    return float(1.0 - np.minimum(distance, CAP)[face].mean() / CAP)
+
+
+def colour_bleed(image: Image.Image, obj: Drawable, box: Box, other: tuple[int, int, int]) -> float:
+    """Share of the concept's face cells whose colour is nearer `other` (the colour of the phrase boxed beside it)
+    than the drawing's own colour there: how much the neighbour's colour leaked into the concept."""
+    found = localise(image, box) or box
+    colours, face = drawing(obj)
+    generated = _grid(image, found)
+    to_own = np.linalg.norm(generated - colours, axis=2)
+    to_other = np.linalg.norm(generated - np.asarray(other, np.float32), axis=2)
+    return float((to_other < to_own)[face].mean())
