@@ -111,6 +111,26 @@ def snapshot(layers: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def truncate_lora(state: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """A LoRA state dict (PEFT or diffusers naming, as read from a file) refactored to at most `rank` per layer:
+    the best rank-`rank` approximation of each layer's B @ A, as a full finetune's SVD at that rank would be."""
+    out = {}
+    for key, down in state.items():
+        if not key.endswith((".lora_A.weight", ".lora.down.weight")):
+            continue
+        up = state[key.replace("lora_A", "lora_B").replace("lora.down", "lora.up")]
+        product = up.reshape(up.shape[0], -1).float() @ down.reshape(down.shape[0], -1).float()
+        u, s, vh = torch.linalg.svd(product, full_matrices=False)
+        r = min(rank, down.shape[0])
+        new_down, new_up = vh[:r], u[:, :r] * s[:r]
+        if down.dim() == 4:
+            new_down, new_up = new_down.reshape(r, *down.shape[1:]), new_up.reshape(up.shape[0], r, 1, 1)
+        name = key.rsplit(".lora", 1)[0]
+        out[f"{name}.lora_A.weight"], out[f"{name}.lora_B.weight"] = new_down.contiguous(), new_up.contiguous()
+    return out
+
+
+@torch.no_grad()
 def extract_lora(layers: dict[str, torch.nn.Module], original: dict[str, torch.Tensor],
                  rank: int) -> tuple[dict[str, torch.Tensor], float]:
     """The change of each finetuned layer as a rank-`rank` LoRA (truncated SVD; exact where the layer's own rank

@@ -79,17 +79,18 @@ def open_bench(args: argparse.Namespace) -> Bench:
     return Bench(pipe, scorer, texture_floors(functools.partial(vae_roundtrip, pipe), size), size)
 
 
-def train_settings(defaults: TrainSettings, args: argparse.Namespace, training: Training) -> TrainSettings:
+def train_settings(defaults: TrainSettings, args: argparse.Namespace, training: Training, **changes) -> TrainSettings:
     """The model's training defaults, the method's recipe, the benchmark's flags, the augmentation, no previews."""
     flags = {name: getattr(args, flag) for flag, name in TRAIN_FLAGS.items()}
-    return defaults.override(**RECIPES[training.method], **flags, augment=AUGMENTATIONS[training.augment],
-                             seed=args.seed, preview_every=0)
+    recipe = {**RECIPES[training.method], **changes}
+    return defaults.override(**recipe, **flags, augment=AUGMENTATIONS[training.augment], seed=args.seed,
+                             preview_every=0)
 
 
 def train(bench: Bench, concept: KitConcept, training: Training, args: argparse.Namespace,
-          library: ConceptLibrary) -> str:
-    """Train the concept; `train_concept` leaves it loaded on the pipeline. Returns its name."""
-    config = train_settings(bench.pipe.components.defaults.training, args, training)
+          library: ConceptLibrary, **changes) -> str:
+    """Train the concept (`changes`: further settings); `train_concept` leaves it loaded. Returns its name."""
+    config = train_settings(bench.pipe.components.defaults.training, args, training, **changes)
     name = f"{concept.name} {training.tag}"
     for event in train_concept(bench.pipe, kit_photos(concept, 5, bench.size), name, concept.class_noun, config,
                                library):
