@@ -74,8 +74,7 @@ class TrainableWeights:
     """What a training optimises, and how to write what it learnt as the concept's LoRA file."""
 
     params: list[torch.nn.Parameter]
-    save: Callable[[Path], Path]
-    stored_error: float = 0.0  # share of a full finetune's change that its stored LoRA leaves out
+    save: Callable[[Path], float]  # writes the LoRA file; returns the share of the change it leaves out
 
 
 @dataclass
@@ -144,10 +143,15 @@ class PACGenPipeline:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             lora.add_adapter(unet, concept.adapter_name, rank, alpha, method)
+
+        def save(folder: Path) -> float:
+            lora.save_adapter(unet, concept.adapter_name, folder)
+            return 0.0  # a LoRA is stored as it was trained
+
         try:
             params = lora.trainable_parameters(unet, concept.adapter_name)
             lora.activate(unet, [concept.adapter_name])
-            yield TrainableWeights(params, lambda folder: lora.save_adapter(unet, concept.adapter_name, folder))
+            yield TrainableWeights(params, save)
         finally:
             lora.delete_adapter(unet, concept.adapter_name)
             unet.eval()
@@ -157,12 +161,13 @@ class PACGenPipeline:
         layers = lora.method_modules(unet, "full")
         original = lora.snapshot(layers)
         lora.activate(unet, [])
-        weights = TrainableWeights([layer.weight for layer in layers.values()], lambda folder: save(folder))
 
-        def save(folder: Path) -> Path:
-            state, weights.stored_error = lora.extract_lora(layers, original, rank)
-            return lora.write_lora_file(state, folder)
+        def save(folder: Path) -> float:
+            state, dropped = lora.extract_lora(layers, original, rank)
+            lora.write_lora_file(state, folder)
+            return dropped
 
+        weights = TrainableWeights([layer.weight for layer in layers.values()], save)
         try:
             for param in weights.params:
                 param.requires_grad_(True)

@@ -243,9 +243,9 @@ def train_concept(
         yield TrainEvent("saving", config.steps, config.steps, elapsed_s=time.perf_counter() - started,
                          message="saving the concept")
         with library.staging() as staged:
-            weights.save(staged)
+            dropped = weights.save(staged)
             if config.method == "full":
-                concept.training["stored_error"] = round(weights.stored_error, 6)
+                concept.training["stored_error"] = round(dropped, 6)  # share of the change the rank leaves out
             concept.duration_s = time.perf_counter() - started
             concept.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
             _write_card(staged, concept, photos, augmented=augment.zoom_out_prob + augment.zoom_in_prob > 0)
