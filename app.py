@@ -22,7 +22,7 @@ CSS = """
 #banner {background: #fff7e6; border: 1px solid #f0c36d; border-radius: 8px; padding: 4px 12px;}
 #banner:empty {display: none;}
 .concept-cards img {image-rendering: pixelated;}
-#results img {image-rendering: pixelated;}
+#results img, #previews img {image-rendering: pixelated;}
 """
 
 

@@ -22,14 +22,15 @@ Weights, gradients and optimizer state are computed from parameter counts and dt
 before the step (those plus the imported libraries) checks them. Activations are measured on the CPU in
 fp32, at --target px itself where it is among the sizes (checkpointed, by default; fp32 CPU training at
 512 px fits this way in ~15 GiB), else extrapolated linearly in the latent area, a + b * area through the
-two largest sizes below the target: at small sizes the peak is set by backward's temporaries (gradients of
-the 1280-channel kernels, up to 118 MB each), which do not grow with the area, so small sizes alone
-understate the slope. SDPA runs as flash attention on both CPU and GPU, so nothing in it grows with the
-square of the area. On the GPU, bf16 autocast keeps most activations in 2 bytes, so the fp32 figure is an
-upper bound there. Text encoder (CLIP ViT-L/14) and VAE sizes are counted from SD-1.4's published configs
-(built on the meta device / by `build_sd14_random`). On-disk concept sizes are computed from the shapes of
-the `full` layers: a rank-r LoRA of an (out, fan_in) layer (fan_in = in * kh * kw for a conv) stores
-r * (fan_in + out) values, with r capped at min(out, fan_in) as `pacgen.lora.extract_lora` does, in fp32.
+two largest sizes below the target: at small sizes the peak is set by backward's temporaries that do not
+grow with the area (per-kernel gradient buffers: the largest 3x3 kernel's is 118 MB), so small sizes alone
+understate the slope (through 128 and 256 px the fit gives 0.57 GiB at 512 px; measured: 0.90 GiB).
+SDPA runs as flash attention on both CPU and GPU, so nothing in it grows with the square of the area. On
+the GPU, bf16 autocast keeps most activations in 2 bytes, so the fp32 figure is an upper bound there. Text
+encoder (CLIP ViT-L/14) and VAE sizes are counted from SD-1.4's published configs (built on the meta device
+/ by `build_sd14_random`). On-disk concept sizes are computed from the shapes of the `full` layers: a
+rank-r LoRA of an (out, fan_in) layer (fan_in = in * kh * kw for a conv) stores r * (fan_in + out) values,
+with r capped at min(out, fan_in) as `pacgen.lora.extract_lora` does, in fp32.
 """
 
 from __future__ import annotations
@@ -255,7 +256,8 @@ def report(results: list[dict], target: int, gpu_gib: float, ranks: list[int]) -
     lines.append(f"| total, every part at once (upper bound) | {verdict(total(1, PHASES))} "
                  f"| {verdict(total(2, PHASES))} | sum |")
     lines.append(f"| peak of the two phases: fwd+bwd {gib(fb)} / {gib(fb8)}, gradient copy + optimizer step "
-                 f"{gib(step)} / {gib(step8)} | {verdict(max(fb, step))} | {verdict(max(fb8, step8))} | sum per phase |")
+                 f"{gib(step)} / {gib(step8)} | {verdict(max(fb, step))} | {verdict(max(fb8, step8))} "
+                 "| sum per phase |")
     if plain:
         lines += ["", (f"Without checkpointing, activations at {target} px take {gib(plain[0])} GiB, {plain[1]}, "
                        "instead of the checkpointed row's.")]
