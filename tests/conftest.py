@@ -9,6 +9,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network here: n
 import pytest  # noqa: E402
 
 import pacgen.mini  # noqa: E402,F401  (registers the `tiny` model)
+from pacgen.concepts import ConceptLibrary  # noqa: E402
+from pacgen.mini.kit import KIT, kit_photos  # noqa: E402
 from pacgen.mini.stand_ins import write_random_concept  # noqa: E402
 from pacgen.sampling import PACGenPipeline  # noqa: E402
 
@@ -24,3 +26,14 @@ def random_concept(tmp_path):
         return write_random_concept(pipe, tmp_path / name.replace(" ", "-"), name, identifier, class_noun, seed, strength)
 
     return make
+
+
+@pytest.fixture
+def photos():
+    """Three photos of the first kit concept, as a user would upload them."""
+    return kit_photos(KIT[0], n=3, size=64)
+
+
+@pytest.fixture
+def library(tmp_path):
+    return ConceptLibrary(tmp_path / "home")

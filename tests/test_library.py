@@ -6,7 +6,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from pacgen.concepts import ConceptError, ConceptLibrary
+from pacgen.concepts import ConceptError
 from pacgen.errors import PACGenError
 from pacgen.mini.kit import KIT, kit_photos
 from pacgen.photos import load_photo
@@ -14,11 +14,6 @@ from pacgen.settings import TrainSettings
 from pacgen.training import train_concept
 
 FAST = TrainSettings(steps=1, num_class_images=1, class_image_steps=1, samples_per_photo=1)
-
-
-@pytest.fixture
-def library(tmp_path):
-    return ConceptLibrary(tmp_path / "home")
 
 
 @pytest.fixture

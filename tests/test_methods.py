@@ -7,9 +7,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from pacgen import lora
-from pacgen.concepts import Concept, ConceptLibrary
+from pacgen.concepts import Concept
 from pacgen.layout import Box
-from pacgen.mini.kit import KIT, kit_photos
 from pacgen.sampling import PACGenPipeline
 from pacgen.settings import TrainSettings
 from pacgen.training import train_concept
@@ -17,16 +16,6 @@ from pacgen.training import train_concept
 pytestmark = pytest.mark.slow  # every test here trains
 METHODS = ["lora", "lora-all", "full"]
 FAST = dict(steps=4, learning_rate=5e-3, rank=8, prior_preservation=False, samples_per_photo=2)
-
-
-@pytest.fixture
-def photos():
-    return kit_photos(KIT[0], n=3, size=64)
-
-
-@pytest.fixture
-def library(tmp_path):
-    return ConceptLibrary(tmp_path / "home")
 
 
 def gligen_state(pipe):

@@ -22,7 +22,7 @@ from pacgen.mini.bench.scoring import Scores
 from pacgen.mini.kit import KIT
 from pacgen.mini.world import BACKGROUNDS
 
-EXACT = 4096  # a rank above every layer's own: the stored change is exact
+EXACT = 1024  # the highest rank a setting allows, above every layer's own rank in mini: the stored change is exact
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
