@@ -257,6 +257,11 @@ def train_concept(
                      message=f"saved '{saved.name}' ({identifier} {class_noun})", concept=saved)
 
 
+def sample_step_seconds(pipe: PACGenPipeline) -> float:
+    """Seconds of one sampling step of two UNet rows (a plain generation) on this machine."""
+    return pipe("a photo", num_inference_steps=2, seed=0).timings["step_s"]
+
+
 def measure_step_seconds(pipe: PACGenPipeline, config: TrainSettings, repeats: int = 2) -> float:
     """Seconds of one optimisation step of this method, batch and size on this machine, timed on random latents
     after a warm-up step; the trained weights are thrown away (a full finetune's restored)."""

@@ -25,7 +25,9 @@ from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, mo
 from ..photos import load_photos
 from ..sampling import GenerationResult, PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
-from ..training import TrainEvent, TrainingCancelled, estimate_seconds, measure_step_seconds, train_concept
+from ..training import (
+    TrainEvent, TrainingCancelled, estimate_seconds, measure_step_seconds, sample_step_seconds, train_concept,
+)
 
 ZERO_GPU_STEP_S = 0.05  # SD-1.4 at 512 px, 2 rows, bf16 on a ZeroGPU H200 slice (nominal)
 
@@ -88,7 +90,7 @@ class Studio:
         """
         if os.environ.get("SPACES_ZERO_GPU"):
             return ZERO_GPU_STEP_S
-        return self.pipe("a photo", num_inference_steps=2, seed=0).timings["step_s"]
+        return sample_step_seconds(self.pipe)
 
     # ----------------------------------------------------------------------------------- the model
 
