@@ -11,7 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
+
+
+def test_the_package_declares_what_it_needs_as_requirements_txt_pins_it():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = {line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    assert declared and set(declared) <= pinned  # the same names and versions; requirements adds test tools
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +34,7 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
+@pytest.mark.slow  # builds a wheel
 def test_the_wheel_holds_every_module_and_every_asset(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pacgen").rglob("*.py")}
@@ -34,6 +42,7 @@ def test_the_wheel_holds_every_module_and_every_asset(wheel):
     assert modules - names == set() and assets - names == set()
 
 
+@pytest.mark.slow  # builds a wheel and a virtual environment
 def test_installed_outside_the_checkout_it_generates_with_the_embedded_model(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
