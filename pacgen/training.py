@@ -278,6 +278,7 @@ def measure_step_seconds(pipe: PACGenPipeline, config: TrainSettings, repeats: i
     with pipe.training(probe, config.method, config.rank, config.alpha or config.rank, 0) as weights:
         masters = _MasterWeights(weights.params)
         optimizer = _optimizer(masters.params, config)
+        scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)
         if config.gradient_checkpointing:
             comp.unet.enable_gradient_checkpointing()
         comp.unet.train()
@@ -287,11 +288,7 @@ def measure_step_seconds(pipe: PACGenPipeline, config: TrainSettings, repeats: i
                 started = time.perf_counter()
                 with autocast:
                     prediction = comp.unet(latents, timesteps, encoder_hidden_states=text).sample
-                F.mse_loss(prediction.float(), latents.float()).backward()
-                masters.gather_grads()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                masters.write_back()
+                masters.step(F.mse_loss(prediction.float(), latents.float()), optimizer, scaler)
                 if comp.device.type == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - started)
@@ -355,12 +352,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
             loss = masked_mse(prediction[:n], target[:n], masks)
             if data.class_latents is not None:
                 loss = loss + config.prior_weight * F.mse_loss(prediction[n:].float(), target[n:].float())
-            scaler.scale(loss).backward()
-            masters.gather_grads()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            masters.write_back()
+            masters.step(loss, optimizer, scaler)
             value = float(loss.detach())
             smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
             per_step = (time.perf_counter() - loop_started) / step
@@ -397,12 +389,15 @@ class _MasterWeights:
         self.copies = [p.detach().float().clone().requires_grad_(True) for p in self.live]
         self.params = [p for p in params if p.dtype == torch.float32] + self.copies
 
-    def gather_grads(self) -> None:
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        """One optimisation step: backward (scaled for fp16), the masters step, and the live weights follow."""
+        scaler.scale(loss).backward()
         for live, copy in zip(self.live, self.copies):
             copy.grad = None if live.grad is None else live.grad.float()
             live.grad = None
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        for live, copy in zip(self.live, self.copies):
-            live.copy_(copy)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for live, copy in zip(self.live, self.copies):
+                live.copy_(copy)

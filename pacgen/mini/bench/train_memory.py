@@ -7,7 +7,7 @@ subprocess, one after the other, so that at most one ~15 GiB process is alive at
 the SD-1.4-sized GLIGEN UNet of `regional_speed.build_sd14_random` (random weights, fp32, CPU), makes the
 `full` layers trainable (`pacgen.lora.method_modules(unet, "full")`: every weight matrix and conv kernel,
 never GLIGEN's fusers or position net, no biases or norm weights), and trains them as `pacgen.training`
-does: `_MasterWeights` (a pass-through for fp32 weights), `_optimizer` (torch AdamW), the masked loss on one
+does in fp32 (where the weights are their own masters): `_optimizer` (torch AdamW), the masked loss on one
 instance row plus the prior loss on one class row (batch 2), random (2, 77, 768) text embeddings, no GLIGEN
 grounding (training never calls the fusers). A warm-up step creates the AdamW state; gradients are then
 zeroed but kept (`zero_grad(set_to_none=False)`), so the resident set holds weights + gradients + AdamW
@@ -75,7 +75,7 @@ def measure(size: int, checkpointing: bool) -> dict:
     from pacgen.mini.bench.regional_speed import build_sd14_random
     from pacgen.models import SD_SCHEDULER_CONFIG
     from pacgen.settings import TrainSettings
-    from pacgen.training import _MasterWeights, _optimizer, masked_mse
+    from pacgen.training import _optimizer, masked_mse
 
     components = build_sd14_random()
     unet = components.unet
@@ -93,8 +93,7 @@ def measure(size: int, checkpointing: bool) -> dict:
     text = torch.randn(2, 77, 768)
     mask = torch.ones(1, 1, side, side)
     scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
-    masters = _MasterWeights(params)
-    optimizer = _optimizer(masters.params, TrainSettings(method="full"))
+    optimizer = _optimizer(params, TrainSettings(method="full"))  # fp32 here: the weights are their own masters
     if checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
@@ -108,10 +107,8 @@ def measure(size: int, checkpointing: bool) -> dict:
         loss.backward()
 
     def optimizer_step() -> None:
-        masters.gather_grads()
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)  # keep the gradient buffers: the baseline then holds them
-        masters.write_back()
 
     forward_backward()
     optimizer_step()
@@ -228,7 +225,7 @@ def report(results: list[dict], target: int, gpu_gib: float, ranks: list[int]) -
         (f"fp32 master copies of the {n_trained / 1e6:.0f}M trained weights", 4 * n_trained, 4 * n_trained, "both",
          "computed"),
         ("bf16 gradients on the live weights (backward)", 2 * n_trained, 2 * n_trained, "fb", "computed"),
-        ("fp32 master gradients (`gather_grads` copies them)", 4 * n_trained, 4 * n_trained, "step", "computed"),
+        ("fp32 master gradients (`_MasterWeights.step` copies them)", 4 * n_trained, 4 * n_trained, "step", "computed"),
         ("optimizer state: AdamW fp32 8 B/param, 8-bit Adam 2 B/param", 8 * n_trained, 2 * n_trained, "both",
          "computed"),
         ("optimizer step buffer: torch AdamW on CUDA (foreach) allocates sqrt(v), 4 B/param; bitsandbytes: none",
