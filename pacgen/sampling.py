@@ -227,12 +227,16 @@ class PACGenPipeline:
                 if not config.get("rescale_betas_zero_snr") or "rescale_betas_zero_snr" in signature(cls).parameters]
 
     def make_scheduler(self, name: str):
+        return self._scheduler_class(name).from_config(self.components.scheduler_config)
+
+    def _scheduler_class(self, name: str) -> type:
+        """The scheduler class for `name`, refusing one unknown or unable to follow this model's schedule."""
         if name not in SCHEDULERS:
             raise SettingsError(f"unknown scheduler '{name}'; choose one of {', '.join(self.usable_schedulers())}")
         if name not in self.usable_schedulers():
             raise SettingsError(f"scheduler '{name}' cannot follow this model's zero-terminal-SNR noise schedule; "
                                 f"choose one of {', '.join(self.usable_schedulers())}")
-        return SCHEDULERS[name].from_config(self.components.scheduler_config)
+        return SCHEDULERS[name]
 
     # ----------------------------------------------------------------------------------- sampling
 
@@ -254,7 +258,7 @@ class PACGenPipeline:
             raise SettingsError(f"image size {width}x{height} must be multiples of 8")
         if height % factor or width % factor:
             raise SettingsError(f"image size {width}x{height} must be multiples of {factor} for this model")
-        self.make_scheduler(settings.scheduler)
+        self._scheduler_class(settings.scheduler)
         limit = self.components.tokenizer.model_max_length - 2
         for index, box in enumerate(boxes, start=1):
             if box.concept is None and self.token_count(box.label) > limit:
