@@ -21,6 +21,7 @@ class ComposeTab:
     canvas: image_annotator
     table: gr.Dataframe
     table_button: gr.Button
+    examples: list  # the worked examples the buttons show, as computed once when the page was built
     example_buttons: list
     prompt: gr.Textbox
     negative: gr.Textbox
@@ -35,10 +36,6 @@ class ComposeTab:
 
     def setting(self, name: str):
         return self.settings[[f.name for f in FIELDS].index(name)]
-
-
-def example_list(studio: Studio):
-    return views.examples(studio.defaults.examples, studio.newest_concept())
 
 
 def build(studio: Studio) -> ComposeTab:
@@ -56,8 +53,9 @@ def build(studio: Studio) -> ComposeTab:
                                  column_count=(5, "fixed"), row_count=(0, "dynamic"), interactive=True,
                                  elem_id="boxes", label="Boxes (edit, then 'Show on canvas'; delete a row to drop a box)")
             table_button = gr.Button("Show table on canvas", size="sm")
+            examples = views.examples(studio.defaults.examples, studio.newest_concept())
             with gr.Row():
-                example_buttons = [gr.Button(e.prompt, size="sm") for e in example_list(studio)]
+                example_buttons = [gr.Button(e.prompt, size="sm") for e in examples]
         with gr.Column():
             prompt = gr.Textbox(label="Prompt", placeholder="a photo of <my dog> on the beach", elem_id="prompt",
                                 info="Concepts are written <name>; boxed concepts are added if missing.")
@@ -74,7 +72,7 @@ def build(studio: Studio) -> ComposeTab:
             show_boxes = gr.Checkbox(value=False, label="Overlay boxes and labels")
             results = gr.Gallery(label="Results", columns=2, height=420, elem_id="results", format="png")
             info = gr.Markdown()
-    return ComposeTab(canvas, table, table_button, example_buttons, prompt, negative, settings, reuse_seed,
+    return ComposeTab(canvas, table, table_button, examples, example_buttons, prompt, negative, settings, reuse_seed,
                       generate_button, show_boxes, results, info, gr.State(None), gr.State(None))
 
 
@@ -89,7 +87,7 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
     tab.table_button.click(show_table, [tab.table, width, height], tab.canvas, **UI_ONLY)
     for dimension in (width, height):
         dimension.change(show_table, [tab.table, width, height], tab.canvas, show_progress="hidden", **UI_ONLY)
-    for button, example in zip(tab.example_buttons, example_list(studio)):
+    for button, example in zip(tab.example_buttons, tab.examples):
         button.click(lambda e=example: (e.prompt, views.rows_from_boxes(e.boxes)), outputs=[tab.prompt, tab.table],
                      queue=False, **UI_ONLY).then(show_table, [tab.table, width, height], tab.canvas, **UI_ONLY)
 
