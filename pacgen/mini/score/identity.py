@@ -35,7 +35,7 @@ def drawing(obj: Drawable) -> tuple[np.ndarray, np.ndarray]:
     """The concept drawn filling a box, on the grid: its colours (GRID, GRID, 3) and its face cells (GRID, GRID)."""
     box = (0.1, 0.1, 0.9, 0.9)
     image, (mask,) = render("sand", [PlacedObject(obj, box)], RENDER_SIZE, np.random.default_rng(0))
-    face = mask.copy()  # less a rim of the outline's width, which every world object has
+    face = mask.copy()  # less a rim of the outline's width (a square erosion), which every world object has
     rim = max(1, RENDER_SIZE // 32)
     for _ in range(rim):
         face[1:] &= face[:-1].copy()
