@@ -14,8 +14,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import PACGenError
+from .text import check_text
 
 MAX_BOXES = 30  # GLIGEN's position net has 30 grounding slots
+MAX_LABEL = 500  # characters of a box's phrase (its tokens are limited by the text encoder as well)
 TOLERANCE = 1e-3  # coordinates this far outside [0, 1] are clamped, not refused
 CONCEPT_REF = re.compile(r"<([^<>]+)>")
 
@@ -43,6 +45,7 @@ class Box:
 
 def parse_box(text: str) -> Box:
     """Parse the CLI form `LABEL=x0,y0,x1,y1`."""
+    check_text("a box", text, MAX_LABEL + 200, LayoutError)
     label, sep, coords = text.rpartition("=")
     if not sep or not label.strip():
         raise LayoutError(f"box '{text}': expected LABEL=x0,y0,x1,y1")
@@ -52,6 +55,8 @@ def parse_box(text: str) -> Box:
         raise LayoutError(f"box '{text}': coordinates must be four numbers, got '{coords}'") from None
     if len(values) != 4:
         raise LayoutError(f"box '{text}': expected 4 coordinates, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise LayoutError(f"box '{text}': coordinates must be finite numbers, got '{coords}'")
     return Box(label.strip(), values)  # type: ignore[arg-type]
 
 
@@ -63,10 +68,12 @@ def check_boxes(boxes: list[Box], latent_size: tuple[int, int]) -> None:
     if len(boxes) > MAX_BOXES:
         raise LayoutError(f"{len(boxes)} boxes given; GLIGEN accepts at most {MAX_BOXES}")
     for index, box in enumerate(boxes, start=1):
-        name = f"box {index} ('{box.label}')"
-        if not box.label.strip():
+        if not isinstance(box.label, str) or not box.label.strip():
             raise LayoutError(f"box {index} has an empty label")
-        if len(box.xyxy) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box.xyxy):
+        check_text(f"the label of box {index}", box.label, MAX_LABEL, LayoutError)
+        name = f"box {index} ('{box.label}')"
+        if len(box.xyxy) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                         for v in box.xyxy):
             raise LayoutError(f"{name}: coordinates must be four finite numbers, got {box.xyxy}")
         x0, y0, x1, y1 = box.xyxy
         if any(v < -TOLERANCE or v > 1 + TOLERANCE for v in box.xyxy):

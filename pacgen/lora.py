@@ -20,7 +20,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .errors import PACGenError
@@ -34,13 +34,17 @@ _TARGETS = {
     "lora-all": re.compile(rf".*({_ATTENTION}|ff\.net\.(0\.proj|2)|proj_in|proj_out|resnets\.\d+\.(conv1|conv2|conv_shortcut))"),
     "full": re.compile(r".+"),
 }
-_FROZEN = re.compile(r".*(fuser|position_net).*")  # GLIGEN's adapters: never trained, never in a concept file
+FROZEN_MODULES = re.compile(r".*(fuser|position_net).*")  # GLIGEN's adapters: never trained, never in a concept file
 # diffusers writes `lora.down/up`; PEFT-style files say `lora_A/B`. Both load.
 _KEY = re.compile(r"^unet\.(.+)\.(lora\.(down|up)|lora_[AB])\.weight$")
 
 
 class LoraFileError(PACGenError):
     """A LoRA file that is missing, unreadable, or not for this kind of model."""
+
+
+DIVERGED = ("training diverged: the learned weights are not finite numbers (NaN or infinity), so nothing was "
+            "saved; lower the learning rate and train again")
 
 
 def _weighted(module: torch.nn.Module) -> torch.nn.Module | None:
@@ -55,7 +59,7 @@ def method_modules(unet: UNet2DConditionModel, method: str) -> dict[str, torch.n
         raise PACGenError(f"unknown training method '{method}'; choose one of {', '.join(METHODS)}")
     found = {}
     for name, module in unet.named_modules():
-        if name.endswith(".base_layer") or ".lora_" in name or _FROZEN.fullmatch(name):
+        if name.endswith(".base_layer") or ".lora_" in name or FROZEN_MODULES.fullmatch(name):
             continue
         base = _weighted(module)
         if base is not None and _TARGETS[method].fullmatch(name):
@@ -90,8 +94,17 @@ def delete_adapter(unet: UNet2DConditionModel, name: str) -> None:
 
 
 def save_adapter(unet: UNet2DConditionModel, name: str, folder: str | Path) -> Path:
-    """Write one adapter as diffusers' `pytorch_lora_weights.safetensors`, as fp32 on the CPU."""
-    return write_lora_file(get_peft_model_state_dict(unet, adapter_name=name), folder)
+    """Write one adapter as diffusers' `pytorch_lora_weights.safetensors`, as fp32 on the CPU, at scale 1.
+
+    The file carries no alpha and diffusers loads it at scale 1, so each layer's own scale (alpha/rank from
+    `unet.peft_config[name]`) is folded into its B factor: the reloaded concept predicts what the live adapter did.
+    """
+    state = get_peft_model_state_dict(unet, adapter_name=name)
+    for module_name, module in unet.named_modules():
+        key = f"{module_name}.lora_B.weight"
+        if isinstance(module, LoraLayer) and name in module.scaling and key in state:
+            state[key] = state[key] * module.scaling[name]
+    return write_lora_file(state, folder)
 
 
 def write_lora_file(state: dict[str, torch.Tensor], folder: str | Path) -> Path:
@@ -101,6 +114,8 @@ def write_lora_file(state: dict[str, torch.Tensor], folder: str | Path) -> Path:
     a file that mixed the two would lose its attention layers on loading.
     """
     state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise LoraFileError(DIVERGED)
     StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=state, weight_name=LORA_FILE)
     return Path(folder) / LORA_FILE
 
@@ -142,6 +157,8 @@ def extract_lora(layers: dict[str, torch.nn.Module], original: dict[str, torch.T
     state, dropped, total = {}, 0.0, 0.0
     for name, layer in layers.items():
         delta = layer.weight.detach().float().cpu() - original[name].float()
+        if not torch.isfinite(delta).all():  # the SVD of NaNs fails with a linear-algebra error, not this message
+            raise LoraFileError(DIVERGED)
         matrix = delta.reshape(delta.shape[0], -1)
         if not torch.any(matrix):
             continue
@@ -156,24 +173,82 @@ def extract_lora(layers: dict[str, torch.nn.Module], original: dict[str, torch.T
     return state, (dropped / total if total else 0.0)
 
 
-def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a diffusers-format LoRA and check it only touches attn1/attn2 projections."""
+def _stray_key(keys: list[str]) -> str | None:
+    """The first key that is not a LoRA factor of one of the UNet's own layers (GLIGEN's adapters excluded)."""
+    for key in keys:
+        match = _KEY.match(key)
+        if not match or FROZEN_MODULES.fullmatch(match.group(1)):
+            return key
+    return None
+
+
+def _stray_message(file_name: str, key: str) -> str:
+    return (f"{file_name} is not a PACGen concept LoRA: it has weights outside the UNet's own layers, or on GLIGEN's "
+            f"grounding adapters (e.g. '{key}')")
+
+
+def check_lora_header(path: str | Path) -> None:
+    """Check a LoRA file from its header alone (readable, complete, only UNet LoRA keys): cheap enough for every
+    library scan, as it reads no tensor data. `read_lora_file` and `check_lora_fits` check the values."""
     path = Path(path)
     if not path.is_file():
-        raise LoraFileError(f"LoRA file not found: {path}")
+        raise LoraFileError(f"{path.name} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except (SafetensorError, OSError, ValueError) as error:
+        raise LoraFileError(f"{path.name} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
+    if not keys:
+        raise LoraFileError(f"{path.name} holds no weights")
+    stray = _stray_key(keys)
+    if stray is not None:
+        raise LoraFileError(_stray_message(path.name, stray))
+
+
+def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a diffusers-format LoRA and check it only touches the UNet's own layers, with finite values."""
+    path = Path(path)
+    check_lora_header(path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise LoraFileError(f"{path.name} is not a readable safetensors file ({error})") from None
-    if not state:
-        raise LoraFileError(f"{path.name} holds no weights")
-    stray = [key for key in state if not _KEY.match(key) or _FROZEN.fullmatch(_KEY.match(key).group(1))]
-    if stray:
-        raise LoraFileError(
-            f"{path.name} is not a PACGen concept LoRA: it has weights outside the UNet's own layers, or on GLIGEN's "
-            f"grounding adapters (e.g. '{stray[0]}')"
-        )
+        raise LoraFileError(f"{path.name} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
+    for key, tensor in state.items():
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise LoraFileError(f"{path.name}: '{key}' holds values that are not finite numbers (NaN or infinity)")
     return state
+
+
+def check_lora_fits(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a LoRA state dict (as `read_lora_file` returns it) that would not load cleanly onto this UNet, without
+    loading it: every key must name a Linear or Conv2d layer the UNet has (never GLIGEN's fusers or position net),
+    come as a down/up pair of one rank, have the layer's shapes, and hold finite floating-point values."""
+    stray = _stray_key(list(state))
+    if stray is not None:
+        raise LoraFileError(_stray_message("the LoRA", stray))
+    modules = dict(unet.named_modules())
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        module_name, factor = _KEY.match(key).group(1), _KEY.match(key).group(2)
+        pairs.setdefault(module_name, {})["down" if factor in ("lora.down", "lora_A") else "up"] = tensor
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise LoraFileError(f"the LoRA's '{key}' holds values that are not finite numbers (NaN or infinity)")
+    for module_name, pair in pairs.items():
+        layer = _weighted(modules[module_name]) if module_name in modules else None
+        if layer is None:
+            raise LoraFileError(f"the LoRA names a layer this model does not have: '{module_name}'")
+        if set(pair) != {"down", "up"}:
+            raise LoraFileError(f"the LoRA has only one of the two factors of '{module_name}'")
+        rank = pair["down"].shape[0] if pair["down"].dim() else 0
+        if isinstance(layer, torch.nn.Linear):
+            want_down, want_up = (rank, layer.in_features), (layer.out_features, rank)
+        else:
+            want_down, want_up = (rank, layer.in_channels, *layer.kernel_size), (layer.out_channels, rank, 1, 1)
+        for side, want in (("down", want_down), ("up", want_up)):
+            got = tuple(pair[side].shape)
+            if rank < 1 or got != want:
+                raise LoraFileError(f"the LoRA does not fit this model: '{module_name}' ({side}) has shape "
+                                    f"{list(got)}, the layer needs {list(want)}")
 
 
 def load_adapter(unet: UNet2DConditionModel, state: dict[str, torch.Tensor], name: str) -> None:

@@ -76,7 +76,7 @@ def check_value(f: Field, value: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SettingsError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise SettingsError(f"{name} must be a finite number, got {value}")
     if expected == "int":
         if value != int(value):
@@ -84,17 +84,19 @@ def check_value(f: Field, value: Any) -> Any:
         value = int(value)
         if name == "seed" and value == -1:
             return None
-    else:
-        value = float(value)
     low, high = meta.get("low"), meta.get("high")
+    # Compared before any float conversion: Python compares ints and floats exactly, and an int beyond any
+    # float (10**400) is then refused by its range instead of overflowing. Every number setting has both bounds.
     if (low is not None and value < low) or (high is not None and value > high):
         raise SettingsError(f"{name} must be between {_number(low)} and {_number(high)}, got {_number(value)}")
-    return value
+    return value if expected == "int" else float(value)
 
 
 def _number(value: float | None) -> str:
     if value is None:
         return "any"
+    if isinstance(value, int) and value.bit_length() > 100:  # str() of a huge int is slow, refused past 4300 digits
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -146,6 +148,10 @@ class SampleSettings(_Checked):
                                 label="Width")
     height: int | None = setting(None, "image height in pixels; empty: the model's size", low=8, high=4096,
                                  label="Height")
+    scene_margin: int = setting(8, "with a scene photo: how many pixels beyond each box are generated too; the rest "
+                                "of the photo is kept exactly", low=0, high=128, label="Scene margin (px)")
+    scene_feather: int = setting(8, "with a scene photo: width in pixels of the seam over which the generated region "
+                                 "fades into the photo", low=0, high=128, label="Scene seam (px)")
 
     def _cross_checks(self) -> None:
         if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
@@ -208,6 +214,10 @@ def from_mapping(cls: type, values: dict, where: str):
     """Settings of `cls` with the named fields of a JSON object changed; `where` names the file in messages."""
     if not isinstance(values, dict):
         raise SettingsError(f"{where} must be an object of setting names, got {type(values).__name__}")
+    settable = {f.name for f in fields(cls) if f.metadata}
+    unknown = sorted(set(values) - settable)
+    if unknown:
+        raise SettingsError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(settable))}")
     try:
         return cls().override(**values).checked()
     except SettingsError as error:

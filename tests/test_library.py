@@ -64,7 +64,7 @@ def test_bad_photo_sets_are_refused_and_the_library_is_untouched(pipe, library, 
     [
         ("", "dog", "the concept name is empty"),
         ("x" * 41, "dog", "41 characters long; the limit is 40"),
-        ("!!!", "dog", "needs at least one letter or digit"),
+        ("!!!", "dog", "needs at least one letter, digit or emoji"),
         ("../x", "dog", "may not contain"),
         ("/abs", "dog", "may not contain"),
         ("con", "dog", "reserved"),

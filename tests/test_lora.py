@@ -27,3 +27,31 @@ def test_a_stored_change_truncates_to_its_best_low_rank_approximation():
         a, b = key.replace("lora_B", "lora_A"), key.replace("lora_A", "lora_B")
         assert torch.allclose(small[b].flatten(1) @ small[a].flatten(1), direct[b].flatten(1) @ direct[a].flatten(1),
                               atol=1e-4)
+
+
+def test_a_saved_adapter_trained_at_alpha_other_than_rank_reloads_with_its_scale(tmp_path):
+    """alpha 8 on rank 4 acts at scale 2: the saved file (which diffusers loads at scale 1) must carry that scale, or
+    a concept trained so would draw differently once reloaded than in its training previews."""
+    from pacgen.models import load_components
+
+    unet = load_components("tiny", device="cpu").unet
+    lora.add_adapter(unet, "trained", rank=4, alpha=8)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in lora.lora_layers(unet):
+            layer.lora_B["trained"].weight.copy_(torch.randn(layer.lora_B["trained"].weight.shape,
+                                                             generator=generator) * 0.3)
+    latents = torch.randn(1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size,
+                          generator=generator)
+    text = torch.randn(1, 8, unet.config.cross_attention_dim, generator=generator)
+
+    def predict(names: list[str]) -> torch.Tensor:
+        lora.activate(unet, names)
+        with torch.no_grad():
+            return unet(latents, torch.tensor([500]), encoder_hidden_states=text).sample
+
+    base, live = predict([]), predict(["trained"])
+    lora.save_adapter(unet, "trained", tmp_path)
+    lora.load_adapter(unet, lora.read_lora_file(tmp_path / lora.LORA_FILE), "reloaded")
+    assert (live - base).abs().max() > 1e-2  # the adapter really changes the prediction
+    torch.testing.assert_close(predict(["reloaded"]), live, atol=1e-5, rtol=1e-5)

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a phrase or <concept name> and its box in [0,1] (repeatable)")
     gen.add_argument("--concept", action="append", default=[], metavar="PATH_OR_NAME",
                      help="a concept folder, or the name of a concept in the library (repeatable)")
+    gen.add_argument("--scene", default=None, metavar="PHOTO",
+                     help="a photo to generate into: only the boxes (and --scene-margin around them) change")
     _add_settings(gen, SampleSettings)
     gen.add_argument("--out", default="out.png", help="output PNG; several images get -0, -1, ... suffixes")
 
@@ -108,7 +110,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         pipe.load_concept(library.resolve(ref))
     with tqdm(total=settings.num_inference_steps, desc="generating", unit="step", delay=0.5) as bar:
         result = pipe(args.prompt, boxes=boxes, negative_prompt=args.negative_prompt, settings=settings,
-                      callback=lambda step, total: bar.update(1))
+                      callback=lambda step, total: bar.update(1), scene=args.scene)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for image, seed, path in zip(result.images, result.seeds, output_paths(args.out, len(result.images))):
@@ -158,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         COMMANDS[args.command](args)
-    except PACGenError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except PACGenError as error:  # bad input: one line, whatever text (a file name, a library's note) it quotes
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

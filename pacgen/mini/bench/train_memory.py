@@ -71,7 +71,7 @@ def measure(size: int, checkpointing: bool) -> dict:
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
-    from pacgen.lora import _FROZEN, method_modules
+    from pacgen.lora import FROZEN_MODULES, method_modules
     from pacgen.mini.bench.regional_speed import build_sd14_random
     from pacgen.models import SD_SCHEDULER_CONFIG
     from pacgen.settings import TrainSettings
@@ -123,8 +123,8 @@ def measure(size: int, checkpointing: bool) -> dict:
         "size": size, "latent": side, "checkpointing": checkpointing, "threads": torch.get_num_threads(),
         "unet_params": sum(p.numel() for p in named.values()),
         "trained_params": sum(p.numel() for p in params),
-        "gligen_params": sum(p.numel() for n, p in named.items() if _FROZEN.fullmatch(n)),
-        "gligen_trained": sum(p.numel() for n, p in named.items() if _FROZEN.fullmatch(n) and p.requires_grad),
+        "gligen_params": sum(p.numel() for n, p in named.items() if FROZEN_MODULES.fullmatch(n)),
+        "gligen_trained": sum(p.numel() for n, p in named.items() if FROZEN_MODULES.fullmatch(n) and p.requires_grad),
         "linear_layers": sum(isinstance(layer, torch.nn.Linear) for layer in layers.values()),
         "conv_layers": sum(isinstance(layer, torch.nn.Conv2d) for layer in layers.values()),
         "vae_params": vae_params,

@@ -1,0 +1,136 @@
+"""Concept LoRAs in the kohya/A1111 format, which AUTOMATIC1111, Forge and ComfyUI load, and back.
+
+A kohya file names each UNet layer `lora_unet_<module path with '_' for '.'>` (kohya's SD-1.x trainer works on the
+diffusers UNet, so the paths are diffusers' own) and stores `.lora_down.weight`, `.lora_up.weight` and an `.alpha`
+per layer; the tools add `up @ down * alpha / rank` to the layer's weight. Our files (diffusers/PEFT naming, see
+`pacgen.lora`) carry no alpha: diffusers loads them at scale 1.
+
+Where diffusers' own converters are used and where not:
+
+- Export: `diffusers.utils.convert_state_dict_to_kohya` names the keys right, and we use it. Its alpha is always the
+  rank (scale 1), so it cannot write a concept trained with alpha != rank as such; we write the trained alpha and
+  divide each `up` by alpha/rank, which leaves `up @ down * alpha / rank` equal to our file's change, exactly.
+- Import: `diffusers.loaders.lora_conversion_utils._convert_non_diffusers_lora_to_diffusers` (what
+  `load_lora_weights` runs on kohya keys) returns the legacy attention-processor names (`attn1.processor.to_q_lora`)
+  and the alphas apart, for diffusers' loader to apply. Our files hold module names and scale 1 (`read_lora_file`
+  refuses the legacy names), so `read_kohya_file` maps names itself and folds alpha/rank into `up`. It also refuses
+  what a concept may not change (text encoder, GLIGEN's adapters) instead of loading it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.utils import convert_state_dict_to_kohya
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .lora import FROZEN_MODULES, LoraFileError, method_modules
+
+KOHYA_FILE = "kohya_lora.safetensors"
+_PREFIX = "lora_unet_"
+# The parts of diffusers' UNet module names that hold an underscore: kohya's flattened names lose the dots between
+# path parts, so these are put back together after splitting on '_'.
+_JOINED = ("down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+           "proj_in", "proj_out", "conv_in", "conv_out", "conv_shortcut", "time_emb_proj", "time_embedding",
+           "linear_1", "linear_2")
+_KOHYA_KEY = re.compile(rf"^{_PREFIX}([a-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+def _peft_naming(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys as `unet.<module>.lora_A/B.weight`, whichever of our namings (or diffusers' `lora.down/up`) came in."""
+    out = {}
+    for key, value in state.items():
+        key = key if key.startswith("unet.") else f"unet.{key}"
+        out[key.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B.")] = value
+    return out
+
+
+def write_kohya_file(state: dict[str, torch.Tensor], folder: str | Path, alpha: float | None = None,
+                     file_name: str = KOHYA_FILE) -> Path:
+    """One of our LoRA state dicts (as `read_lora_file` returns it) as a kohya file in `folder`; its path.
+
+    `alpha`: the trained `lora_alpha`, written as every layer's alpha (the tools then scale by alpha/rank, as
+    training did); None writes alpha = rank, scale 1. Either way the tools add exactly our file's weight change.
+    """
+    kohya = convert_state_dict_to_kohya(_peft_naming(state))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in kohya.items():
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key.removesuffix(".lora_down.weight")
+        rank = value.shape[0]
+        layer_alpha = float(alpha) if alpha is not None else float(rank)
+        out[key] = value.detach().float().cpu().contiguous()
+        out[f"{name}.lora_up.weight"] = (kohya[f"{name}.lora_up.weight"].detach().float().cpu()
+                                         * (rank / layer_alpha)).contiguous()
+        out[f"{name}.alpha"] = torch.tensor(layer_alpha)
+    ranks = sorted({v.shape[0] for k, v in out.items() if k.endswith(".lora_down.weight")})
+    if not ranks:
+        raise LoraFileError("the LoRA to export holds no lora_A weights")
+    shown_alpha = alpha if alpha is not None else ranks[-1]
+    metadata = {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1",
+                "ss_network_dim": str(ranks[-1]), "ss_network_alpha": str(shown_alpha)}
+    path = Path(folder) / file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path), metadata=metadata)
+    return path
+
+
+def module_name(kohya_name: str) -> str:
+    """`down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q` -> `down_blocks.0.attentions.0.…attn1.to_q`."""
+    dotted = kohya_name.replace("_", ".")
+    for part in _JOINED:
+        dotted = re.sub(rf"(^|\.){re.escape(part.replace('_', '.'))}(?=\.|$)", rf"\g<1>{part}", dotted)
+    return dotted
+
+
+def read_kohya_file(path: str | Path, unet: UNet2DConditionModel | None = None) -> dict[str, torch.Tensor]:
+    """A kohya-format SD-1.x LoRA as a state dict in our naming (`unet.<module>.lora_A/B.weight`, scale 1), ready
+    for `load_adapter` (and for `write_lora_file` once the `unet.` prefix, which it adds, is taken off).
+
+    Refuses, naming a key, any file that changes the text encoder, GLIGEN's adapters, or anything that is not a
+    UNet layer, or that holds values that are not finite; with `unet`, also layers this model does not have or that
+    no training method may change.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LoraFileError(f"{path.name} is missing")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise LoraFileError(f"{path.name} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
+    if not state:
+        raise LoraFileError(f"{path.name} holds no weights")
+    allowed = set(method_modules(unet, "full")) if unet is not None else None
+    for key in state:
+        if key.startswith(("lora_te_", "lora_te1_", "lora_te2_")):
+            raise LoraFileError(f"{path.name} also changes the text encoder (e.g. '{key}'); a PACGen concept "
+                                "changes only the UNet, so export a UNet-only LoRA from your trainer")
+        match = _KOHYA_KEY.match(key)
+        name = module_name(match.group(1)) if match else ""
+        if not match or FROZEN_MODULES.fullmatch(name) or (allowed is not None and name not in allowed):
+            raise LoraFileError(f"{path.name} is not a kohya SD-1.x UNet LoRA a concept can use: '{key}' is not a "
+                                "LoRA factor of a UNet layer a concept may change")
+        if not state[key].is_floating_point() or not torch.isfinite(state[key]).all():
+            raise LoraFileError(f"{path.name}: '{key}' holds values that are not finite numbers (NaN or infinity)")
+    out = {}
+    for key, down in state.items():
+        if not key.endswith(".lora_down.weight"):
+            continue
+        kohya_name = key.removesuffix(".lora_down.weight")
+        up = state.get(f"{kohya_name}.lora_up.weight")
+        if up is None:
+            raise LoraFileError(f"{path.name} has '{key}' without its lora_up weight")
+        rank = down.shape[0]
+        alpha = state.get(f"{kohya_name}.alpha")
+        scale = float(alpha) / rank if alpha is not None else 1.0  # kohya's default alpha is the rank
+        name = module_name(kohya_name.removeprefix(_PREFIX))
+        out[f"unet.{name}.lora_A.weight"] = down.float().contiguous()
+        out[f"unet.{name}.lora_B.weight"] = (up.float() * scale).contiguous()
+    if not out:
+        raise LoraFileError(f"{path.name} holds no lora_down weights")
+    return out
