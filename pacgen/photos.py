@@ -1,7 +1,8 @@
 """The user's photos: decoded, upright, RGB, and checked before any training starts.
 
-Phone photos carry their rotation in EXIF, PNGs may be transparent, scans may be grayscale or CMYK;
-all become plain upright RGB here, so training sees what the user saw.
+Phone photos carry their rotation in EXIF, PNGs may be transparent, scans may be grayscale or CMYK, GIFs may be
+animated; all become plain upright RGB here (an animation's first frame), so training sees what the user saw. A
+scene photo (`pacgen.scene`) goes through the same `load_photo`.
 """
 
 from __future__ import annotations
@@ -18,22 +19,26 @@ MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding them
 
 
 class PhotoError(PACGenError):
-    """A photo set that cannot be trained on; the message names the file."""
+    """A photo that cannot be used (a training set or a scene photo); the message names the file."""
 
 
 PhotoSource = str | Path | bytes | Image.Image
 
 
-def _name(source: PhotoSource, index: int) -> str:
+def source_name(source: PhotoSource, fallback: str) -> str:
+    """The file name a message shows (never the folder it sits in on the server); `fallback` for bytes."""
     if isinstance(source, (str, Path)):
         return Path(source).name
     filename = getattr(source, "filename", "")
-    return Path(filename).name if filename else f"image {index}"
+    return Path(filename).name if filename else fallback
 
 
-def load_photo(source: PhotoSource, index: int = 1, min_side: int = 64) -> Image.Image:
-    """Decode one photo into upright RGB (transparency composited on white)."""
-    name = _name(source, index)
+def load_photo(source: PhotoSource, index: int = 1, min_side: int = 64, name: str | None = None) -> Image.Image:
+    """Decode one photo into upright RGB (transparency composited on white, an animation's first frame).
+
+    `name` is what messages call it; default: its file name, else `image <index>`.
+    """
+    name = name or source_name(source, f"image {index}")
     try:
         if isinstance(source, Image.Image):
             image = source
@@ -44,6 +49,8 @@ def load_photo(source: PhotoSource, index: int = 1, min_side: int = 64) -> Image
             raise PhotoError(
                 f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP); the limit is {MAX_PIXELS // 1_000_000} MP"
             )
+        if getattr(image, "is_animated", False):
+            image.seek(0)
         image.load()
         image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError:

@@ -5,6 +5,10 @@ base row `b` (no LoRA, concepts written as their class noun) and one row `c_i` p
 that concept's LoRA, written as `identifier class`). Each branch gets classifier-free guidance
 against `u`; inside concept i's box the result comes from `c_i`, elsewhere from `b`, so the
 personalized weights never touch the background.
+
+With a scene photo (`pacgen.scene`) only the boxes, grown by a margin, are generated: the photo's latents steer
+every step outside them (blended latents, or the native conditioning of GLIGEN's inpainting UNet), and a final
+pixel paste keeps every pixel beyond the seam the photo's.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from inspect import signature
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 
 from . import lora
 from .concepts import Concept, ConceptError
@@ -28,6 +34,8 @@ from .layout import (
     MAX_BOXES, Box, LayoutError, check_boxes, clamp_box, concept_refs, expand_prompt, region_masks, with_concept_refs,
 )
 from .models import DEFAULT_MODEL, Components, load_components
+from .photos import PhotoSource
+from .scene import BLEND, INPAINT, SceneGuide, check_scene_boxes, composite, latent_mask, load_scene, scene_mask
 from .settings import SCHEDULER_NAMES, SampleSettings, SettingsError
 
 SCHEDULERS = dict(zip(SCHEDULER_NAMES, (DPMSolverMultistepScheduler, DDIMScheduler, EulerDiscreteScheduler,
@@ -48,6 +56,7 @@ class GenerationResult:
     settings: dict
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    scene: Image.Image | None = None  # the scene photo as fitted and used; None: the whole image was generated
 
 
 def guided(noise_pred: torch.Tensor, branches: int, scale: float) -> list[torch.Tensor]:
@@ -281,6 +290,7 @@ class PACGenPipeline:
         generator: Generators | None = None,
         callback: StepCallback | None = None,
         output_type: str = "pil",
+        scene: PhotoSource | None = None,
         **overrides,
     ) -> GenerationResult:
         """Generate images with each box's phrase or concept in its box.
@@ -294,6 +304,9 @@ class PACGenPipeline:
                 `seed`. Without either, a random seed is drawn and reported.
             callback: called as `callback(step, total)` after every denoising step.
             output_type: "pil" or "np" (floats in [0, 1]).
+            scene: a photo (image, path or bytes) to generate into: it is fitted to the output size
+                (`pacgen.scene.fit_scene`), only the boxes grown by `scene_margin` pixels are generated, and beyond
+                the `scene_feather` seam every pixel is the photo's. `GenerationResult.scene` is the fitted photo.
             **overrides: any `SampleSettings` field by name (`num_inference_steps=30`, `seed=0`, `width=...`);
                 image k of a batch uses seed `seed + k`, so any one image can be redone alone.
 
@@ -305,37 +318,47 @@ class PACGenPipeline:
         # 1. Check inputs, then plan the branches: which concepts, regional or not.
         settings = self.settings(settings, **overrides)
         boxes = list(boxes or [])
+        if scene is not None:
+            check_scene_boxes(boxes)
         self.check_inputs(prompt, boxes, negative_prompt, settings)
         boxes = [clamp_box(b) for b in boxes]
         plan = self._plan(prompt, boxes, settings)
+        photo = None if scene is None else load_scene(scene, settings.width, settings.height)
 
         # 2. Encode the prompt once per branch, and the box phrases for grounding.
         branch_prompts = self._branch_prompts(plan, negative_prompt)
         embeds = dict(zip(branch_prompts, self.encode_prompts(list(branch_prompts.values()))))
         grounding = self._grounding_tokens(boxes, settings.grounding_phrase)
 
-        # 3. Prepare the scheduler, the initial noise and the concepts' latent masks.
+        # 3. Prepare the scheduler, the initial noise, the concepts' latent masks and the scene photo's latents.
         scheduler = self.make_scheduler(settings.scheduler)
         scheduler.set_timesteps(settings.num_inference_steps, device=self.components.device)
         latents, seeds = self.prepare_latents(settings, generator, scheduler.init_noise_sigma)
         masks = self._concept_masks(boxes, plan.names, *latents.shape[2:], settings.feather)
+        region = None if photo is None else scene_mask(boxes, settings.width, settings.height, settings.scene_margin,
+                                                        settings.scene_feather)
+        guide = self._scene_guide(photo, region, latents / scheduler.init_noise_sigma)
         encoded = time.perf_counter()
 
         # 4. Denoise.
-        latents = self._denoise(latents, scheduler, embeds, grounding, masks, plan, settings, callback)
+        latents = self._denoise(latents, scheduler, embeds, grounding, masks, plan, settings, callback, guide)
         denoised = time.perf_counter()
 
-        # 5. Decode.
-        images = self.decode_latents(latents, output_type)
+        # 5. Decode, then paste the photo back outside the generated region.
+        if photo is None:
+            images = self.decode_latents(latents, output_type)
+        else:
+            images = self._paste(self.decode_latents(latents, "np"), photo, region, output_type)
         finished = time.perf_counter()
         used = {"model": self.components.model_id, **asdict(settings), "regional": plan.regional,
-                "negative_prompt": negative_prompt}
+                "negative_prompt": negative_prompt, "scene": guide.mode if photo is not None else None}
         used.pop("seed")
         timings = {
             "encode_s": encoded - started, "denoise_s": denoised - encoded, "decode_s": finished - denoised,
             "total_s": finished - started, "step_s": (denoised - encoded) / settings.num_inference_steps,
         }
-        return GenerationResult(images, seeds, plan.prompt, boxes, branch_prompts, used, timings, plan.warnings)
+        return GenerationResult(images, seeds, plan.prompt, boxes, branch_prompts, used, timings, plan.warnings,
+                                photo)
 
     def _plan(self, prompt: str, boxes: list[Box], settings: SampleSettings) -> _Plan:
         boxed = list(dict.fromkeys(b.concept for b in boxes if b.concept))
@@ -368,7 +391,7 @@ class PACGenPipeline:
         comp = self.components
         factor = comp.vae_scale_factor
         n = settings.num_images
-        shape = (n, comp.unet.config.in_channels, settings.height // factor, settings.width // factor)
+        shape = (n, comp.vae.config.latent_channels, settings.height // factor, settings.width // factor)
         if generator is not None:
             if settings.seed is not None:
                 raise SettingsError("give a seed or a generator, not both")
@@ -383,9 +406,11 @@ class PACGenPipeline:
         return noise * init_noise_sigma, seeds
 
     def _denoise(self, latents: torch.Tensor, scheduler, embeds: dict[str, torch.Tensor], grounding: tuple,
-                 masks: torch.Tensor, plan: _Plan, settings: SampleSettings, callback: StepCallback | None) -> torch.Tensor:
+                 masks: torch.Tensor, plan: _Plan, settings: SampleSettings, callback: StepCallback | None,
+                 guide: SceneGuide | None = None) -> torch.Tensor:
         """Regional steps batch u, b, c_1..c_N (each concept row through its own LoRA); whole-image steps batch u and
-        one row with every concept's LoRA on. Boxes steer the first `grounding_fraction` of the steps."""
+        one row with every concept's LoRA on. Boxes steer the first `grounding_fraction` of the steps; a scene
+        photo's `guide` steers the latents outside the generated region around each step."""
         comp = self.components
         n = settings.num_images
         timesteps = scheduler.timesteps
@@ -406,7 +431,11 @@ class PACGenPipeline:
                 rows = regional_rows if i < regional_steps else whole_rows
                 hidden = torch.cat([embeds[r].expand(n, -1, -1) for r in rows])
                 kwargs = {"gligen": self._gligen_kwargs(grounding, len(rows), n)} if i < grounded_steps else None
+                if guide is not None:
+                    latents = guide.before_step(latents, scheduler, t)
                 model_in = scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
+                if guide is not None and guide.mode == INPAINT:
+                    model_in = torch.cat((model_in, guide.unet_extra(len(model_in))), dim=1)
                 noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
                 if i < regional_steps:
                     base, *per_concept = guided(noise, len(rows), settings.guidance_scale)
@@ -414,9 +443,45 @@ class PACGenPipeline:
                 else:
                     (eps,) = guided(noise, len(rows), settings.guidance_scale)
                 latents = scheduler.step(eps, t, latents).prev_sample
+                if guide is not None:
+                    latents = guide.after_step(latents, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None)
                 if callback is not None:
                     callback(i + 1, len(timesteps))
         return latents
+
+    @property
+    def inpainting(self) -> bool:
+        """Whether the UNet is GLIGEN's inpainting one: its input carries the photo's latents and a mask as well."""
+        unet, vae = self.components.unet, self.components.vae
+        return unet.config.in_channels == 2 * vae.config.latent_channels + 1
+
+    @torch.inference_mode()
+    def encode_scene(self, photo: Image.Image) -> torch.Tensor:
+        """The fitted photo's latents (the mean of the VAE's posterior: one photo, one encoding, no RNG)."""
+        vae = self.components.vae
+        pixels = self.image_processor.preprocess(photo).to(device=vae.device, dtype=vae.dtype)
+        return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+
+    def _scene_guide(self, photo: Image.Image | None, region: np.ndarray | None,
+                     noise: torch.Tensor) -> SceneGuide | None:
+        """How the photo steers denoising; an inpainting UNet without a photo is told to fill the whole image."""
+        comp = self.components
+        if photo is None and not self.inpainting:
+            return None
+        to = dict(device=comp.device, dtype=comp.dtype)
+        if photo is None:
+            return SceneGuide(INPAINT, torch.zeros_like(noise[:1]), noise, torch.ones(noise.shape[2:], **to))
+        generate = latent_mask(region, comp.vae_scale_factor).to(**to)
+        if self.inpainting:  # the inpainting UNet was trained on hard masks: a touched cell is filled
+            return SceneGuide(INPAINT, self.encode_scene(photo), noise, (generate > 0).to(comp.dtype))
+        return SceneGuide(BLEND, self.encode_scene(photo), noise, generate)
+
+    def _paste(self, decoded: list, photo: Image.Image, region: np.ndarray, output_type: str) -> list:
+        """Each decoded image (floats in [0, 1]) in 8-bit pixels as PIL would store it, the photo pasted back."""
+        pasted = [composite((image * 255).round().astype(np.uint8), photo, region) for image in decoded]
+        if output_type == "pil":
+            return [Image.fromarray(image) for image in pasted]
+        return [image.astype(np.float32) / 255 for image in pasted]
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor, output_type: str = "pil") -> list:

@@ -104,8 +104,9 @@ def open_gates(unet: UNet2DConditionModel, value: float = 1.0) -> None:
                 module.alpha_dense.fill_(value)
 
 
-def build_tiny(seed: int = 0) -> Components:
-    """Random weights from a fixed seed, identical in every process."""
+def build_tiny(seed: int = 0, in_channels: int = 4) -> Components:
+    """Random weights from a fixed seed, identical in every process. `in_channels=9` gives a UNet shaped like GLIGEN's
+    inpainting one (noisy latents, the photo's masked latents, the mask)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = build_toy_tokenizer()
@@ -121,6 +122,8 @@ def build_tiny(seed: int = 0) -> Components:
         )
         unet = UNet2DConditionModel(
             sample_size=16,
+            in_channels=in_channels,
+            out_channels=4,
             block_out_channels=(16, 32),
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
