@@ -5,18 +5,25 @@ bar, a Gradio stream and a notebook loop all consume the same thing. It works on
 its concept API (a training adapter, previews of the unfinished concept, `load_concept` of the saved one), so a
 concept just trained runs exactly as it will after a reload. Stopping early (the `cancel` event, or closing the
 generator) removes every trace: no adapter stays loaded, nothing is written.
+
+With a `checkpoint` folder and a time `budget_s`, a training also stops at a step boundary when the budget runs out
+and saves what it needs to go on (the trained weights, the optimizer, the step, the random states, the smoothed
+loss); the next call with the same arguments resumes there, and a run in N such calls ends with the same concept as
+one run. That is how training fits ZeroGPU's calls of a few minutes each (`pacgen.app.zerogpu`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 import torch
@@ -25,9 +32,12 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from .augment import Sample, augment_many, square
-from .concepts import THUMBNAIL_FILE, Concept, ConceptError, ConceptLibrary, check_name
+from .concepts import THUMBNAIL_FILE, Concept, ConceptError, ConceptLibrary, check_class_noun, check_name
 from .errors import PACGenError
+from .hub import model_card
+from .kohya import write_kohya_file
 from .layout import Box
+from .lora import LORA_FILE, read_lora_file
 from .photos import PhotoSource, load_photos
 from .sampling import PACGenPipeline
 from .settings import TrainSettings
@@ -47,7 +57,8 @@ class TrainingCancelled(PACGenError):
 
 @dataclass
 class TrainEvent:
-    """One progress report. `phase`: class-images, preparing, training, saving, done."""
+    """One progress report. `phase`: class-images, preparing, training, saving, done; or paused (the call's time
+    budget ran out: the checkpoint holds everything up to `step`, and the next call goes on from there)."""
 
     phase: str
     step: int
@@ -73,15 +84,6 @@ def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torc
     raise PACGenError(f"training a model with prediction_type '{kind}' is not supported (epsilon, v_prediction are)")
 
 
-def check_class_noun(noun: str) -> str:
-    noun = (noun or "").strip()
-    if not noun:
-        raise ConceptError("the class noun is missing: say what the object is, e.g. 'dog' or 'mug'")
-    if len(noun) > 40 or any(c in noun for c in "<>"):
-        raise ConceptError(f"the class noun '{noun[:40]}' must be a short word without '<' or '>'")
-    return noun
-
-
 def class_prompt(class_noun: str) -> str:
     return f"a photo of a {class_noun}"
 
@@ -95,31 +97,54 @@ def choose_identifier(pipe: PACGenPipeline, taken: set[str]) -> str:
     raise ConceptError(f"all {len(IDENTIFIER_CANDIDATES)} identifier words are in use; delete a concept first")
 
 
-def class_image_dir(library: ConceptLibrary, fingerprint: str, prompt: str, resolution: int) -> Path:
-    """Class images depend only on the base model, the prompt and the size: share them between concepts."""
+def class_image_dir(cache: ConceptLibrary | Path, fingerprint: str, prompt: str, resolution: int) -> Path:
+    """Class images depend only on the base model, the prompt and the size: share them between concepts, and between
+    visitors when `cache` is a root shared by their libraries (a library stands for its own root)."""
+    root = cache.root if isinstance(cache, ConceptLibrary) else Path(cache)
     key = hashlib.sha256(f"{fingerprint}|{prompt}|{resolution}".encode()).hexdigest()[:16]
-    return library.root / "class_images" / key
+    return root / "class_images" / key
+
+
+class _Budget:
+    """One call's time allowance: work stops at a boundary once the next unit would overrun it, but never before the
+    call has done one unit (a class image or a step), so every call makes progress."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.started = time.perf_counter()
+        self.units = 0
+
+    def allows(self, next_s: float) -> bool:
+        return self.seconds is None or self.units == 0 or time.perf_counter() - self.started + next_s <= self.seconds
 
 
 def _class_images(
-    pipe: PACGenPipeline, library: ConceptLibrary, prompt: str, config: TrainSettings, resolution: int,
-    cancel: threading.Event,
+    pipe: PACGenPipeline, cache: ConceptLibrary | Path, prompt: str, config: TrainSettings, resolution: int,
+    cancel: threading.Event, budget: _Budget,
 ) -> Iterator[TrainEvent | list[Image.Image]]:
-    """Yield progress while generating missing class images, then the list of all of them."""
-    folder = class_image_dir(library, pipe.components.fingerprint, prompt, resolution)
+    """Yield progress while generating missing class images, then the list of all of them; or, when the budget runs
+    out first, a "paused" event (the images made so far stay cached)."""
+    folder = class_image_dir(cache, pipe.components.fingerprint, prompt, resolution)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "prompt.txt").write_text(prompt)
     started = time.perf_counter()
+    made = 0
     for k in range(config.num_class_images):
         path = folder / f"{k:04d}.png"
         if path.exists():
             continue
         if cancel.is_set():
             raise TrainingCancelled("training cancelled")
+        if not budget.allows((time.perf_counter() - started) / made if made else 0.0):
+            yield TrainEvent("paused", 0, config.steps, elapsed_s=time.perf_counter() - started,
+                             message=f"paused after class image {k}/{config.num_class_images}: the next call goes on")
+            return
         result = pipe(prompt, num_inference_steps=config.class_image_steps, seed=k, height=resolution, width=resolution)
         temp = path.with_suffix(".tmp")
         result.images[0].save(temp, format="PNG")
         temp.rename(path)  # a half-written image never enters the cache
+        made += 1
+        budget.units += 1
         yield TrainEvent("class-images", k + 1, config.num_class_images, elapsed_s=time.perf_counter() - started,
                          message=f"class image {k + 1}/{config.num_class_images}")
     yield [Image.open(folder / f"{k:04d}.png").convert("RGB") for k in range(config.num_class_images)]
@@ -171,22 +196,7 @@ def _write_card(folder: Path, concept: Concept, photos: list[Image.Image], augme
     (folder / "photos").mkdir()
     for k, photo in enumerate(photos):
         square(photo, 256).save(folder / "photos" / f"{k}.png")
-    settings = "\n".join(f"- {k}: {v}" for k, v in concept.training.items())
-    how = "PACGen's resize/reposition augmentation" if augmented else "the photos as taken (plain DreamBooth)"
-    method, rank = concept.training.get("method", "lora"), concept.training.get("rank")
-    what = {"lora": "a LoRA on the UNet's attention projections",
-            "lora-all": "a LoRA on the UNet's attention, feed-forward, proj_in/out and resnet convolutions",
-            "full": f"a full finetune of the UNet's weight matrices and kernels, stored as a rank-{rank} LoRA of its "
-                    "weight change"}[method]
-    (folder / "README.md").write_text(
-        f"# {concept.name}\n\nA PACGen concept: {what} (never GLIGEN's fusers),\n"
-        f"trained on {len(photos)} photos of a {concept.class_noun} with {how}.\n\n"
-        f"- identifier: `{concept.identifier}` (prompt as `<{concept.name}>`, or `{concept.identifier} {concept.class_noun}`)\n"
-        f"- base model: `{concept.base_model}` (fingerprint `{concept.base_fingerprint}`)\n"
-        f"- trained in {concept.duration_s:.0f} s on {concept.created}\n\n"
-        "Load it in diffusers with `pipe.load_lora_weights(folder)`, or in PACGen with `--concept folder`.\n\n"
-        f"## Training settings\n\n{settings}\n"
-    )
+    (folder / "README.md").write_text(model_card(concept, len(photos), augmented))
 
 
 def train_concept(
@@ -197,59 +207,99 @@ def train_concept(
     config: TrainSettings | None = None,
     library: ConceptLibrary | None = None,
     cancel: threading.Event | None = None,
+    *,
+    cache_dir: Path | None = None,
+    checkpoint: Path | None = None,
+    budget_s: float | None = None,
 ) -> Iterator[TrainEvent]:
-    """Train one concept and add it to the library; the last event carries the concept, loaded on `pipe`."""
+    """Train one concept and add it to the library; the last event carries the concept, loaded on `pipe`.
+
+    `cache_dir`: where class images are cached, shared by every library on this base model (default: the library's
+    root). `checkpoint` and `budget_s`: once `budget_s` seconds of this call are spent, stop at the next boundary with
+    the state saved in the `checkpoint` folder; the last event is then "paused", and a call with the same arguments
+    resumes there. The concept is committed once, by the call that finishes; a cancel removes the checkpoint.
+    """
     library = library or ConceptLibrary()
     cancel = cancel or threading.Event()
+    if budget_s is not None and checkpoint is None:
+        raise PACGenError("a training time budget needs a checkpoint folder to resume from")
+    cache = library if cache_dir is None else cache_dir
     comp = pipe.components
     started = time.perf_counter()
+    budget = _Budget(budget_s)
 
-    # 1. Check inputs before any work: settings, name, class noun, photos.
-    config = (config or comp.defaults.training).checked()
-    name = library.check_new_name(check_name(name))
-    if name in pipe.concepts:
-        raise ConceptError(f"a concept named '{name}' is already loaded in this session; choose another name")
-    class_noun = check_class_noun(class_noun)
-    resolution = config.resolution or comp.default_size
-    if resolution % 8 or resolution % comp.vae_scale_factor:
-        raise PACGenError(f"resolution {resolution} must be a multiple of 8 and of {comp.vae_scale_factor}")
-    photos = load_photos(images, min_side=min(resolution // 2, 256))
-    identifier = choose_identifier(pipe, library.identifiers() | {c.identifier for c in pipe.concepts.values()})
-    instance_prompt = f"a photo of {identifier} {class_noun}"
-    prior_prompt = class_prompt(class_noun)
+    with _dropped_on_cancel(checkpoint):
+        # 1. Check inputs before any work: settings, name, class noun, photos; then any checkpoint of this training.
+        config = (config or comp.defaults.training).checked()
+        if pipe.inpainting:
+            raise PACGenError("concepts cannot be trained on GLIGEN's inpainting checkpoint (its UNet takes a photo "
+                              "and a mask too): train on the generation checkpoint, then use scene photos there")
+        name = library.check_new_name(check_name(name))
+        if name in pipe.concepts:
+            raise ConceptError(f"a concept named '{name}' is already loaded in this session; choose another name")
+        class_noun = check_class_noun(class_noun)
+        resolution = config.resolution or comp.default_size
+        if resolution % 8 or resolution % comp.vae_scale_factor:
+            raise PACGenError(f"resolution {resolution} must be a multiple of 8 and of {comp.vae_scale_factor}")
+        photos = load_photos(images, min_side=min(resolution // 2, 256))
+        key = _run_key(pipe, name, class_noun, config, photos)
+        resumed = _read_checkpoint(checkpoint, key)
+        if resumed is not None:
+            identifier = resumed["identifier"]
+            started -= resumed["elapsed_s"]  # elapsed times count the earlier calls too
+        else:
+            identifier = choose_identifier(pipe, library.identifiers() | {c.identifier for c in pipe.concepts.values()})
+        instance_prompt = f"a photo of {identifier} {class_noun}"
+        prior_prompt = class_prompt(class_noun)
 
-    # 2. Class images for prior preservation, cached per base model, prompt and size.
-    class_images: list[Image.Image] = []
-    if config.prior_preservation:
-        for item in _class_images(pipe, library, prior_prompt, config, resolution, cancel):
-            if isinstance(item, TrainEvent):
+        # 2. Class images for prior preservation, cached per base model, prompt and size.
+        class_images: list[Image.Image] = []
+        if config.prior_preservation:
+            for item in _class_images(pipe, cache, prior_prompt, config, resolution, cancel, budget):
+                if isinstance(item, list):
+                    class_images = item
+                    continue
                 yield item
-            else:
-                class_images = item
+                if item.phase == "paused":
+                    return
+        if not budget.allows(0.0):
+            yield TrainEvent("paused", 0, config.steps, elapsed_s=time.perf_counter() - started,
+                             message="paused after the class images: the next call goes on")
+            return
 
-    # 3. Augmented samples, latents and text embeddings, computed once.
-    yield TrainEvent("preparing", 0, config.steps, elapsed_s=time.perf_counter() - started,
-                     message="encoding augmented photos")
-    augment = config.augmentation()
-    samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, augment, config.seed)
-    captions = [", ".join(filter(None, [instance_prompt, s.modifier])) for s in samples]
-    data = _Batches(pipe, samples, captions, class_images, prior_prompt)
+        # 3. Augmented samples, latents and text embeddings, computed once per call (the same in every call).
+        yield TrainEvent("preparing", 0, config.steps, elapsed_s=time.perf_counter() - started,
+                         message="encoding augmented photos")
+        augment = config.augmentation()
+        samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, augment, config.seed)
+        captions = [", ".join(filter(None, [instance_prompt, s.modifier])) for s in samples]
+        data = _Batches(pipe, samples, captions, class_images, prior_prompt)
 
-    # 4. Optimise what the method trains (a fresh LoRA, or the UNet's own weights); fusers never called.
-    training = {**asdict(config), "augment": asdict(augment), "resolution": resolution, "photos": len(photos)}
-    concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training)
-    with pipe.training(concept, config.method, config.rank, config.alpha or config.rank, config.seed) as weights:
-        yield from _optimize(pipe, concept, weights.params, data, config, cancel, started)
-        yield TrainEvent("saving", config.steps, config.steps, elapsed_s=time.perf_counter() - started,
-                         message="saving the concept")
-        with library.staging() as staged:
-            dropped = weights.save(staged)
-            if config.method == "full":
-                concept.training["stored_error"] = round(dropped, 6)  # share of the change the rank leaves out
-            concept.duration_s = time.perf_counter() - started
-            concept.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            _write_card(staged, concept, photos, augmented=augment.zoom_out_prob + augment.zoom_in_prob > 0)
-            saved = library.commit(staged, concept)
+        # 4. Optimise what the method trains (a fresh LoRA, or the UNet's own weights); fusers never called.
+        training = {**asdict(config), "augment": asdict(augment), "resolution": resolution, "photos": len(photos)}
+        concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training)
+        timed = resumed is not None and resumed["progress"]["previews"] > 0
+        preview_guess = _preview_guess(pipe) if config.preview_every and not timed else 0.0  # before the adapter
+        run = _Run(cancel, started, budget, checkpoint, key, resumed, preview_guess)
+        with pipe.training(concept, config.method, config.rank, config.alpha or config.rank, config.seed) as weights:
+            finished = yield from _optimize(pipe, concept, weights.params, data, config, run)
+            if not finished:
+                return
+            yield TrainEvent("saving", config.steps, config.steps, elapsed_s=time.perf_counter() - started,
+                             message="saving the concept")
+            with library.staging() as staged:
+                dropped = weights.save(staged)
+                # The same change for A1111/Forge/ComfyUI: our file holds scale 1, the kohya copy the trained alpha.
+                write_kohya_file(read_lora_file(staged / LORA_FILE), staged,
+                                 alpha=None if config.method == "full" else config.alpha or config.rank)
+                if config.method == "full":
+                    concept.training["stored_error"] = round(dropped, 6)  # share of the change the rank leaves out
+                concept.duration_s = time.perf_counter() - started
+                concept.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                _write_card(staged, concept, photos, augmented=augment.zoom_out_prob + augment.zoom_in_prob > 0)
+                saved = library.commit(staged, concept)
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
     # 5. Attach the saved concept as any reload would: from its file, in the model's dtype.
     pipe.load_concept(saved)
@@ -257,9 +307,105 @@ def train_concept(
                      message=f"saved '{saved.name}' ({identifier} {class_noun})", concept=saved)
 
 
-def sample_step_seconds(pipe: PACGenPipeline) -> float:
-    """Seconds of one sampling step of two UNet rows (a plain generation) on this machine."""
-    return pipe("a photo", num_inference_steps=2, seed=0).timings["step_s"]
+@contextmanager
+def _dropped_on_cancel(checkpoint: Path | None) -> Iterator[None]:
+    """A cancelled training leaves nothing behind, its checkpoint included."""
+    try:
+        yield
+    except TrainingCancelled:
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------- checkpoints between calls
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def _run_key(pipe: PACGenPipeline, name: str, class_noun: str, config: TrainSettings,
+             photos: list[Image.Image]) -> str:
+    """What makes two calls the same training: base model, name, class noun, every setting and the photos."""
+    digest = hashlib.sha256("|".join([pipe.components.fingerprint, name, class_noun, repr(config)]).encode())
+    for photo in photos:
+        digest.update(photo.tobytes())
+    return digest.hexdigest()
+
+
+def _read_checkpoint(folder: Path | None, key: str) -> dict | None:
+    """The saved state of this same training, or None; a checkpoint left by another training is discarded."""
+    if folder is None or not (folder / CHECKPOINT_FILE).exists():
+        return None
+    state = torch.load(folder / CHECKPOINT_FILE, weights_only=True)
+    if state["key"] != key:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return state
+
+
+def _write_checkpoint(folder: Path, state: dict) -> None:
+    """Written whole, then renamed: a worker killed while writing leaves the previous checkpoint intact."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f"{CHECKPOINT_FILE}.tmp"
+    torch.save(state, temp)
+    temp.replace(folder / CHECKPOINT_FILE)
+
+
+@dataclass
+class _Run:
+    """What the loop needs beyond the data and settings: the cancel event, the clock, the call's budget, and where
+    to save (and what was resumed)."""
+
+    cancel: threading.Event
+    started: float
+    budget: _Budget
+    checkpoint: Path | None
+    key: str
+    resumed: dict | None
+    preview_guess_s: float  # a preview's time until one is measured
+
+
+@dataclass
+class _Progress:
+    """Where a training stands between steps, beyond the tensors: the step, the smoothed loss and the measured
+    time of steps and previews (for the ETA and the budget)."""
+
+    step: int = 0
+    smoothed: float | None = None
+    train_s: float = 0.0  # spent in optimisation steps, previews excluded
+    preview_s: float = 0.0
+    previews: int = 0
+
+    def eta(self, config: TrainSettings, preview_guess_s: float) -> float:
+        """Remaining steps at the measured step time, plus remaining previews at the measured preview time."""
+        step_s = self.train_s / self.step if self.step else 0.0
+        preview_s = self.preview_s / self.previews if self.previews else preview_guess_s
+        left = sum(1 for k in range(self.step + 1, config.steps + 1) if _previews_at(config, k))
+        return (config.steps - self.step) * step_s + left * preview_s
+
+
+def _previews_at(config: TrainSettings, step: int) -> bool:
+    return bool(config.preview_every) and (step % config.preview_every == 0 or step == config.steps)
+
+
+def _preview_guess(pipe: PACGenPipeline) -> float:
+    """Seconds of one preview before any was timed: its sampling steps at three UNet rows (u, b, the concept), from
+    a short two-row generation timed here, plus the prompt encoding and decoding of one image."""
+    timings = pipe("a photo", num_inference_steps=2, seed=0).timings
+    return PREVIEW_STEPS * timings["step_s"] * 1.5 + timings["encode_s"] + timings["decode_s"]
+
+
+def sample_step_seconds(pipe: PACGenPipeline, size: int | None = None) -> float:
+    """Seconds of one sampling step of two UNet rows (a plain generation) on this machine, at `size` (default: the
+    model's)."""
+    return _sampling_timings(pipe, size)["step_s"]
+
+
+def _sampling_timings(pipe: PACGenPipeline, size: int | None) -> dict[str, float]:
+    """Timings of a short plain generation at `size`, after a one-step warm-up (first calls allocate)."""
+    size = size or pipe.components.default_size
+    pipe("a photo", num_inference_steps=1, seed=0, height=size, width=size)
+    return pipe("a photo", num_inference_steps=4, seed=0, height=size, width=size).timings
 
 
 def measure_step_seconds(pipe: PACGenPipeline, config: TrainSettings, repeats: int = 2) -> float:
@@ -298,24 +444,77 @@ def measure_step_seconds(pipe: PACGenPipeline, config: TrainSettings, repeats: i
     return float(np.median(times[1:]))
 
 
-def estimate_seconds(pipe: PACGenPipeline, library: ConceptLibrary, class_noun: str, config: TrainSettings,
-                     sample_step_s: float, train_step_s: float) -> float:
-    """Seconds a training will take: the class images still missing from the cache (sampling steps of two UNet
-    rows, `sample_step_s`), the optimisation steps (`train_step_s`, see `measure_step_seconds`) and the previews
-    (regional sampling: three rows)."""
-    class_s = 0.0
+@dataclass(frozen=True)
+class Rates:
+    """Seconds per unit of each kind of work a training does, on one machine and model: what an estimate multiplies
+    out. `source` says where they come from ("measured here", or a nominal figure for a machine not at hand)."""
+
+    sample_step_s: float  # one sampling step of a plain generation (two UNet rows) at `size`
+    image_s: float  # the rest of one generated image: prompt encoding and decoding
+    encode_s: float  # augmenting and VAE-encoding one training image at `size`
+    train_step_s: float  # one optimisation step of the method and batch at `size`
+    size: int
+    source: str = "measured here"
+
+
+def measure_rates(pipe: PACGenPipeline, config: TrainSettings) -> Rates:
+    """Time each kind of work at the training's size and rows on this machine (about a second on the embedded model);
+    a training step is timed as `measure_step_seconds` does."""
+    comp = pipe.components
+    config = config.checked()
+    size = config.resolution or comp.default_size
+    timings = _sampling_timings(pipe, size)
+    blank = [Image.new("RGB", (size, size), (128, 128, 128))] * 2
+    started = time.perf_counter()
+    samples = augment_many(blank, 8, size, config.augmentation(), config.seed)
+    _Batches._encode(pipe, [sample.image for sample in samples])
+    encode_s = (time.perf_counter() - started) / len(samples)
+    return Rates(timings["step_s"], timings["encode_s"] + timings["decode_s"], encode_s,
+                 measure_step_seconds(pipe, config), size)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long a training will take, by phase ("class images", "encoding", "training steps", "previews", in
+    seconds), and what the figures rest on, in words a user can check."""
+
+    seconds: float
+    parts: dict[str, float]
+    basis: str
+
+
+def estimate_seconds(pipe: PACGenPipeline, cache: ConceptLibrary | Path, class_noun: str, config: TrainSettings,
+                     rates: Rates, photos: int = 5) -> Estimate:
+    """Seconds a training of `photos` photos will take, phase by phase: the class images still missing from the
+    cache (`cache`: the shared class-image root, or a library for its own), encoding the augmented photos and the
+    class images, the optimisation steps, and the previews (three UNet rows at the model's size)."""
+    comp = pipe.components
+    config = config.checked()
+    size = config.resolution or comp.default_size
+    scale = (size / rates.size) ** 2  # rates measured at another size: work grows with the pixels
+    missing = 0
     if config.prior_preservation:
-        folder = class_image_dir(library, pipe.components.fingerprint, class_prompt(class_noun.strip()),
-                                 config.resolution or pipe.components.default_size)
+        folder = class_image_dir(cache, comp.fingerprint, class_prompt(class_noun.strip()), size)
         missing = max(0, config.num_class_images - len(list(folder.glob("*.png"))))
-        class_s = missing * config.class_image_steps * sample_step_s
-    previews = config.steps // config.preview_every if config.preview_every else 0
-    return class_s + config.steps * train_step_s + previews * PREVIEW_STEPS * sample_step_s * 1.5
+    images = config.samples_per_photo * photos + (config.num_class_images if config.prior_preservation else 0)
+    previews = sum(1 for k in range(1, config.steps + 1) if _previews_at(config, k))
+    preview_scale = (comp.default_size / rates.size) ** 2
+    parts = {
+        "class images": missing * (config.class_image_steps * rates.sample_step_s + rates.image_s) * scale,
+        "encoding": images * rates.encode_s * scale,
+        "training steps": config.steps * rates.train_step_s * scale,
+        "previews": previews * (PREVIEW_STEPS * rates.sample_step_s * 1.5 + rates.image_s) * preview_scale,
+    }
+    basis = (f"{rates.source} at {rates.size} px: {rates.train_step_s:.2f} s per training step, "
+             f"{rates.sample_step_s * 1000:.0f} ms per sampling step; {missing} class images to make, "
+             f"{images} images to encode, {previews} previews")
+    return Estimate(sum(parts.values()), parts, basis)
 
 
 def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Parameter], data: _Batches,
-              config: TrainSettings, cancel: threading.Event, started: float) -> Iterator[TrainEvent]:
-    """The training loop proper: masked denoising loss on instances plus λ × the loss on class images."""
+              config: TrainSettings, run: _Run) -> Generator[TrainEvent, None, bool]:
+    """The training loop proper: masked denoising loss on instances plus λ × the loss on class images. Returns
+    whether it reached the last step (False: the budget ran out, and the checkpoint holds the state)."""
     comp = pipe.components
     unet = comp.unet
     masters = _MasterWeights(params)
@@ -323,18 +522,41 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
     noise_scheduler = DDPMScheduler.from_config(comp.scheduler_config)
     generator = torch.Generator().manual_seed(config.seed)
     picker = random.Random(config.seed)
+    scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)  # fp16 gradients underflow unscaled
+    progress = _Progress()
+    if run.resumed is not None:
+        state = run.resumed
+        masters.load(state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["generator"])
+        picker.setstate(state["picker"])
+        progress = _Progress(**state["progress"])
+    preview_guess = run.preview_guess_s
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    smoothed = None
     device = comp.device  # read once: diffusers' `.device` walks every module
-    loop_started = time.perf_counter()
     autocast = torch.autocast(comp.device.type, dtype=comp.dtype, enabled=comp.dtype != torch.float32)
-    scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)  # fp16 gradients underflow unscaled
     try:
-        for step in range(1, config.steps + 1):
-            if cancel.is_set():
+        for step in range(progress.step + 1, config.steps + 1):
+            if run.cancel.is_set():
                 raise TrainingCancelled("training cancelled")
+            step_s = progress.train_s / progress.step if progress.step else 0.0
+            preview_s = progress.preview_s / progress.previews if progress.previews else preview_guess
+            if not run.budget.allows(step_s + (preview_s if _previews_at(config, step) else 0.0)):
+                _write_checkpoint(run.checkpoint, {
+                    "key": run.key, "identifier": concept.identifier, "elapsed_s": time.perf_counter() - run.started,
+                    "progress": asdict(progress), "weights": [p.detach().cpu() for p in masters.params],
+                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                    "generator": generator.get_state(), "picker": picker.getstate(),
+                })
+                yield TrainEvent("paused", progress.step, config.steps, loss_smoothed=progress.smoothed,
+                                 elapsed_s=time.perf_counter() - run.started, eta_s=progress.eta(config, preview_guess),
+                                 message=f"paused after step {progress.step}/{config.steps}: the next call resumes "
+                                         "from the checkpoint")
+                return False
+            step_started = time.perf_counter()
             index = [picker.randrange(len(data.latents)) for _ in range(config.batch_size)]
             latents, masks, text = data.latents[index], data.masks[index], data.text[index]
             if data.class_latents is not None:
@@ -354,18 +576,24 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
                 loss = loss + config.prior_weight * F.mse_loss(prediction[n:].float(), target[n:].float())
             masters.step(loss, optimizer, scaler)
             value = float(loss.detach())
-            smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-            per_step = (time.perf_counter() - loop_started) / step
+            progress.smoothed = value if progress.smoothed is None else 0.9 * progress.smoothed + 0.1 * value
+            progress.step = step
+            progress.train_s += time.perf_counter() - step_started
+            run.budget.units += 1
             preview = None
-            if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
+            if _previews_at(config, step):
+                preview_started = time.perf_counter()
                 preview = _preview(pipe, concept, config.method, step, config.seed)
                 unet.train()
-            yield TrainEvent("training", step, config.steps, value, smoothed, config.learning_rate,
-                             time.perf_counter() - started, per_step * (config.steps - step), preview,
-                             f"step {step}/{config.steps} loss {smoothed:.4f}")
+                progress.preview_s += time.perf_counter() - preview_started
+                progress.previews += 1
+            yield TrainEvent("training", step, config.steps, value, progress.smoothed, config.learning_rate,
+                             time.perf_counter() - run.started, progress.eta(config, preview_guess), preview,
+                             f"step {step}/{config.steps} loss {progress.smoothed:.4f}")
     finally:
         if config.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
+    return True
 
 
 def _preview(pipe: PACGenPipeline, concept: Concept, method: str, step: int, seed: int) -> Image.Image:
@@ -388,6 +616,14 @@ class _MasterWeights:
         self.live = [p for p in params if p.dtype != torch.float32]
         self.copies = [p.detach().float().clone().requires_grad_(True) for p in self.live]
         self.params = [p for p in params if p.dtype == torch.float32] + self.copies
+
+    @torch.no_grad()
+    def load(self, saved: list[torch.Tensor]) -> None:
+        """Put back the weights a checkpoint saved (`params`, in order); the live copies follow."""
+        for param, value in zip(self.params, saved, strict=True):
+            param.copy_(value)
+        for live, copy in zip(self.live, self.copies):
+            live.copy_(copy)
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         """One optimisation step: backward (scaled for fp16), the masters step, and the live weights follow."""
