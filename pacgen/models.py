@@ -16,15 +16,49 @@ from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import httpx as hub_httpx
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .defaults import DEFAULTS_FILE, SD14_DEFAULTS, ModelDefaults, read_defaults
 from .errors import PACGenError
 
 DEFAULT_MODEL = "masterful/gligen-1-4-generation-text-box"
-# Safetensors weights of the default repo live on a PR branch; `main` only has pickles.
-HUB_REVISIONS = {"masterful/gligen-1-4-generation-text-box": "refs/pr/2"}
 EMBEDDED_MODEL = "mini"
+
+
+@dataclass(frozen=True)
+class HubPin:
+    """A Hub model at one commit and the exact files the loader reads from it.
+
+    The Space's `preload_from_hub` entry names the same commit and files (tests/test_space_config.py checks), so
+    the files baked into the Space's cache at build time are the ones loaded at run time, offline.
+    """
+
+    repo_id: str
+    revision: str
+    variant: str | None
+    files: tuple[str, ...]
+
+    def preload_entry(self) -> str:
+        """The `preload_from_hub` line for this pin: `repo file1,file2 commit`."""
+        return f"{self.repo_id} {','.join(self.files)} {self.revision}"
+
+
+# The default repo's safetensors weights live on its PR branch refs/pr/2 (`main` holds only pickles). `29be6c8` is
+# that branch's head commit as the Hub's file browser shows it; the full 40-hex id could not be looked up from here
+# (the Hub resolves a commit prefix; see README, "Hugging Face Spaces"). The fp16 files serve every dtype: they are
+# half the download, and upcasting them is exact.
+HUB_PINS = {
+    DEFAULT_MODEL: HubPin(DEFAULT_MODEL, "29be6c8", "fp16", (
+        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
+        "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+    )),
+}
 
 
 def assets_dir() -> Path:
@@ -167,21 +201,58 @@ def _is_local(source: str) -> bool:
     return os.path.isdir(source)
 
 
+def download_pinned(pin: HubPin) -> Path:
+    """The pinned files in the local Hub cache, fetched where missing; the folder they sit in.
+
+    huggingface_hub keeps a partial download as `*.incomplete` and resumes it on the next call (and retries a
+    dropped connection a few times itself), so the one thing to tell a user whose link failed is to run again.
+    """
+    try:
+        return Path(snapshot_download(pin.repo_id, revision=pin.revision, allow_patterns=list(pin.files)))
+    except (OSError, hub_httpx.TransportError) as error:  # HfHubHTTPError, offline, size check, dropped link
+        raise ModelLoadError(_download_advice(pin, error)) from error
+
+
+def _download_advice(pin: HubPin, error: Exception) -> str:
+    if isinstance(error, hub_httpx.TransportError) or "Consistency check failed" in str(error):
+        why = "the download stopped part-way; run the same command again and it resumes where it stopped"
+    elif isinstance(error, LocalEntryNotFoundError):
+        off = " and HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") else " and the Hub cannot be reached"
+        why = f"its files are not all in the local Hub cache{off}"
+    elif isinstance(error, RepositoryNotFoundError | RevisionNotFoundError):
+        why = f"the Hub has no revision {pin.revision} of it"
+    else:
+        why = _first_line(error)
+    return (f"Could not download '{pin.repo_id}': {why}. Without a working link, pass a local diffusers folder "
+            "(--model /path/to/folder) or use the embedded model: --model mini (the offline default).")
+
+
 def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
     """Load a diffusers-format GLIGEN model from a folder or the Hub, preferring safetensors and fp16 files."""
+    pin = HUB_PINS.get(source)
+    if pin is not None:
+        return _load_folder(download_pinned(pin), dtype, [pin.variant], model_id=source, own_files=False)
     local = _is_local(source)
     if local and not (Path(source) / "unet").is_dir():
         raise ModelLoadError(f"'{source}' is not a diffusers model folder: it has no unet/ subfolder.")
-    common: dict = {} if local else {"revision": HUB_REVISIONS.get(source)}
     variants = [None] if (local or dtype == torch.float32) else ["fp16", None]
+    return _load_folder(source, dtype, variants, model_id=source, own_files=local)
+
+
+def _load_folder(source: str | Path, dtype: torch.dtype, variants: list[str | None], model_id: str,
+                 own_files: bool) -> Components:
+    """Load from a folder or unpinned Hub id; `own_files`: a user's model folder, whose scheduler and pacgen.json
+    travel with it (a pinned Hub download uses SD-1.4's)."""
+    source = str(source)
+    local = _is_local(source)
     last_error: Exception | None = None
     for variant in variants:
         try:
-            kwargs = dict(common, variant=variant, torch_dtype=dtype)
+            kwargs = {"variant": variant, "torch_dtype": dtype}
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
             text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
             break
         except (OSError, ValueError) as error:  # missing variant files, offline, no such repo
             last_error = error
@@ -189,24 +260,24 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
         where = "folder" if local else "Hub repo"
         offline = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if os.environ.get("HF_HUB_OFFLINE") else ""
         raise ModelLoadError(
-            f"Could not load the {where} '{source}'{offline}: {_first_line(last_error)} "
+            f"Could not load the {where} '{model_id}'{offline}: {_first_line(last_error)} "
             "Without network access, pass a local diffusers folder (--model /path/to/folder), "
             "or use the embedded model: --model mini (the offline default)."
         ) from last_error
     if getattr(unet, "position_net", None) is None:
-        raise ModelLoadError(f"'{source}' is not a GLIGEN model: its UNet has no grounding adapters.")
+        raise ModelLoadError(f"'{model_id}' is not a GLIGEN model: its UNet has no grounding adapters.")
     scheduler_config = SD_SCHEDULER_CONFIG
     scheduler_file = Path(source) / "scheduler" / "scheduler_config.json"
-    if local and scheduler_file.is_file():
+    if own_files and scheduler_file.is_file():
         scheduler_config = {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
     defaults = replace(SD14_DEFAULTS)
-    if local:
+    if own_files:
         try:
             defaults = read_defaults(Path(source))
         except PACGenError as error:
             raise ModelLoadError(str(error)) from None
-    return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), source,
-                      defaults=defaults, folder=Path(source).resolve() if local else None)
+    return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), model_id,
+                      defaults=defaults, folder=Path(source).resolve() if own_files else None)
 
 
 def _first_line(error: Exception | None) -> str:
