@@ -9,46 +9,82 @@ import_concept.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import gradio as gr
 
 import pacgen.mini  # noqa: F401  (registers the `tiny` test model for --model tiny)
 from pacgen.app import compose_tab, library_tab, train_tab, views
-from pacgen.app.fields import UI_ONLY
+from pacgen.app.fields import UI_ONLY, endpoint
 from pacgen.app.session import Studio
+from pacgen.app.visitors import LimitError, choose_policy, parse_logins
 
 CSS = """
 #banner {background: #fff7e6; border: 1px solid #f0c36d; border-radius: 8px; padding: 4px 12px;}
 #banner:empty {display: none;}
-.concept-cards img {image-rendering: pixelated;}
-#results img, #previews img {image-rendering: pixelated;}
+#results img, #previews img, .example-objects img {image-rendering: pixelated;}
+#path-guide {font-size: 1.05em;}
+.concept-cards {display: flex; flex-wrap: wrap; gap: 12px;}
+.concept-card {width: 132px; margin: 0; border: 1px solid #e4e7ec; border-radius: 8px; padding: 6px;}
+.concept-card .card-thumb {width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated;
+                           display: block; margin: 0 auto; background: #f2f4f7;}
+.concept-card figcaption {display: flex; flex-direction: column; font-size: 0.85em; overflow-wrap: anywhere;}
+.concept-card figcaption b {font-size: 1.05em;}
+.card-note {color: #b54708;}
+.empty-library {padding: 24px; border: 1px dashed #98a2b3; border-radius: 8px; text-align: center;}
+.example-objects {flex-wrap: wrap; gap: 6px;}
+.example-objects button {white-space: normal; height: auto;}
+.example-objects button img {width: 32px; height: 32px; max-height: none;}
 """
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
-    with gr.Blocks(title="PACGen Studio") as demo:
+    # Gradio's cache (uploads, results) is emptied of files older than the policy says, every hour.
+    with gr.Blocks(title="PACGen Studio", delete_cache=(3600, int(studio.policy.cache_hours * 3600))) as demo:
         gr.Markdown("# PACGen Studio\nPut *your own* objects into generated images, exactly where you want them.")
         header = gr.Markdown(views.header(studio.status()))
+        if os.environ.get("SPACE_ID"):  # Hugging Face login (hf_oauth): a visitor's library follows their account
+            gr.LoginButton()
         banner = gr.Markdown(views.banner(studio.notices()), elem_id="banner")
-        with gr.Tabs():
-            with gr.Tab("Train", id="train"):
+        gr.Markdown(views.path_guide(), elem_id="path-guide")
+        with gr.Tabs() as tabs:
+            with gr.Tab(views.STEPS[0], id="train"):
                 train = train_tab.build(studio)
-            with gr.Tab("Compose", id="compose"):
+            with gr.Tab(views.STEPS[1], id="compose"):
                 compose = compose_tab.build(studio)
-            with gr.Tab("Library", id="library"):
+            with gr.Tab(views.STEPS[2], id="library"):
                 library = library_tab.build(studio)
 
+        @functools.partial(endpoint, names=[])
         def refreshed():
-            """After anything that changes the library: every view of it, from disk."""
+            """After anything that changes the library: every view of it, from disk, as this visitor sees it."""
             studio.sync_library()
             names = studio.concept_names()
             labels = views.label_choices(names, list(studio.defaults.examples))
+            newest = studio.newest_concept()
             return (views.header(studio.status()), views.banner(studio.notices()), library_tab.cards(studio),
-                    gr.update(choices=names, value=None), gr.update(label_list=labels))
+                    gr.update(choices=names, value=None), gr.update(label_list=labels),
+                    gr.update(value=train_tab.use_label(newest), visible=bool(newest)))
 
-        refresh_outputs = [header, banner, library.cards, library.chosen, compose.canvas]
-        demo.load(refreshed, outputs=refresh_outputs, queue=False, **UI_ONLY)
+        refresh_outputs = [header, banner, library.cards, library.chosen, compose.canvas, train.use_button]
+        follow, follow_outputs = train_tab.reattach(train, studio)
+        browser = gr.BrowserState(None, storage_key="pacgen-visitor", secret=studio.visitors.browser_secret())
+        demo.load(endpoint(studio.visitors.bind_browser_token, ["token"]), browser, browser, queue=False,
+                  **UI_ONLY).then(refreshed, outputs=refresh_outputs, queue=False, **UI_ONLY
+                                  ).then(follow, outputs=follow_outputs, **UI_ONLY)  # a training still running
+
+        def use_in_compose():
+            """After training: Compose, with a box for the newest concept and a prompt that uses it."""
+            example = views.examples(studio.defaults.examples, studio.newest_concept())[0]
+            return gr.Tabs(selected="compose"), example.prompt, views.rows_from_boxes(example.boxes), ""
+
+        size = [compose.setting("width"), compose.setting("height")]
+        train.use_button.click(endpoint(use_in_compose, []), outputs=[tabs, compose.prompt, compose.table,
+                                                                           compose.table_message],
+                               queue=False, **UI_ONLY).then(
+            lambda rows, w, h: views.annotations_from_rows(rows, int(w), int(h)), [compose.table, *size],
+            compose.canvas, queue=False, **UI_ONLY)
         train_tab.wire(train, studio, refreshed, refresh_outputs)
         compose_tab.wire(compose, studio)
         library_tab.wire(library, studio, refreshed, refresh_outputs)
@@ -66,25 +102,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(env("PACGEN_PORT", env("GRADIO_SERVER_PORT", "7860"))))
     parser.add_argument("--share", action="store_true", default=env("PACGEN_SHARE", "") == "1",
                         help="also serve on a public *.gradio.live link")
-    parser.add_argument("--auth", default=env("PACGEN_AUTH"), metavar="USER:PASSWORD",
-                        help="require this login (recommended with --share)")
-    return parser.parse_args(argv)
+    parser.add_argument("--auth", default=env("PACGEN_AUTH"), metavar="USER:PASSWORD[,USER:PASSWORD…]",
+                        help="require a login; several users each get their own library (recommended with --share)")
+    parser.add_argument("--multi-user", action="store_true", default=env("PACGEN_MULTI_USER", "") == "1",
+                        help="one library per visitor, with quotas (implied by --share, --auth with several users "
+                             "and on a Space)")
+    parser.add_argument("--shared-concepts", default=env("PACGEN_SHARED_CONCEPTS"), metavar="FOLDER",
+                        help="a read-only library of example concepts every visitor can use")
+    parser.add_argument("--limits", default=env("PACGEN_LIMITS", ""), metavar="NAME=VALUE,…",
+                        help="override limits, e.g. max_concepts=10,idle_expiry_h=48 (see README, Running it for "
+                             "others); 'none' lifts one")
+    args = parser.parse_args(argv)
+    args.on_space = on_space
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            raise SystemExit("--auth must look like USER:PASSWORD")
-        auth = (user, password)
-    studio = Studio(args.model, args.data_dir)
+    try:
+        auth = parse_logins(args.auth)
+        policy = choose_policy(shared=args.share or args.on_space or args.multi_user or len(auth) > 1,
+                               limits=args.limits)
+    except LimitError as error:
+        raise SystemExit(f"error: {error}") from None
+    studio = Studio(args.model, args.data_dir, policy=policy, shared_dir=args.shared_concepts)
     demo = build_ui(studio)
     # One job per endpoint at a time; the session's model lock then orders generation and training.
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth, css=CSS,
+    demo.queue(default_concurrency_limit=1, max_size=policy.queue_size).launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth or None, css=CSS,
         theme=gr.themes.Soft(), show_error=True,
+        max_file_size=f"{policy.max_upload_mb:g}mb" if policy.max_upload_mb else None,
     )
 
 

@@ -20,17 +20,40 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium")]
 
 
-@pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    studio = Studio("tiny", tmp_path_factory.mktemp("home"), device="cpu")
+def serve(studio: Studio):
+    """The app for this studio, launched on a free local port without blocking; close it when done."""
     demo = app.build_ui(studio)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                                                    quiet=True, css=app.CSS)
+    return demo
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    demo = serve(Studio("tiny", tmp_path_factory.mktemp("home"), device="cpu"))
     yield demo.local_url
     demo.close()
+
+
+def draw_box(page, label, start, size):
+    """Drag a box on the canvas, from `start` (pixels from the canvas's top centre) by `size`, and label it."""
+    from playwright.sync_api import expect
+
+    canvas = page.locator("#canvas canvas").first
+    expect(canvas).to_be_visible()
+    area = canvas.bounding_box()
+    x, y = area["x"] + area["width"] / 2 + start[0], area["y"] + start[1]
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + size[0], y + size[1], steps=10)
+    page.mouse.up()
+    dialog = page.get_by_role("listbox", name="Label")
+    dialog.fill(label)
+    dialog.press("Enter")  # confirms the label and closes the dialog
+    expect(page.locator("#boxes")).to_contain_text(label, timeout=10_000)
 
 
 def test_draw_label_generate_in_the_browser(url):
@@ -46,18 +69,7 @@ def test_draw_label_generate_in_the_browser(url):
         page.screenshot(path=ARTIFACTS / "train.png", full_page=True)
 
         page.get_by_role("tab", name="Compose").click()
-        canvas = page.locator("#canvas canvas").first
-        expect(canvas).to_be_visible()
-        area = canvas.bounding_box()
-        x, y = area["x"] + area["width"] / 2 - 150, area["y"] + 80
-        page.mouse.move(x, y)
-        page.mouse.down()
-        page.mouse.move(x + 160, y + 200, steps=10)
-        page.mouse.up()
-        label = page.get_by_role("listbox", name="Label")
-        label.fill("a red star")
-        label.press("Enter")  # confirms the label and closes the dialog
-        expect(page.locator("#boxes")).to_contain_text("a red star", timeout=10_000)
+        draw_box(page, "a red star", (-150, 80), (160, 200))
 
         page.locator("#prompt textarea").fill("a red star on grass")
         page.get_by_role("button", name="Generate").click()
@@ -70,4 +82,28 @@ def test_draw_label_generate_in_the_browser(url):
         page.get_by_role("tab", name="Library").click()
         expect(page.get_by_role("button", name="Download as zip")).to_be_visible()
         page.screenshot(path=ARTIFACTS / "library.png", full_page=True)
+        browser.close()
+
+
+def test_generate_into_a_scene_photo_in_the_browser(url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+    from PIL import Image
+
+    photo = tmp_path / "my room.png"
+    Image.radial_gradient("L").convert("RGB").resize((128, 96)).save(photo)  # not square: the canvas shows the crop
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, wait_until="load")
+        page.get_by_role("tab", name="Compose").click()
+        page.locator("#scene input[type=file]").set_input_files(str(photo))
+        expect(page.locator("#scene img").first).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)  # the canvas takes the photo as its background
+        draw_box(page, "a red ball", (-100, 100), (140, 140))
+        page.locator("#prompt textarea").fill("a red ball in my room")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#results img").first).to_be_visible(timeout=60_000)
+        expect(page.locator("#result-info")).to_contain_text("Scene photo: kept outside the boxes")
+        page.screenshot(path=ARTIFACTS / "scene.png", full_page=True)
         browser.close()

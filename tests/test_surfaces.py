@@ -21,14 +21,15 @@ def parameters(endpoint: dict) -> dict:
 def test_the_api_is_the_documented_endpoints_only(api):
     _, endpoints = api
     assert sorted(endpoints) == sorted(["/train", "/cancel_training", "/preview_augmentation", "/generate",
-                                        "/list_concepts", "/delete_concept", "/export_concept", "/import_concept"])
+                                        "/list_concepts", "/delete_concept", "/export_concept", "/import_concept",
+                                        "/import_kohya", "/push_to_hub"])
 
 
 def test_api_parameters_are_the_settings_fields_with_the_models_defaults(api):
     studio, endpoints = api
     generate = parameters(endpoints["/generate"])
     assert list(generate) == ["prompt", "negative_prompt", "boxes", *[f.name for f in surfaced(SampleSettings)],
-                              "show_boxes"]
+                              "show_boxes", "scene"]
     assert generate["grounding_fraction"] == 1.0 and generate["seed"] == -1  # mini's own default; -1 = random
     assert generate["width"] == generate["height"] == studio.size
     train = parameters(endpoints["/train"])

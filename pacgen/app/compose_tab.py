@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import gradio as gr
 from gradio_image_annotation import image_annotator
 
+from ..errors import PACGenError
+from ..scene import load_scene
 from ..settings import SampleSettings, surfaced
 from . import views
 from .fields import UI_ONLY, component, endpoint
 from .session import Studio
-from .zerogpu import gpu_task
+from .visitors import acting_as, current_caller
+from .zerogpu import ZERO_GPU_RATES, generation_seconds, gpu_task
 
 FIELDS = surfaced(SampleSettings)
 
@@ -19,8 +23,9 @@ FIELDS = surfaced(SampleSettings)
 @dataclass
 class ComposeTab:
     canvas: image_annotator
+    scene: gr.Image
     table: gr.Dataframe
-    table_button: gr.Button
+    table_message: gr.Markdown
     examples: list  # the worked examples the buttons show, as computed once when the page was built
     example_buttons: list
     prompt: gr.Textbox
@@ -28,11 +33,13 @@ class ComposeTab:
     settings: list
     reuse_seed: gr.Button
     generate_button: gr.Button
+    generate_status: gr.Markdown
     show_boxes: gr.Checkbox
     results: gr.Gallery
     info: gr.Markdown
     last: gr.State
     last_seed: gr.State
+    checked_rows: gr.State  # the table as last checked, so a refused edit gets its exact previous values back
 
     def setting(self, name: str):
         return self.settings[[f.name for f in FIELDS].index(name)]
@@ -51,13 +58,17 @@ def build(studio: Studio) -> ComposeTab:
             )
             table = gr.Dataframe(headers=views.TABLE_HEADERS, datatype=["str"] + ["number"] * 4,
                                  column_count=(5, "fixed"), row_count=(0, "dynamic"), interactive=True,
-                                 elem_id="boxes", label="Boxes (edit, then 'Show on canvas'; delete a row to drop a box)")
-            table_button = gr.Button("Show table on canvas", size="sm")
+                                 elem_id="boxes", label="Boxes, in drawing order (edits show on the canvas at once; "
+                                                        "delete a row to drop a box)")
+            table_message = gr.Markdown(elem_id="box-message")
             examples = views.examples(studio.defaults.examples, studio.newest_concept())
             with gr.Row():
                 example_buttons = [gr.Button(e.prompt, size="sm") for e in examples]
+            scene = gr.Image(label="Scene photo (optional): generate into your own photo, only inside the boxes",
+                             type="filepath", sources=["upload"], height=160, elem_id="scene")
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", placeholder="a photo of <my dog> on the beach", elem_id="prompt",
+            prompt = gr.Textbox(label="Prompt", placeholder=views.placeholder(list(studio.defaults.examples)),
+                                elem_id="prompt",
                                 info="Concepts are written <name>; boxed concepts are added if missing.")
             negative = gr.Textbox("", label="Negative prompt")
             with gr.Accordion("Advanced settings", open=False):
@@ -69,40 +80,92 @@ def build(studio: Studio) -> ComposeTab:
                         settings.append(component(f, getattr(defaults, f.name)))
                 reuse_seed = gr.Button("Reuse last seed", size="sm")
             generate_button = gr.Button("Generate", variant="primary")
-            show_boxes = gr.Checkbox(value=False, label="Overlay boxes and labels")
-            results = gr.Gallery(label="Results", columns=2, height=420, elem_id="results", format="png")
-            info = gr.Markdown()
-    return ComposeTab(canvas, table, table_button, examples, example_buttons, prompt, negative, settings, reuse_seed,
-                      generate_button, show_boxes, results, info, gr.State(None), gr.State(None))
+            generate_status = gr.Markdown(elem_id="generate-status")
+            show_boxes = gr.Checkbox(value=False, label="Overlay boxes and labels (in the canvas's colours)")
+            # Whole images (contain, not cover) at their own pixels, with what made them in plain text below.
+            results = gr.Gallery(label="Results", columns=2, height="auto", object_fit="contain", elem_id="results",
+                                 format="png")
+            info = gr.Markdown(elem_id="result-info")
+    return ComposeTab(canvas, scene, table, table_message, examples, example_buttons, prompt, negative, settings,
+                      reuse_seed, generate_button, generate_status, show_boxes, results, info, gr.State(None),
+                      gr.State(None), gr.State([]))
 
 
 def wire(tab: ComposeTab, studio: Studio) -> None:
     width, height = tab.setting("width"), tab.setting("height")
 
-    def to_canvas(rows, w, h):
-        return views.annotations_from_boxes(views.boxes_from_rows(rows, studio.concept_names()), int(w), int(h))
+    def fitted(scene, w, h):
+        """The scene photo as the generator will use it (cropped and resized to the output), or None."""
+        try:
+            return load_scene(scene, int(w), int(h)) if scene else None
+        except PACGenError as error:  # a page-internal event: no endpoint wrapper to turn it into a message
+            raise gr.Error(views.plain(str(error))) from None
 
-    show_table = endpoint(to_canvas, ["boxes", "width", "height"])
-    tab.canvas.change(views.rows_from_annotations, tab.canvas, tab.table, queue=False, show_progress="hidden", **UI_ONLY)
-    tab.table_button.click(show_table, [tab.table, width, height], tab.canvas, **UI_ONLY)
-    for dimension in (width, height):
-        dimension.change(show_table, [tab.table, width, height], tab.canvas, show_progress="hidden", **UI_ONLY)
+    def show_table(rows, w, h, scene):
+        return views.annotations_from_rows(rows, int(w), int(h), fitted(scene, w, h))
+
+    def table_edited(rows, previous, w, h, scene):
+        """A table edit, checked as typed and drawn at once; the message says what was changed and why."""
+        rows, messages = views.check_rows(rows, previous)
+        # The table is sent back only when a value was changed, so the canvas's own change reads what was typed.
+        return (rows if messages else gr.skip(), views.annotations_from_rows(rows, int(w), int(h), fitted(scene, w, h)),
+                views.plain("  \n".join(messages)), rows)
+
+    def canvas_changed(value, rows):
+        """A box drawn, moved or deleted: the table follows, and the box takes its overlay colour."""
+        again = views.recoloured(value)
+        rows = views.rows_after_drawing(value, rows)
+        return rows, gr.skip() if again is None else again, rows
+
+    quiet = dict(queue=False, show_progress="hidden", **UI_ONLY)
+    tab.canvas.change(canvas_changed, [tab.canvas, tab.table], [tab.table, tab.canvas, tab.checked_rows], **quiet)
+    tab.table.input(table_edited,
+                    [tab.table, tab.checked_rows, width, height, tab.scene],
+                    [tab.table, tab.canvas, tab.table_message, tab.checked_rows], **quiet)
+    redraw = show_table
+    for source in (width, height, tab.scene):
+        source.change(redraw, [tab.table, width, height, tab.scene], tab.canvas, **quiet)
     for button, example in zip(tab.example_buttons, tab.examples):
-        button.click(lambda e=example: (e.prompt, views.rows_from_boxes(e.boxes)), outputs=[tab.prompt, tab.table],
-                     queue=False, **UI_ONLY).then(show_table, [tab.table, width, height], tab.canvas, **UI_ONLY)
+        button.click(lambda e=example: (e.prompt, views.rows_from_boxes(e.boxes), ""), outputs=[
+            tab.prompt, tab.table, tab.table_message], **quiet).then(redraw, [tab.table, width, height, tab.scene], tab.canvas,
+                                                                    **quiet)
 
-    @gpu_task(duration=120)
+    def settings_of(values) -> SampleSettings:
+        return studio.pipe.settings(**dict(zip([f.name for f in FIELDS], values)))
+
+    def seconds_needed(caller, prompt, negative_prompt, boxes, values, scene, progress=None) -> float:
+        """The GPU time a call declares on ZeroGPU, from its own arguments."""
+        rows = sum(1 for b in views.boxes_from_rows(boxes, []) if b.concept)
+        return generation_seconds(settings_of(values), rows, ZERO_GPU_RATES.sample_step_s, ZERO_GPU_RATES.size)
+
+    @gpu_task(duration=seconds_needed)
+    def run(caller, prompt, negative_prompt, boxes, values, scene, progress=None):
+        """The GPU part: on ZeroGPU a forked worker, so the caller travels as an argument (context does not) and
+        the result is CPU objects only; `generate` syncs the visitor's concepts from disk on every call."""
+        steps = waiting = None
+        if progress is not None:
+            def steps(i, total):
+                progress((i, total), desc="denoising")
+
+            def waiting(message):
+                progress(0, desc=message)
+
+        with acting_as(caller):
+            return studio.generate(prompt, negative_prompt, views.boxes_from_rows(boxes, studio.concept_names()),
+                                   settings_of(values), steps, waiting=waiting, scene=scene or None)
+
     def generate(prompt, negative_prompt, boxes, *values, progress=gr.Progress()):
-        *values, show_boxes = values
-        settings = studio.pipe.settings(**dict(zip([f.name for f in FIELDS], values)))
-        result = studio.generate(prompt, negative_prompt, views.boxes_from_rows(boxes, studio.concept_names()),
-                                 settings, lambda i, total: progress((i, total), desc="denoising"))
+        *values, show_boxes, scene = values
+        result = run(current_caller(), prompt, negative_prompt, boxes, values, scene,
+                     None if os.environ.get("SPACES_ZERO_GPU") else progress)
         return views.gallery(result, show_boxes), views.describe(result), result, result.seeds[0]
 
-    names = ["prompt", "negative_prompt", "boxes", *[f.name for f in FIELDS], "show_boxes"]
+    names = ["prompt", "negative_prompt", "boxes", *[f.name for f in FIELDS], "show_boxes", "scene"]
     tab.generate_button.click(
-        endpoint(generate, names), [tab.prompt, tab.negative, tab.table, *tab.settings, tab.show_boxes],
+        endpoint(generate, names, optional=("scene",)), [tab.prompt, tab.negative, tab.table, *tab.settings, tab.show_boxes, tab.scene],
         [tab.results, tab.info, tab.last, tab.last_seed], api_name="generate",
+        # Progress, waiting and errors show next to the button; the previous results stay in view meanwhile.
+        show_progress_on=[tab.generate_status],
     )
     tab.show_boxes.change(views.gallery, [tab.last, tab.show_boxes], tab.results, queue=False, **UI_ONLY)
     tab.reuse_seed.click(lambda s: -1 if s is None else s, tab.last_seed, tab.setting("seed"), queue=False, **UI_ONLY)

@@ -15,8 +15,11 @@ import gradio as gr
 
 from ..errors import PACGenError
 from ..settings import kind, label
+from .views import plain
+from .visitors import Caller, acting_as
 
 UI_ONLY = {"api_visibility": "private"}  # page-internal events: not part of the public API
+_DONE = object()
 
 
 def component(f: Field, value: Any, *, low: float | None = None, high: float | None = None,
@@ -40,28 +43,61 @@ def component(f: Field, value: Any, *, low: float | None = None, high: float | N
     return gr.Number(value=value, precision=0 if integer else None, minimum=low, maximum=high, **common)
 
 
-def endpoint(fn: Callable, names: list[str]) -> Callable:
-    """`fn(*values)` exposed with these parameter names, which Gradio's API (and gradio_client) then shows.
+def caller_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> Caller:
+    """Who made a Gradio request: their login (an `--auth` user, a Hugging Face account) and page session."""
+    login = (profile.username if profile is not None else None) or (request.username if request else None)
+    return Caller(login=login, session=request.session_hash if request else None)
 
-    Errors users can fix become `gr.Error` messages, not stack traces; generators keep streaming.
+
+def endpoint(fn: Callable, names: list[str], optional: tuple[str, ...] = ()) -> Callable:
+    """`fn(*values)` exposed with these parameter names, which Gradio's API (and gradio_client) then shows;
+    `optional` ones default to None for API clients (inputs with no value of their own, like a photo).
+
+    The call runs on behalf of whoever made the request (`visitors.acting_as`: Gradio passes the request and, on a
+    Space with Hugging Face login, the profile, which the API does not show). Errors users can fix become
+    `gr.Error` messages, not stack traces (HTML-escaped: Gradio renders an error's text as HTML); generators keep streaming, each step as the same visitor.
     """
+    takes_progress = "progress" in inspect.signature(fn).parameters
+
+    def split(args: tuple) -> tuple[tuple, dict, Caller]:
+        *values, request, profile, progress = args
+        return tuple(values), ({"progress": progress} if takes_progress else {}), caller_of(request, profile)
+
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
+        def wrapped(*args):
+            values, extra, caller = split(args)
+            with acting_as(caller):
+                steps = fn(*values, **extra)
             try:
-                yield from fn(*args, **kwargs)
+                while True:
+                    with acting_as(caller):
+                        item = next(steps, _DONE)
+                    if item is _DONE:
+                        return
+                    yield item
             except PACGenError as error:
-                raise gr.Error(str(error)) from None
+                raise gr.Error(plain(str(error))) from None
+            finally:
+                steps.close()
     else:
         @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
+        def wrapped(*args):
+            values, extra, caller = split(args)
             try:
-                return fn(*args, **kwargs)
+                with acting_as(caller):
+                    return fn(*values, **extra)
             except PACGenError as error:
-                raise gr.Error(str(error)) from None
+                raise gr.Error(plain(str(error))) from None
 
-    original = inspect.signature(fn)
-    extra = [p for p in original.parameters.values() if p.kind == p.KEYWORD_ONLY]  # e.g. progress=gr.Progress()
-    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
-    wrapped.__signature__ = original.replace(parameters=params + extra)
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n, positional, **({"default": None} if n in optional else {})) for n in names]
+    if optional and names[-len(optional):] != list(optional):
+        raise ValueError(f"optional parameters {optional} must come last, after {names}")
+    special = [inspect.Parameter("request", positional, annotation=gr.Request, default=None),
+               inspect.Parameter("profile", positional, annotation=gr.OAuthProfile | None, default=None),
+               inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())]
+    wrapped.__signature__ = inspect.Signature(params + special)
+    wrapped.__annotations__ = {"request": gr.Request, "profile": gr.OAuthProfile | None}  # Gradio reads these
+    del wrapped.__wrapped__  # so Gradio reads the signature above, not fn's
     return wrapped

@@ -6,10 +6,14 @@ No view code here: actions take and return plain data (paths, `Box`es, settings 
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import shutil
+import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,16 +24,19 @@ from ..augment import AugmentConfig, augment_many, preview_grid
 from ..concepts import Concept, ConceptError, ConceptLibrary, ExampleObject, example_objects
 from ..defaults import ModelDefaults
 from ..errors import PACGenError
+from ..hub import HubError, push_concept
 from ..layout import Box
+from ..lora import check_lora_fits, read_lora_file
 from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, model_names
-from ..photos import load_photos
+from ..photos import PhotoSource, load_photos
 from ..sampling import GenerationResult, PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
-from ..training import (
-    TrainEvent, TrainingCancelled, estimate_seconds, measure_step_seconds, sample_step_seconds, train_concept,
-)
+from ..text import check_text
+from ..training import Estimate, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
+from .jobs import TrainingJob
+from .zerogpu import ZERO_GPU_RATES, chunk_runner, train_in_chunks
+from .visitors import Caller, LimitError, Policy, Visitors, acting_as, current_caller, generation_cost
 
-ZERO_GPU_STEP_S = 0.05  # SD-1.4 at 512 px, 2 rows, bf16 on a ZeroGPU H200 slice (nominal)
 
 
 def hub_reachable(repo: str = DEFAULT_MODEL, timeout: float = 3.0) -> bool:
@@ -62,9 +69,15 @@ def resolve_model(requested: str) -> tuple[str, str]:
 
 
 class Studio:
-    """Everything the app does, around one pipeline object that owns the GPU."""
+    """Everything the app does, around one pipeline object that owns the GPU.
 
-    def __init__(self, model: str = "auto", data_dir: str | Path | None = None, device: str | None = None):
+    Every action acts for the current visitor (`visitors.current_caller`); with `Policy.local()` that is always
+    the one local user, with an isolated policy each visitor sees only their own library, jobs and results, plus
+    the read-only `shared_dir` of example concepts.
+    """
+
+    def __init__(self, model: str = "auto", data_dir: str | Path | None = None, device: str | None = None,
+                 policy: Policy | None = None, shared_dir: str | Path | None = None):
         source, self.notice = resolve_model(model)
         try:
             self.pipe = PACGenPipeline.from_pretrained(source, device=device)
@@ -73,24 +86,23 @@ class Studio:
                 raise
             self.notice = f"Could not load {source} ({error}); running the embedded mini model."
             self.pipe = PACGenPipeline.from_pretrained(EMBEDDED_MODEL, device=device)
-        self.library = ConceptLibrary(data_dir)
-        self.cancel_event = threading.Event()
+        self.policy = policy or Policy.local()
+        self.root = ConceptLibrary(data_dir).root
+        self.visitors = Visitors(self.root, self.policy)
+        self.shared = ConceptLibrary(shared_dir) if shared_dir else None
+        self.jobs: dict[str, TrainingJob] = {}  # each visitor's running or last training
         self.training_lock = threading.Lock()  # one training at a time: a second one is refused at once
         # Plain locks, not RLocks: Gradio resumes a streaming generator on any worker thread.
         self.model_lock = threading.Lock()  # one job on the model at a time: generation waits for training
-        self.skipped: list[str] = []
+        self._loaded_versions: dict[str, object] = {}  # what each loaded concept's files were when loaded
+        self._refused: dict[tuple[str, object], str] = {}  # concept files that failed to load, and why
+        self.export_dir = Path(tempfile.mkdtemp(prefix=f"pacgen-export-{os.getpid()}-"))
+        atexit.register(shutil.rmtree, self.export_dir, True)
+        _remove_stale_exports()
         self.sync_library()
-        self.step_s = self._measure_step()
-        self.train_step_s: dict[tuple, float] = {}  # measured optimisation step, by what changes its cost
-
-    def _measure_step(self) -> float:
-        """Seconds per sampling step, for training-time estimates.
-
-        On ZeroGPU the main process has no GPU (work runs in forked workers), so a nominal figure stands in.
-        """
-        if os.environ.get("SPACES_ZERO_GPU"):
-            return ZERO_GPU_STEP_S
-        return sample_step_seconds(self.pipe)
+        # ZeroGPU forks its workers from this process: the chunk call must exist, bound to the pipe, before any fork.
+        self._chunk_runner = chunk_runner(self.pipe) if os.environ.get("SPACES_ZERO_GPU") else None
+        self.rates: dict[tuple, Rates] = {}  # measured speed of each kind of training work, by what changes it
 
     # ----------------------------------------------------------------------------------- the model
 
@@ -119,7 +131,7 @@ class Studio:
             memory = f"{psutil.Process().memory_info().rss / 2**30:.1f} GiB RAM"
             name = device.type.upper()
         return {"device": name, "model": comp.model_id, "dtype": str(comp.dtype).replace("torch.", ""),
-                "memory": memory, "concepts": len(self.pipe.concepts), "size": self.size}
+                "memory": memory, "concepts": len(self.concept_names()), "size": self.size}
 
     def notices(self) -> list[str]:
         """What to expect on this machine and model; empty when running the real model on a GPU."""
@@ -128,17 +140,49 @@ class Studio:
             lines.append("Running on CPU: fine for the embedded models; the real SD-1.4 model needs a GPU.")
         if self.defaults.banner:
             lines.append(self.defaults.banner)
-        if self.skipped:
-            lines.append("Not loaded (trained on another base model): " + ", ".join(self.skipped))
+        problems = self.problems()
+        if problems:
+            lines.append("Not usable: " + "; ".join(f"'{name}' ({why})" for name, why in problems))
         return lines
 
     # ----------------------------------------------------------------------------------- library
 
-    def sync_library(self) -> None:
-        """Load concepts that appeared on disk (e.g. trained in a ZeroGPU worker) and drop deleted ones.
+    def visitor(self) -> str:
+        """The current visitor's key; noting that they are active (idle visitors' data expires)."""
+        visitor = self.visitors.key(current_caller())
+        self.visitors.seen(visitor, busy=lambda: {v for v, job in self.jobs.items() if job.running})
+        return visitor
 
-        Skipped while the model is busy: the running job's own concept set stays as it is.
-        """
+    @property
+    def library(self) -> ConceptLibrary:
+        """The current visitor's own library (the only one they can add to or delete from)."""
+        return self.visitors.library(self.visitor())
+
+    def _scan(self) -> tuple[dict[str, Concept], list[tuple[str, str]]]:
+        """The concepts the current visitor may use (shared examples, then their own), and the folders that are
+        not usable with why: broken files, another base model, weights that do not fit this model."""
+        usable: dict[str, Concept] = {}
+        problems: list[tuple[str, str]] = []
+        for library in [self.shared, self.library] if self.shared else [self.library]:
+            concepts, broken = library.scan()
+            problems += broken
+            for concept in concepts:
+                refused = self._refused.get((str(concept.path), concept.version))
+                if concept.base_fingerprint != self.pipe.components.fingerprint:
+                    problems.append((concept.name, f"trained on another base model, {concept.base_model}"))
+                elif refused:
+                    problems.append((concept.name, refused))
+                else:
+                    usable[concept.name] = concept
+        return usable, problems
+
+    def problems(self) -> list[tuple[str, str]]:
+        return self._scan()[1]
+
+    def sync_library(self) -> None:
+        """Make the model's concepts the current visitor's, as they are on disk now, if the model is free.
+
+        Skipped while the model is busy: every job syncs again, under the model lock, before it starts."""
         if self.model_lock.acquire(blocking=False):
             try:
                 self._sync_library()
@@ -146,57 +190,120 @@ class Studio:
                 self.model_lock.release()
 
     def _sync_library(self) -> None:
-        on_disk = {c.name: c for c in self.library.list()}
-        for name in [n for n in self.pipe.concepts if n not in on_disk]:
-            self.pipe.unload_concept(name)
-        self.skipped = []
-        for name, concept in on_disk.items():
+        """Load what the visitor may use and is not loaded, or changed on disk since; unload everything else.
+
+        Called with the model lock held, so a delete or a replacement takes effect before the next job starts. A
+        concept whose weights do not fit the model is remembered as refused (reported, never retried unchanged)."""
+        wanted, _ = self._scan()
+        for name in list(self.pipe.concepts):
+            concept = wanted.get(name)
+            if concept is None or self._loaded_versions.get(name) != concept.version \
+                    or self.pipe.concepts[name].path != concept.path:
+                self.pipe.unload_concept(name)
+                self._loaded_versions.pop(name, None)
+        for name, concept in wanted.items():
             if name in self.pipe.concepts:
                 continue
-            if concept.base_fingerprint != self.pipe.components.fingerprint:
-                self.skipped.append(name)
+            try:
+                self._check_fits(concept)
+                self.pipe.load_concept(concept)
+            except PACGenError as error:
+                self._refused[(str(concept.path), concept.version)] = str(error)
                 continue
-            self.pipe.load_concept(concept)
+            self._loaded_versions[name] = concept.version
+
+    def _check_fits(self, concept: Concept) -> None:
+        check_lora_fits(self.pipe.components.unet, read_lora_file(concept.lora_path))
 
     def concept_names(self) -> list[str]:
-        return sorted(self.pipe.concepts)
+        """The concepts the current visitor can put in a box."""
+        return sorted(self._scan()[0])
 
     def concepts(self) -> list[Concept]:
-        return self.library.list()
+        """The current visitor's library and the shared examples, as cards show them."""
+        own = self.library.list()
+        return (self.shared.list() if self.shared else []) + own
 
     def newest_concept(self) -> str | None:
         """The usable concept trained or imported last: what a user most likely wants to compose with next."""
-        usable = [c for c in self.library.list() if self.usable(c)]
+        usable = list(self._scan()[0].values())
         return max(usable, key=lambda c: c.created).name if usable else None
 
-    def usable(self, concept: Concept) -> bool:
-        return concept.name in self.pipe.concepts
+    def is_shared(self, name: str) -> bool:
+        return self.shared is not None and any(c.name == name for c in self.shared.list())
 
     def list_concepts(self) -> list[dict]:
-        """The library as plain data (for API clients)."""
+        """The current visitor's concepts as plain data (for API clients)."""
+        usable = self._scan()[0]
         return [{"name": c.name, "identifier": c.identifier, "class_noun": c.class_noun, "base_model": c.base_model,
-                 "created": c.created, "usable": self.usable(c)} for c in self.library.list()]
+                 "created": c.created, "usable": c.name in usable, "shared": self.is_shared(c.name)}
+                for c in self.concepts()]
 
     def delete(self, name: str, confirmed: bool) -> str:
         if not name:
             raise ConceptError("choose a concept to delete")
+        if self.is_shared(name):
+            raise ConceptError(f"'{name}' is a shared example concept: it cannot be deleted")
         if not confirmed:
             raise ConceptError(f"tick 'confirm' to delete '{name}': this cannot be undone")
         self.library.delete(name)
         self.sync_library()
         return f"Deleted '{name}'."
 
-    def export(self, name: str, dest: str | Path) -> Path:
+    def export(self, name: str) -> Path:
+        """A zip of one of the visitor's concepts (or a shared one), in a folder Gradio may serve."""
         if not name:
             raise ConceptError("choose a concept to download")
-        return self.library.export_zip(name, dest)
+        library = self.shared if self.is_shared(name) else self.library
+        folder = Path(tempfile.mkdtemp(dir=self.export_dir))  # one folder per download: no clash between visitors
+        return library.export_zip(name, folder)
 
     def import_zip(self, path: str | None) -> str:
         if not path:
             raise ConceptError("choose a .zip file exported from PACGen Studio")
-        concept = self.library.import_zip(path, self.pipe.components.fingerprint)
+        visitor = self.visitor()
+        self.visitors.check_can_add(visitor, len(self.library.list()), _megabytes(path))
+        concept = self.library.import_zip(path, self.pipe.components.fingerprint, check=self._check_import)
         self.sync_library()
         return f"Imported '{concept.name}' ({concept.identifier} {concept.class_noun})."
+
+    def import_kohya(self, path: str | None, name: str, class_noun: str, trigger: str) -> str:
+        """Add a kohya/A1111-format SD-1.x LoRA file (kohya's scripts, civitai) as one of the visitor's concepts,
+        which prompts call up with its trigger word; the same limits and model check as a zip import."""
+        if not path:
+            raise ConceptError("choose a kohya-format LoRA file (.safetensors) to import")
+        visitor = self.visitor()
+        self.visitors.check_can_add(visitor, len(self.library.list()), _megabytes(path))
+        comp = self.pipe.components
+        concept = self.library.import_kohya(path, name, class_noun, trigger, comp.fingerprint, comp.model_id,
+                                            check=self._check_import)
+        self.sync_library()
+        return f"Imported '{concept.name}' ({concept.identifier} {concept.class_noun})."
+
+    def _check_import(self, concept: Concept) -> None:
+        """What an import must pass before it enters the visitor's library: a name no shared example has, and
+        weights that fit the loaded model."""
+        if self.is_shared(concept.name):
+            raise ConceptError(f"a shared example concept is already named '{concept.name}'; choose another name")
+        self._check_fits(concept)
+
+    def push_to_hub(self, name: str, repo_id: str, token: str = "") -> str:
+        """Upload one concept folder, without its photos, to the Hub model repo `repo_id` (private, created if
+        missing); a message with its URL.
+
+        The token is the visitor's own `token`, else, only where the app is not shared, the server's (`HF_TOKEN` or
+        `hf auth login`). A shared deployment never lends its token to visitors: they would push to, and could
+        overwrite repos of, the account that runs the app."""
+        if not name:
+            raise ConceptError("choose a concept to push")
+        token = token.strip() if isinstance(token, str) else ""
+        if not token and self.policy.isolated:
+            raise HubError("paste your own Hugging Face write token to push: this app is shared, so its own token "
+                           "is never used for visitors (create one at huggingface.co/settings/tokens)")
+        library = self.shared if self.is_shared(name) else self.library
+        url = push_concept(library.get(name).path, repo_id.strip() if isinstance(repo_id, str) else "",
+                           token=token or None)
+        return f"Pushed '{name}' to {url} (a private repo; the photos stay here)."
 
     # ----------------------------------------------------------------------------------- training
 
@@ -209,55 +316,153 @@ class Studio:
         samples = augment_many(photos, count, self.size, AugmentConfig.with_strength(strength), seed=int(time.time()))
         return preview_grid(samples)
 
-    def estimate(self, class_noun: str, settings: TrainSettings) -> float:
-        """Seconds the training would take on this machine: sampling and training steps as measured here.
+    def estimate(self, class_noun: str, settings: TrainSettings, photos: int = 5) -> Estimate:
+        """How long the training would take here, phase by phase, from speeds measured on this machine and model.
 
-        A training step is timed once per method, batch and size (about a second on the embedded model). While
-        the model is busy, or on ZeroGPU (no GPU in this process), it is put at three forwards of its rows.
-        """
+        They are measured once per method, batch, size and rank (about a second on the embedded model). On
+        ZeroGPU (no GPU in this process) nominal figures stand in, and while the model is busy the last
+        measurement does, and the estimate says so."""
         settings = settings.checked()
-        rows = settings.batch_size * (2 if settings.prior_preservation else 1)
-        key = (settings.method, rows, settings.resolution, settings.rank, settings.gradient_checkpointing)
-        if key not in self.train_step_s and not os.environ.get("SPACES_ZERO_GPU") \
-                and self.model_lock.acquire(blocking=False):
-            try:
-                self.train_step_s[key] = measure_step_seconds(self.pipe, settings)
-            finally:
-                self.model_lock.release()
-        train_step = self.train_step_s.get(key, self.step_s * 1.5 * rows)
-        return estimate_seconds(self.pipe, self.library, class_noun, settings, self.step_s, train_step)
+        key = (settings.method, settings.batch_size, settings.prior_preservation, settings.resolution, settings.rank,
+               settings.gradient_checkpointing)
+        if os.environ.get("SPACES_ZERO_GPU"):
+            rates = ZERO_GPU_RATES
+        else:
+            if key not in self.rates and self.model_lock.acquire(blocking=False):
+                try:
+                    self.rates[key] = measure_rates(self.pipe, settings)
+                finally:
+                    self.model_lock.release()
+            rates = self.rates.get(key) or replace(
+                next(iter(self.rates.values()), ZERO_GPU_RATES),
+                source="measured for other settings (the model is busy now)")
+        return estimate_seconds(self.pipe, self.root, class_noun, settings, rates, photos=max(photos, 3))
 
     def train(self, files: list[str] | None, name: str, class_noun: str,
               settings: TrainSettings) -> Iterator[TrainEvent]:
-        """Train and stream events; the last one carries the new concept, already usable in Compose.
-
-        A cancel ends the stream with a `TrainingCancelled` event message and nothing saved.
-        """
+        """Start a training job for the current visitor and stream its events; the last one carries the new
+        concept, already usable in Compose. The job belongs to the app: closing this stream (a closed tab) leaves
+        it running, and `follow_training` picks it up again. A cancel ends it with a "cancelled" event."""
+        visitor, library = self.visitor(), self.library
+        self.visitors.check_can_add(visitor, len(library.list()))
         if not self.training_lock.acquire(blocking=False):
-            raise PACGenError("another training is running; wait for it to finish (only one runs at a time)")
-        self.cancel_event.clear()
+            mine = visitor in self.jobs and self.jobs[visitor].running
+            raise PACGenError("your training is still running: wait for it or cancel it" if mine else
+                              "another training is running; wait for it to finish (only one runs at a time)")
         try:
-            with self.model_lock:
-                yield from train_concept(self.pipe, list(files or []), name, class_noun, settings, self.library,
-                                         self.cancel_event)
-        except TrainingCancelled:
-            yield TrainEvent("cancelled", 0, settings.steps, message="Training cancelled: nothing was saved.")
-        finally:
+            self.visitors.start_training(visitor)
+            if self.is_shared((name or "").strip()):
+                raise ConceptError(f"a shared example concept is already named '{name.strip()}'; choose another")
+        except PACGenError:
             self.training_lock.release()
+            raise
+        files = list(files or [])
+
+        def run(cancel: threading.Event) -> Iterator[TrainEvent]:
+            try:  # on the job's own thread, still as the visitor who started it
+                with acting_as(Caller(visitor=visitor)), self.model_lock:
+                    self._sync_library()
+                    if os.environ.get("SPACES_ZERO_GPU"):  # in GPU calls that fit ZeroGPU's limits, resumable
+                        yield from train_in_chunks(self.pipe, library, self.root, files, name, class_noun, settings,
+                                                   cancel, runner=self._chunk_runner)
+                    else:
+                        yield from train_concept(self.pipe, files, name, class_noun, settings, library, cancel,
+                                                 cache_dir=self.root)
+            except TrainingCancelled:
+                yield TrainEvent("cancelled", 0, settings.steps, message="Training cancelled: nothing was saved.")
+
+        job = self.jobs[visitor] = TrainingJob(visitor, run, on_exit=self.training_lock.release)
+        yield from job.follow()
+
+    def follow_training(self) -> Iterator[TrainEvent]:
+        """The current visitor's running or last training, from its first event, then live until it ends; nothing
+        if they have none. A failed job ends with a "failed" event carrying its message (no exception)."""
+        job = self.jobs.get(self.visitor())
+        if job is None:
+            return
+        try:
+            yield from job.follow()
+        except PACGenError as error:
+            yield TrainEvent("failed", 0, 0, message=str(error))
+
+    def training_active(self) -> bool:
+        job = self.jobs.get(self.visitor())
+        return job is not None and job.running
 
     def cancel(self) -> str:
-        if not self.training_lock.locked():
-            return "Nothing is training."
-        self.cancel_event.set()
+        job = self.jobs.get(self.visitor())
+        if job is None or not job.running:
+            return "Nothing of yours is training."
+        job.cancel()
         return "Cancelling…"
 
     # ----------------------------------------------------------------------------------- compose
 
-    def generate(self, prompt: str, negative_prompt: str, boxes: list[Box], settings: SampleSettings,
-                 progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+    def check_request(self, prompt: str, negative_prompt: str, boxes: list[Box], settings: SampleSettings) -> None:
+        """Refuse a request over this deployment's limits before it waits for the model."""
         if not boxes:
             raise PACGenError("draw at least one box on the canvas (or add a row to the box table)")
-        with self.model_lock:
+        limit = self.policy.max_prompt_chars
+        for label, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+            if isinstance(text, str) and len(text) > limit:
+                raise LimitError(f"the {label} is {len(text)} characters long; this app allows {limit}")
+            # Line breaks and tabs are only spacing in a prompt; other control characters are refused.
+            check_text(f"the {label}", " ".join(text.split()) if isinstance(text, str) else text, limit)
+        if self.policy.max_cost is not None:
+            cost = generation_cost(settings, sum(1 for b in boxes if b.concept), self.pipe.settings())
+            if cost > self.policy.max_cost:
+                raise LimitError(
+                    f"this request costs {cost:.1f}× a default generation (steps × images × image size × concept "
+                    f"boxes); this app allows {self.policy.max_cost:g}×: lower the steps, images or size")
+
+    def generate(self, prompt: str, negative_prompt: str, boxes: list[Box], settings: SampleSettings,
+                 progress: Callable[[int, int], None] | None = None,
+                 waiting: Callable[[str], None] | None = None, scene: PhotoSource | None = None) -> GenerationResult:
+        """Generate for the current visitor with their concepts, into the `scene` photo when one is given (only the
+        boxes change); `waiting(message)` is told when the model is busy (a training runs) and the request queues
+        behind it. Stops with a message past the policy's time limit."""
+        settings = self.pipe.settings(settings)
+        self.check_request(prompt, negative_prompt, boxes, settings)
+        if not self.model_lock.acquire(blocking=False):
+            if waiting:
+                waiting("waiting for a training to finish: the model runs one job at a time"
+                        if self.training_lock.locked() else "waiting for the model: another request is running")
+            self.model_lock.acquire()
+        try:
             self._sync_library()
+            started, limit = time.perf_counter(), self.policy.request_timeout_s
+
+            def step(i: int, total: int) -> None:
+                if limit is not None and time.perf_counter() - started > limit:
+                    raise LimitError(f"stopped after {limit:g} s, the time limit per request here: "
+                                     "lower the steps, images or size")
+                if progress:
+                    progress(i, total)
+
             return self.pipe(prompt, boxes=boxes, negative_prompt=negative_prompt or "", settings=settings,
-                             callback=progress)
+                             callback=step, scene=scene)
+        finally:
+            self.model_lock.release()
+
+
+def _megabytes(path: str | Path) -> float:
+    """An upload's size, for the disk quota (0 for a path that is not a file: the import then says what is wrong)."""
+    return Path(path).stat().st_size / 2**20 if Path(path).is_file() else 0.0
+
+
+def _remove_stale_exports() -> None:
+    """Export folders of app processes that are gone (killed, so their exit clean-up never ran)."""
+    for folder in Path(tempfile.gettempdir()).glob("pacgen-export-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

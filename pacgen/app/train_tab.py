@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import gradio as gr
 import pandas as pd
@@ -12,7 +13,6 @@ from ..settings import TrainSettings, surfaced
 from . import views
 from .fields import UI_ONLY, component, endpoint
 from .session import Studio
-from .zerogpu import gpu_task
 
 FIELDS = surfaced(TrainSettings)
 
@@ -27,6 +27,8 @@ class TrainTab:
     aug_button: gr.Button
     train_button: gr.Button
     cancel_button: gr.Button
+    use_button: gr.Button
+    example_buttons: list  # one per example object, with its thumbnail and full name
     photo_gallery: gr.Gallery
     aug_preview: gr.Image
     status: gr.Markdown
@@ -46,24 +48,47 @@ def build(studio: Studio) -> TrainTab:
             noun = gr.Textbox(label="Class noun (what it is)", placeholder="dog")
             with gr.Accordion("Advanced settings", open=False):
                 settings = [component(f, getattr(defaults, f.name)) for f in FIELDS]
-            estimate = gr.Markdown(estimate_text(studio, [], "", *[getattr(defaults, f.name) for f in FIELDS]))
+            estimate = gr.Markdown(estimate_text(studio, [], "", "", *[getattr(defaults, f.name) for f in FIELDS]))
             with gr.Row():
                 aug_button = gr.Button("Preview augmentation")
                 train_button = gr.Button("Train", variant="primary")
-                cancel_button = gr.Button("Cancel", variant="stop")
-            examples = studio.example_objects()
-            if examples:
-                gr.Examples([[list(map(str, e.photos)), e.name, e.class_noun] for e in examples],
-                            inputs=[photos, name, noun], label="Example objects")
+                cancel_button = gr.Button("Cancel", variant="stop", interactive=False)  # only while one runs
+            status = gr.Markdown(elem_id="train-status")
+            newest = studio.newest_concept()
+            use_button = gr.Button(use_label(newest), variant="primary", visible=bool(newest), elem_id="use-in-compose")
+            example_buttons = []
+            objects = studio.example_objects()
+            if objects:
+                gr.Markdown("**Example objects**: pick one to fill in its photos, name and class noun.")
+                with gr.Row(elem_classes=["example-objects"]):
+                    for obj in objects:
+                        button = gr.Button(views.example_label(obj), icon=str(obj.photos[0]), size="sm",
+                                           scale=0, min_width=140)
+                        example_buttons.append((button, obj))
         with gr.Column():
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
-            status = gr.Markdown()
             loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
-                                    label="Training loss", height=220)
-            previews = gr.Gallery(label="Previews at random boxes", columns=4, height=200, elem_id="previews")
+                                    label="Training loss (smoothed)", height=220)
+            # Shown at their own pixels (enlarged by whole pixels, never scaled by the gallery).
+            previews = gr.Gallery(label="Previews at random boxes", columns=4, height="auto", object_fit="none",
+                                  elem_id="previews")
             log = gr.Textbox(label="Log", lines=6, interactive=False)
-    return TrainTab(photos, name, noun, settings, estimate, aug_button, train_button, cancel_button, photo_gallery,
-                    aug_preview, status, loss_plot, previews, log)
+    return TrainTab(photos, name, noun, settings, estimate, aug_button, train_button, cancel_button, use_button,
+                    example_buttons, photo_gallery, aug_preview, status, loss_plot, previews, log)
+
+
+def use_label(newest: str | None) -> str:
+    """The 'Use in Compose' button names the concept it will place."""
+    return f"Use '{newest}' in Compose →" if newest else "Use in Compose →"
+
+
+def shown(events) -> Iterator[tuple]:
+    """The tab's outputs (status, loss plot, previews, log) after each training event."""
+    view = views.TrainView()
+    for event in events:
+        view.add(event)
+        yield view, (view.markdown(), pd.DataFrame(view.losses, columns=["step", "loss"]), view.previews,
+                     "\n".join(view.log))
 
 
 def settings_of(studio: Studio, values) -> TrainSettings:
@@ -71,9 +96,10 @@ def settings_of(studio: Studio, values) -> TrainSettings:
     return studio.defaults.training.override(**dict(zip([f.name for f in FIELDS], values)))
 
 
-def estimate_text(studio: Studio, files, class_noun, *values) -> str:
+def estimate_text(studio: Studio, files, name, class_noun, *values) -> str:
+    """The estimate for the tab's inputs (the same inputs as Train's; the name does not change it)."""
     settings = settings_of(studio, values)
-    return views.estimate(studio.estimate(class_noun or "", settings), settings.steps, len(files or []))
+    return views.estimate(studio.estimate(class_noun or "", settings, len(files or [])), settings.steps, len(files or []))
 
 
 def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
@@ -92,18 +118,38 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
     tab.aug_button.click(endpoint(preview, ["photos", "augment_strength"]), [tab.photos, strength], tab.aug_preview,
                          api_name="preview_augmentation")
 
-    @gpu_task(duration=1200)
+    # Not a GPU call itself: it follows the training job, whose work (on ZeroGPU, chunks of GPU calls) runs apart.
     def train(files, concept_name, class_noun, *values, progress=gr.Progress()):
-        shown = views.TrainView()
-        for event in studio.train(files, concept_name, class_noun, settings_of(studio, values)):
-            shown.add(event)
-            progress(shown.progress, desc=shown.status)
-            frame = pd.DataFrame(shown.losses, columns=["step", "loss"])
-            yield shown.status, frame, shown.previews, "\n".join(shown.log)
+        views.missing_fields(files, concept_name, class_noun)
+        for view, outputs in shown(studio.train(files, concept_name, class_noun, settings_of(studio, values))):
+            progress(view.progress, desc=view.status)
+            yield outputs
 
+    progress_outputs = [tab.status, tab.loss_plot, tab.previews, tab.log]
     # Not in the model's queue: a second training is refused at once, and generation waits on the model lock.
-    tab.train_button.click(
-        endpoint(train, names), inputs, [tab.status, tab.loss_plot, tab.previews, tab.log],
-        concurrency_limit=None, api_name="train",
-    ).then(refresh, outputs=refresh_outputs, **UI_ONLY)
-    tab.cancel_button.click(studio.cancel, outputs=tab.status, queue=False, api_name="cancel_training")
+    tab.train_button.click(lambda: gr.update(interactive=True), outputs=tab.cancel_button, queue=False, **UI_ONLY).then(
+        endpoint(train, names), inputs, progress_outputs, concurrency_limit=None, api_name="train",
+        show_progress_on=[tab.status],
+    ).then(refresh, outputs=refresh_outputs, **UI_ONLY).then(endpoint(lambda: cancel_state(studio), []),
+                                                              outputs=tab.cancel_button, **UI_ONLY)
+    tab.cancel_button.click(endpoint(studio.cancel, []), outputs=tab.status, queue=False, api_name="cancel_training")
+    for button, obj in tab.example_buttons:
+        button.click(lambda o=obj: ([str(p) for p in o.photos], o.name, o.class_noun),
+                     outputs=[tab.photos, tab.name, tab.noun], queue=False, **UI_ONLY)
+
+
+def cancel_state(studio: Studio):
+    """Cancel is enabled only while this visitor's training runs."""
+    return gr.update(interactive=studio.training_active())
+
+
+def reattach(tab: TrainTab, studio: Studio) -> tuple[object, list]:
+    """A page-load handler and its outputs: the visitor's running or last training, replayed from its first event
+    then live, so a reloaded or reopened tab shows it again; nothing changes when there is none."""
+    def follow():
+        yield cancel_state(studio), *[gr.update()] * 4
+        for _, outputs in shown(studio.follow_training()):
+            yield gr.update(), *outputs
+        yield cancel_state(studio), *[gr.update()] * 4
+
+    return endpoint(follow, []), [tab.cancel_button, tab.status, tab.loss_plot, tab.previews, tab.log]
