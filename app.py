@@ -72,7 +72,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
         browser = gr.BrowserState(None, storage_key="pacgen-visitor", secret=studio.visitors.browser_secret())
         demo.load(endpoint(studio.visitors.bind_browser_token, ["token"]), browser, browser, queue=False,
                   **UI_ONLY).then(refreshed, outputs=refresh_outputs, queue=False, **UI_ONLY
-                                  ).then(follow, outputs=follow_outputs, **UI_ONLY)  # a training still running
+                                  ).then(follow, outputs=follow_outputs, concurrency_limit=None,  # a training
+                                         **UI_ONLY)  # still running: followed for as long as it runs, by any page
 
         def use_in_compose():
             """After training: Compose, with a box for the newest concept and a prompt that uses it."""
@@ -127,10 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {error}") from None
     studio = Studio(args.model, args.data_dir, policy=policy, shared_dir=args.shared_concepts)
     demo = build_ui(studio)
-    # One job per endpoint at a time; the session's model lock then orders generation and training.
-    demo.queue(default_concurrency_limit=1, max_size=policy.queue_size).launch(
+    # One job per endpoint at a time; the session's model lock then orders generation and training. Shared: no
+    # queue-bypassing /run routes (every call has a session, so a visitor), and no internal error text on the page.
+    demo.queue(default_concurrency_limit=1, max_size=policy.queue_size, api_open=not policy.isolated).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth or None, css=CSS,
-        theme=gr.themes.Soft(), show_error=True,
+        theme=gr.themes.Soft(), show_error=not policy.isolated,
         max_file_size=f"{policy.max_upload_mb:g}mb" if policy.max_upload_mb else None,
     )
 

@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from PIL import Image
+
 from .errors import PACGenError
 from .kohya import KOHYA_FILE, read_kohya_file, write_kohya_file
 from .lora import LORA_FILE, LoraFileError, check_lora_header, read_lora_file, write_lora_file
@@ -48,6 +50,7 @@ MAX_README_BYTES = 256 * 2**10
 MAX_IMPORT_ENTRIES = 32  # an export has 5 files, up to 5 photos and maybe a folder entry
 _PHOTO = re.compile(rf"{PHOTOS_DIR}/\d{{1,2}}\.png")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_SIDE = 4096  # thumbnails and photos in an import; real ones are a few hundred pixels
 # What an OS adds when a user unzips and re-zips a folder (macOS Finder, Windows Explorer): skipped, not refused.
 _OS_CLUTTER = re.compile(r"(__MACOSX/.*|(.*/)?(\.DS_Store|Thumbs\.db|desktop\.ini))")
 STALE_STAGING_S = 600  # a staging folder this old whose process is gone is a leftover of a crash
@@ -550,8 +553,23 @@ def _unpack(archive: zipfile.ZipFile, member: zipfile.ZipInfo, folder: Path, cap
     except NotImplementedError:
         raise ConceptError(f"{zip_name}: {member.filename} uses a compression this app cannot read; export the "
                            "concept again") from None
-    if target.suffix == ".png" and _first_bytes(target, len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
-        raise ConceptError(f"{zip_name}: {member.filename} is not a PNG image")
+    if target.suffix == ".png" and not _sound_png(target):
+        raise ConceptError(f"{zip_name}: {member.filename} is not a readable PNG image of at most "
+                           f"{MAX_PNG_SIDE}×{MAX_PNG_SIDE} pixels")
+
+
+def _sound_png(path: Path) -> bool:
+    """A PNG that decodes completely, of a size a page can show: checked once at import, not on every page load."""
+    if _first_bytes(path, len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+        return False
+    try:
+        with Image.open(path) as image:
+            if max(image.size) > MAX_PNG_SIDE:
+                return False
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)

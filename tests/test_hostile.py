@@ -4,6 +4,7 @@ Each is refused with one line that names the problem and shows no server path, n
 staging folder is left empty, and the concepts already there still list.
 """
 
+import io
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import zipfile
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load as load_tensors, save as save_tensors
 
 from pacgen import concepts as concepts_module
@@ -27,7 +29,13 @@ from pacgen.mini.stand_ins import write_random_concept
 from pacgen.settings import MAX_SEED, SampleSettings, SettingsError, TrainSettings, from_mapping, kind
 from pacgen.text import check_text
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG = _png()
 Q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
 
 
@@ -127,7 +135,8 @@ def onto_fuser(state):
         (lambda f: with_meta(f, training=[1]), "'training' must be an object, not a list"),
         (lambda f: with_meta(f, base_fingerprint="0123"), "a different base model"),
         (lambda f: {k: v for k, v in f.items() if k != LORA_FILE}, "is not a concept export: it needs"),
-        (lambda f: {**f, "thumbnail.png": b"<svg onload=alert(1)>"}, "thumbnail.png is not a PNG image"),
+        (lambda f: {**f, "thumbnail.png": b"<svg onload=alert(1)>"}, "thumbnail.png is not a readable PNG image"),
+        (lambda f: {**f, "thumbnail.png": PNG[:40]}, "thumbnail.png is not a readable PNG image"),  # truncated
         (lambda f: {**f, "README.md": b"\0" * (10 * 2**20)}, "README.md is 10.0 MB; the limit is 256 KB"),
         (lambda f: {**f, "evil.pkl": b"x"}, "'evil.pkl', which is not part of a concept export"),
         (lambda f: {**f, "photos/0.jpg": b"x"}, "'photos/0.jpg', which is not part of a concept export"),

@@ -151,6 +151,7 @@ def test_a_broken_concept_on_disk_never_stops_the_app(tmp_path):
     key = next(iter(state))
     state[key] = state[key][:, :1].contiguous()  # a rank that does not match its partner
     save_file(state, bad.path / LORA_FILE)
+    (concepts / "good-one" / "thumbnail.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not the rest")  # truncated
     (concepts / "garbage").mkdir()
     (concepts / "garbage" / "concept.json").write_text('{"name": "garbage", "created": 5}')
 
@@ -159,7 +160,7 @@ def test_a_broken_concept_on_disk_never_stops_the_app(tmp_path):
     notices = " ".join(studio.notices())
     assert "'bad one'" in notices and "'garbage'" in notices and str(tmp_path) not in notices
     cards = library_tab.cards(studio)  # the Library tab says it too
-    assert "not usable: " in cards and "<li>garbage: " in cards
+    assert "not usable: " in cards and "<li>garbage: " in cards and "<b>good one</b>" in cards
     result = studio.generate("<good one>", "", [Box("<good one>", (0.1, 0.1, 0.6, 0.6))],
                              studio.pipe.settings(seed=0, num_inference_steps=2))
     assert result.images

@@ -188,3 +188,17 @@ def test_durations_come_from_the_arguments_and_stay_within_a_call(spaces):
 
     assert work(2) == 2 and work(100) == 100
     assert [c.duration for c in spaces.calls] == [20, zerogpu.MAX_CALL_S]  # computed per call, capped
+
+
+def test_a_worker_forked_while_a_training_holds_the_model_can_still_generate(spaces, tmp_path):
+    from pacgen.app.session import Studio
+
+    studio = Studio("tiny", tmp_path / "home", device="cpu")
+
+    @zerogpu.gpu_task(duration=lambda: 30)
+    def generate_in_worker():
+        box = [Box("a ball", (0.2, 0.2, 0.8, 0.8))]
+        return studio.generate("a ball", "", box, studio.pipe.settings(seed=0, num_inference_steps=2)).images[0].size
+
+    with studio.model_lock, studio.training_lock:  # this process is busy training
+        assert generate_in_worker() == (studio.size, studio.size)

@@ -14,7 +14,7 @@ from ..settings import SampleSettings, surfaced
 from . import views
 from .fields import UI_ONLY, component, endpoint
 from .session import Studio
-from .visitors import acting_as, current_caller
+from .visitors import Caller, acting_as
 from .zerogpu import ZERO_GPU_RATES, generation_seconds, gpu_task
 
 FIELDS = surfaced(SampleSettings)
@@ -156,7 +156,11 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
 
     def generate(prompt, negative_prompt, boxes, *values, progress=gr.Progress()):
         *values, show_boxes, scene = values
-        result = run(current_caller(), prompt, negative_prompt, boxes, values, scene,
+        # Before any GPU call: refuse what is over the limits, and resolve the visitor here (a worker's copy of the
+        # page-to-browser table may be older than this page).
+        studio.check_request(prompt, negative_prompt, views.boxes_from_rows(boxes, studio.concept_names()),
+                             settings_of(values))
+        result = run(Caller(visitor=studio.visitor()), prompt, negative_prompt, boxes, values, scene,
                      None if os.environ.get("SPACES_ZERO_GPU") else progress)
         return views.gallery(result, show_boxes), views.describe(result), result, result.seeds[0]
 

@@ -37,14 +37,15 @@ class TrainingJob:
         except PACGenError as error:  # a refusal or a failed run: shown to every follower, never a traceback
             self.error = error
         except Exception as error:  # noqa: BLE001 - the thread must always end the job, or followers wait forever
-            self.error = PACGenError(f"training failed: {type(error).__name__}: {error}")
+            self.error = PACGenError(f"training failed unexpectedly ({type(error).__name__}); nothing was saved, "
+                                     "and the server's log has the details")
             raise
         finally:
+            if self._on_exit:  # first: a follower told the job ended may start the next one at once
+                self._on_exit()
             with self._changed:
                 self.finished = True
                 self._changed.notify_all()
-            if self._on_exit:
-                self._on_exit()
 
     @property
     def running(self) -> bool:

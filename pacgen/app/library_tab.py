@@ -71,8 +71,9 @@ def build(studio: Studio) -> LibraryTab:
             kohya_button = gr.Button("Import LoRA")
             kohya_status = gr.Markdown(elem_id="kohya-status")
         with gr.Column():
-            gr.Markdown("#### Push to the Hub\nUploads the chosen concept (its LoRA, kohya copy and model card; not "
-                        "the photos) to a private model repo.")
+            gr.Markdown("#### Push to the Hub\nUploads the chosen concept (its LoRA, kohya copy, model card and "
+                        "thumbnail, which is made from your photos; not the photos themselves) to a private model "
+                        "repo.")
             hub_repo = gr.Textbox(label="Repo id", placeholder="your-name/my-dog", elem_id="hub-repo")
             hub_token = gr.Textbox(label="Hugging Face write token", type="password", elem_id="hub-token",
                                    info="Needed on a shared app; on your own machine HF_TOKEN or `hf auth login` "
@@ -85,9 +86,9 @@ def build(studio: Studio) -> LibraryTab:
 
 
 def wire(tab: LibraryTab, studio: Studio, refresh, refresh_outputs: list) -> None:
-    def list_concepts(request: gr.Request) -> list[dict]:
+    def list_concepts(request: gr.Request, profile: gr.OAuthProfile | None) -> list[dict]:
         """The caller's concepts as plain data (name, identifier, class noun, base model, created, usable, shared)."""
-        with acting_as(caller_of(request)):
+        with acting_as(caller_of(request, profile)):
             return studio.list_concepts()
 
     gr.api(list_concepts, api_name="list_concepts")

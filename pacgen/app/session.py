@@ -21,7 +21,9 @@ import torch
 from PIL import Image
 
 from ..augment import AugmentConfig, augment_many, preview_grid
-from ..concepts import Concept, ConceptError, ConceptLibrary, ExampleObject, example_objects
+from ..concepts import (
+    Concept, ConceptError, ConceptLibrary, ExampleObject, check_class_noun, check_name, example_objects,
+)
 from ..defaults import ModelDefaults
 from ..errors import PACGenError
 from ..hub import HubError, push_concept
@@ -34,9 +36,12 @@ from ..settings import SampleSettings, TrainSettings
 from ..text import check_text
 from ..training import Estimate, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
 from .jobs import TrainingJob
-from .zerogpu import ZERO_GPU_RATES, chunk_runner, train_in_chunks
+from .zerogpu import ZERO_GPU_RATES, chunk_runner, max_daily_quota_s, train_in_chunks
 from .visitors import Caller, LimitError, Policy, Visitors, acting_as, current_caller, generation_cost
 
+
+
+EXPORT_KEEP_S = 600  # downloads are served from Gradio's cache; our zips are kept only this long
 
 
 def hub_reachable(repo: str = DEFAULT_MODEL, timeout: float = 3.0) -> bool:
@@ -100,9 +105,14 @@ class Studio:
         atexit.register(shutil.rmtree, self.export_dir, True)
         _remove_stale_exports()
         self.sync_library()
-        # ZeroGPU forks its workers from this process: the chunk call must exist, bound to the pipe, before any fork.
+        # ZeroGPU forks its workers from this process: the chunk call must exist, bound to the pipe, before any fork;
+        # and a worker must not inherit a lock this process holds (a training's), or its generation would wait forever.
         self._chunk_runner = chunk_runner(self.pipe) if os.environ.get("SPACES_ZERO_GPU") else None
+        os.register_at_fork(after_in_child=self._fresh_locks)
         self.rates: dict[tuple, Rates] = {}  # measured speed of each kind of training work, by what changes it
+
+    def _fresh_locks(self) -> None:
+        self.training_lock, self.model_lock = threading.Lock(), threading.Lock()
 
     # ----------------------------------------------------------------------------------- the model
 
@@ -150,7 +160,8 @@ class Studio:
     def visitor(self) -> str:
         """The current visitor's key; noting that they are active (idle visitors' data expires)."""
         visitor = self.visitors.key(current_caller())
-        self.visitors.seen(visitor, busy=lambda: {v for v, job in self.jobs.items() if job.running})
+        for gone in self.visitors.seen(visitor, busy=lambda: {v for v, job in self.jobs.items() if job.running}):
+            self.jobs.pop(gone, None)  # their last training's events and previews go with their data
         return visitor
 
     @property
@@ -255,6 +266,9 @@ class Studio:
         if not name:
             raise ConceptError("choose a concept to download")
         library = self.shared if self.is_shared(name) else self.library
+        for old in self.export_dir.iterdir():  # Gradio has its own copy of each download once it is served
+            if time.time() - old.stat().st_mtime > EXPORT_KEEP_S:
+                shutil.rmtree(old, ignore_errors=True)
         folder = Path(tempfile.mkdtemp(dir=self.export_dir))  # one folder per download: no clash between visitors
         return library.export_zip(name, folder)
 
@@ -262,7 +276,7 @@ class Studio:
         if not path:
             raise ConceptError("choose a .zip file exported from PACGen Studio")
         visitor = self.visitor()
-        self.visitors.check_can_add(visitor, len(self.library.list()), _megabytes(path))
+        self.visitors.check_can_add(visitor, len(self.library.list()))  # disk: once unpacked, in _check_import
         concept = self.library.import_zip(path, self.pipe.components.fingerprint, check=self._check_import)
         self.sync_library()
         return f"Imported '{concept.name}' ({concept.identifier} {concept.class_noun})."
@@ -273,7 +287,7 @@ class Studio:
         if not path:
             raise ConceptError("choose a kohya-format LoRA file (.safetensors) to import")
         visitor = self.visitor()
-        self.visitors.check_can_add(visitor, len(self.library.list()), _megabytes(path))
+        self.visitors.check_can_add(visitor, len(self.library.list()))  # disk: once unpacked, in _check_import
         comp = self.pipe.components
         concept = self.library.import_kohya(path, name, class_noun, trigger, comp.fingerprint, comp.model_id,
                                             check=self._check_import)
@@ -285,6 +299,8 @@ class Studio:
         weights that fit the loaded model."""
         if self.is_shared(concept.name):
             raise ConceptError(f"a shared example concept is already named '{concept.name}'; choose another name")
+        unpacked_mb = sum(f.stat().st_size for f in concept.path.rglob("*") if f.is_file()) / 2**20
+        self.visitors.check_can_add(self.visitor(), len(self.library.list()), unpacked_mb)  # as it will be on disk
         self._check_fits(concept)
 
     def push_to_hub(self, name: str, repo_id: str, token: str = "") -> str:
@@ -345,33 +361,38 @@ class Studio:
         it running, and `follow_training` picks it up again. A cancel ends it with a "cancelled" event."""
         visitor, library = self.visitor(), self.library
         self.visitors.check_can_add(visitor, len(library.list()))
+        # What can be refused at once is, before the training counts against the hourly quota.
+        name = library.check_new_name(check_name(name))
+        class_noun = check_class_noun(class_noun)
+        if self.is_shared(name):
+            raise ConceptError(f"a shared example concept is already named '{name}'; choose another")
         if not self.training_lock.acquire(blocking=False):
             mine = visitor in self.jobs and self.jobs[visitor].running
             raise PACGenError("your training is still running: wait for it or cancel it" if mine else
                               "another training is running; wait for it to finish (only one runs at a time)")
-        try:
-            self.visitors.start_training(visitor)
-            if self.is_shared((name or "").strip()):
-                raise ConceptError(f"a shared example concept is already named '{name.strip()}'; choose another")
-        except PACGenError:
-            self.training_lock.release()
-            raise
         files = list(files or [])
+        zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
 
         def run(cancel: threading.Event) -> Iterator[TrainEvent]:
             try:  # on the job's own thread, still as the visitor who started it
-                with acting_as(Caller(visitor=visitor)), self.model_lock:
-                    self._sync_library()
-                    if os.environ.get("SPACES_ZERO_GPU"):  # in GPU calls that fit ZeroGPU's limits, resumable
+                with acting_as(Caller(visitor=visitor)):
+                    if zero_gpu:  # GPU calls in forked workers, resumable; this process's model stays free
                         yield from train_in_chunks(self.pipe, library, self.root, files, name, class_noun, settings,
-                                                   cancel, runner=self._chunk_runner)
+                                                   cancel, runner=self._chunk_runner, quota_s=max_daily_quota_s())
                     else:
-                        yield from train_concept(self.pipe, files, name, class_noun, settings, library, cancel,
-                                                 cache_dir=self.root)
+                        with self.model_lock:
+                            self._sync_library()
+                            yield from train_concept(self.pipe, files, name, class_noun, settings, library, cancel,
+                                                     cache_dir=self.root)
             except TrainingCancelled:
                 yield TrainEvent("cancelled", 0, settings.steps, message="Training cancelled: nothing was saved.")
 
-        job = self.jobs[visitor] = TrainingJob(visitor, run, on_exit=self.training_lock.release)
+        try:
+            self.visitors.start_training(visitor)
+            job = self.jobs[visitor] = TrainingJob(visitor, run, on_exit=self.training_lock.release)
+        except BaseException:  # the lock is the job's to release once it exists; before that, ours
+            self.training_lock.release()
+            raise
         yield from job.follow()
 
     def follow_training(self) -> Iterator[TrainEvent]:
@@ -443,11 +464,6 @@ class Studio:
                              callback=step, scene=scene)
         finally:
             self.model_lock.release()
-
-
-def _megabytes(path: str | Path) -> float:
-    """An upload's size, for the disk quota (0 for a path that is not a file: the import then says what is wrong)."""
-    return Path(path).stat().st_size / 2**20 if Path(path).is_file() else 0.0
 
 
 def _remove_stale_exports() -> None:

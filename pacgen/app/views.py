@@ -354,12 +354,18 @@ def cards(concepts: list[Concept], problems: list[tuple[str, str]]) -> str:
 
 
 def _thumbnail(path: Path) -> str:
-    """An inline thumbnail (no file route needed); an empty square where the file is missing."""
+    """An inline thumbnail (no file route needed); an empty square where the file is missing or unreadable, so
+    one bad file never breaks a page."""
+    empty = '<div class="card-thumb"></div>'
     if not path.is_file():
-        return '<div class="card-thumb"></div>'
-    with Image.open(path) as image:
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
+        return empty
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((256, 256))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="PNG")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return empty
     return f'<img class="card-thumb" alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 

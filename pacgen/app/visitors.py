@@ -25,7 +25,8 @@ from ..concepts import ConceptLibrary
 from ..errors import PACGenError
 from ..settings import SampleSettings
 
-LOCAL = "local"  # the one visitor of a single-user app (and of direct Python calls)
+LOCAL = "local"  # the one visitor of a single-user app
+NOBODY = "nobody"  # a shared app's call with no login and no session (the page being built): an empty library
 LAST_SEEN_FILE = ".last_seen"
 MAX_PAGES = 100_000  # page sessions remembered (the oldest are forgotten: their visitor reloads to come back)
 
@@ -196,26 +197,27 @@ class Visitors:
             return _hashed("browser", self._browsers[caller.session])
         if caller.session:
             return _hashed("session", caller.session)
-        return LOCAL
+        return NOBODY
 
     def library(self, visitor: str) -> ConceptLibrary:
         if not self.policy.isolated:
             return ConceptLibrary(self.root)
+        if visitor == NOBODY:  # nothing to see, and nowhere anyone else's data is
+            return ConceptLibrary(self.root / "nobody")
         return ConceptLibrary(self.root / "visitors" / visitor)
 
-    def seen(self, visitor: str, busy: Callable[[], set[str]] = set) -> None:
+    def seen(self, visitor: str, busy: Callable[[], set[str]] = set) -> list[str]:
         """Note activity (for expiry, at most once a minute per visitor) and, as often, remove visitors idle for
-        too long, except those `busy()` names (a training of theirs runs)."""
-        if not self.policy.isolated or visitor == LOCAL:
-            return
+        too long, except those `busy()` names (a training of theirs runs). Returns the visitors removed."""
+        if not self.policy.isolated or visitor in (LOCAL, NOBODY):
+            return []
         now = time.time()
         if now - self._last_seen.get(visitor, 0) > 60:
             self._last_seen[visitor] = now
             folder = self.root / "visitors" / visitor
             folder.mkdir(parents=True, exist_ok=True)
             (folder / LAST_SEEN_FILE).touch()
-        if now - self._swept > 60:
-            self.sweep(busy())
+        return self.sweep(busy()) if now - self._swept > 60 else []
 
     def sweep(self, busy: set[str] = frozenset()) -> list[str]:
         """Delete the data of visitors idle longer than the policy allows (never one in `busy`)."""

@@ -57,6 +57,12 @@ def gpu_task(duration: float | Callable[..., float]) -> Callable:
     return spaces.GPU(duration=_capped(duration))
 
 
+def max_daily_quota_s() -> float:
+    """The most GPU time any visitor has in a day (PRO): a Space cannot read a visitor's own remaining quota, so a
+    training that needs more than this is refused up front for everyone, and smaller ones are left to ZeroGPU."""
+    return float(max(DAILY_QUOTA_S.values()))
+
+
 def _capped(seconds: float) -> int:
     return int(min(MAX_CALL_S, max(1, math.ceil(seconds))))
 
