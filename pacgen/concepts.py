@@ -423,7 +423,7 @@ class ConceptLibrary:
         return target
 
     def import_zip(self, archive_path: str | Path, fingerprint: str,
-                   check: Callable[[Concept], None] | None = None) -> Concept:
+                   check: Callable[[Concept, dict], None] | None = None) -> Concept:
         """Add a concept from a zip made by `export_zip`; nothing enters the library unless all of it is sound.
 
         Accepted: at most `MAX_IMPORT_ENTRIES` entries, each one of the files an export holds (concept.json, the
@@ -446,7 +446,7 @@ class ConceptLibrary:
             return self._admit(staged, zip_name, fingerprint, check)
 
     def import_kohya(self, path: str | Path, name: str, class_noun: str, trigger: str, fingerprint: str,
-                     base_model: str, check: Callable[[Concept], None] | None = None) -> Concept:
+                     base_model: str, check: Callable[[Concept, dict], None] | None = None) -> Concept:
         """Add a kohya-format SD-1.x LoRA (kohya's scripts, civitai) as the concept `name`, a `class_noun` that a
         prompt calls up with its `trigger` word, on the loaded base model (`base_model`, `fingerprint`).
 
@@ -476,7 +476,7 @@ class ConceptLibrary:
             (staged / README_FILE).write_text(model_card(concept, 0, augmented=False))
             return self._admit(staged, path.name, fingerprint, check)
 
-    def _admit(self, staged: Path, where: str, fingerprint: str, check: Callable[[Concept], None] | None) -> Concept:
+    def _admit(self, staged: Path, where: str, fingerprint: str, check: Callable[[Concept, dict], None] | None) -> Concept:
         """What every import ends with, on a staged folder that holds all its files: the metadata checked field by
         field, the LoRA read in full, its kohya copy read (or written, for exports made before concepts had one),
         the base model compared and `check` run, then the one rename that commits it. Refusals start with `where`."""
@@ -491,7 +491,7 @@ class ConceptLibrary:
                 raise ConceptError(f"concept '{concept.name}' was trained on '{concept.base_model}', a "
                                    "different base model from the one loaded; it cannot be used here")
             if check is not None:
-                check(concept)
+                check(concept, state)  # the weights as read above: never read twice
             return self.commit(staged, concept)
         except PACGenError as error:
             raise ConceptError(f"{where}: {error}") from None

@@ -114,7 +114,7 @@ class PACGenPipeline:
 
     def load_concept(self, source: Concept | str | Path) -> Concept:
         """Attach a concept's LoRA under its own adapter name, in the model's dtype; refuse one trained on another
-        base model. Loading a name again replaces the earlier weights."""
+        base model or whose weights do not fit this UNet. Loading a name again replaces the earlier weights."""
         concept = source if isinstance(source, Concept) else Concept.load(source)
         own = self.components
         if concept.base_fingerprint != own.fingerprint:
@@ -123,7 +123,9 @@ class PACGenPipeline:
                 f"{concept.base_fingerprint}), not on the loaded model '{own.model_id}' ({own.fingerprint}); "
                 "retrain it on this model"
             )
-        state = {k: v.to(own.dtype) for k, v in lora.read_lora_file(concept.lora_path).items()}
+        state = lora.read_lora_file(concept.lora_path)
+        lora.check_lora_fits(own.unet, state)  # a clear refusal, before anything half-loads onto the UNet
+        state = {k: v.to(own.dtype) for k, v in state.items()}
         if concept.name in self.concepts:
             self.unload_concept(concept.name)
         lora.load_adapter(own.unet, state, concept.adapter_name)

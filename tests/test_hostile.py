@@ -58,8 +58,8 @@ def world(pipe, library, tmp_path):
     (kept.path / "thumbnail.png").write_bytes(PNG)
     fingerprint = pipe.components.fingerprint
 
-    def check(concept):
-        check_lora_fits(pipe.components.unet, read_lora_file(concept.lora_path))
+    def check(concept, state):
+        check_lora_fits(pipe.components.unet, state)
 
     library.import_zip(write_zip(tmp_path / "kept.zip", folder_files(kept.path).items()), fingerprint, check)
     new = write_random_concept(pipe, tmp_path / "src-new", "new one", "ohwx", seed=1)
@@ -187,7 +187,7 @@ def test_not_a_zip_and_the_check_callable_are_honoured(world):
     junk.write_bytes(b"hello, not a zip")
     assert_refused(world, junk, "junk.zip is not a zip file")
 
-    def refuse(concept):
+    def refuse(concept, state):
         raise ConceptError(f"'{concept.name}' is taken by a shared example")
 
     path = write_zip(world["tmp"] / "fine.zip", world["files"].items())
@@ -216,7 +216,7 @@ def test_two_imports_of_one_name_at_once_commit_once(world, monkeypatch):
 
     def import_once():
         try:
-            results.append(library.import_zip(path, world["fingerprint"], lambda c: both_checked.wait(10)).name)
+            results.append(library.import_zip(path, world["fingerprint"], lambda c, state: both_checked.wait(10)).name)
         except ConceptError as error:
             results.append(str(error))
 

@@ -189,7 +189,7 @@ def test_an_imported_kohya_lora_is_a_concept_that_predicts_as_the_original(pipe,
     path, expected = _kohya_of(unet, tmp_path)
     comp = pipe.components
     concept = library.import_kohya(path, "civitai dog", "dog", " ohwx ", comp.fingerprint, comp.model_id,
-                                   check=lambda c: lora.check_lora_fits(unet, lora.read_lora_file(c.lora_path)))
+                                   check=lambda c, state: lora.check_lora_fits(unet, state))
     assert (concept.identifier, concept.class_noun, concept.name) == ("ohwx", "dog", "civitai dog")
     assert (concept.path / KOHYA_FILE).is_file() and library.get("civitai dog").path == concept.path
     pipe.load_concept(concept)

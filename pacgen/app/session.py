@@ -28,7 +28,7 @@ from ..defaults import ModelDefaults
 from ..errors import PACGenError
 from ..hub import HubError, push_concept
 from ..layout import Box
-from ..lora import check_lora_fits, read_lora_file
+from ..lora import check_lora_fits
 from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, model_names
 from ..photos import PhotoSource, load_photos
 from ..sampling import GenerationResult, PACGenPipeline
@@ -216,15 +216,11 @@ class Studio:
             if name in self.pipe.concepts:
                 continue
             try:
-                self._check_fits(concept)
-                self.pipe.load_concept(concept)
+                self.pipe.load_concept(concept)  # checks that the weights fit the model before loading them
             except PACGenError as error:
                 self._refused[(str(concept.path), concept.version)] = str(error)
                 continue
             self._loaded_versions[name] = concept.version
-
-    def _check_fits(self, concept: Concept) -> None:
-        check_lora_fits(self.pipe.components.unet, read_lora_file(concept.lora_path))
 
     def concept_names(self) -> list[str]:
         """The concepts the current visitor can put in a box."""
@@ -246,8 +242,9 @@ class Studio:
     def list_concepts(self) -> list[dict]:
         """The current visitor's concepts as plain data (for API clients)."""
         usable = self._scan()[0]
+        shared = {c.name for c in self.shared.list()} if self.shared else set()
         return [{"name": c.name, "identifier": c.identifier, "class_noun": c.class_noun, "base_model": c.base_model,
-                 "created": c.created, "usable": c.name in usable, "shared": self.is_shared(c.name)}
+                 "created": c.created, "usable": c.name in usable, "shared": c.name in shared}
                 for c in self.concepts()]
 
     def delete(self, name: str, confirmed: bool) -> str:
@@ -294,14 +291,14 @@ class Studio:
         self.sync_library()
         return f"Imported '{concept.name}' ({concept.identifier} {concept.class_noun})."
 
-    def _check_import(self, concept: Concept) -> None:
+    def _check_import(self, concept: Concept, state: dict) -> None:
         """What an import must pass before it enters the visitor's library: a name no shared example has, and
         weights that fit the loaded model."""
         if self.is_shared(concept.name):
             raise ConceptError(f"a shared example concept is already named '{concept.name}'; choose another name")
         unpacked_mb = sum(f.stat().st_size for f in concept.path.rglob("*") if f.is_file()) / 2**20
         self.visitors.check_can_add(self.visitor(), len(self.library.list()), unpacked_mb)  # as it will be on disk
-        self._check_fits(concept)
+        check_lora_fits(self.pipe.components.unet, state)
 
     def push_to_hub(self, name: str, repo_id: str, token: str = "") -> str:
         """Upload one concept folder, without its photos, to the Hub model repo `repo_id` (private, created if
