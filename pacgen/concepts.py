@@ -49,7 +49,6 @@ MAX_IMAGE_BYTES = 8 * 2**20
 MAX_README_BYTES = 256 * 2**10
 MAX_IMPORT_ENTRIES = 32  # an export has 5 files, up to 5 photos and maybe a folder entry
 _PHOTO = re.compile(rf"{PHOTOS_DIR}/\d{{1,2}}\.png")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_SIDE = 4096  # thumbnails and photos in an import; real ones are a few hundred pixels
 # What an OS adds when a user unzips and re-zips a folder (macOS Finder, Windows Explorer): skipped, not refused.
 _OS_CLUTTER = re.compile(r"(__MACOSX/.*|(.*/)?(\.DS_Store|Thumbs\.db|desktop\.ini))")
@@ -529,11 +528,6 @@ def _import_plan(archive: zipfile.ZipFile, zip_name: str) -> list[tuple[zipfile.
     return plan
 
 
-def _first_bytes(path: Path, count: int) -> bytes:
-    with open(path, "rb") as file:
-        return file.read(count)
-
-
 def _unpack(archive: zipfile.ZipFile, member: zipfile.ZipInfo, folder: Path, cap: int, zip_name: str) -> None:
     """Write one entry into `folder`, counting the bytes as they come: past `cap` the import stops, whatever the
     zip's header claimed. The CRC is checked as the entry is read to its end."""
@@ -560,10 +554,8 @@ def _unpack(archive: zipfile.ZipFile, member: zipfile.ZipInfo, folder: Path, cap
 
 def _sound_png(path: Path) -> bool:
     """A PNG that decodes completely, of a size a page can show: checked once at import, not on every page load."""
-    if _first_bytes(path, len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
-        return False
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=["PNG"]) as image:  # PIL's PNG decoder only: it checks the signature
             if max(image.size) > MAX_PNG_SIDE:
                 return False
             image.load()

@@ -24,9 +24,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .errors import PACGenError
+from .settings import TRAINING_METHODS as METHODS  # one list of the methods; this module says what each trains
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-METHODS = ("lora", "lora-all", "full")
 BASE_ROW = "__base__"  # PEFT's name for "no adapter on this row"
 _ATTENTION = r"attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 _TARGETS = {

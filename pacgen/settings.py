@@ -15,7 +15,7 @@ from .augment import AugmentConfig
 from .errors import PACGenError
 
 SCHEDULER_NAMES = ("dpm++", "ddim", "euler", "pndm")
-TRAINING_METHODS = ("lora", "lora-all", "full")  # see pacgen.lora
+TRAINING_METHODS = ("lora", "lora-all", "full")  # what each trains: pacgen.lora
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; image k of a batch uses seed + k
 
 

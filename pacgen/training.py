@@ -395,12 +395,6 @@ def _preview_guess(pipe: PACGenPipeline) -> float:
     return PREVIEW_STEPS * timings["step_s"] * 1.5 + timings["encode_s"] + timings["decode_s"]
 
 
-def sample_step_seconds(pipe: PACGenPipeline, size: int | None = None) -> float:
-    """Seconds of one sampling step of two UNet rows (a plain generation) on this machine, at `size` (default: the
-    model's)."""
-    return _sampling_timings(pipe, size)["step_s"]
-
-
 def _sampling_timings(pipe: PACGenPipeline, size: int | None) -> dict[str, float]:
     """Timings of a short plain generation at `size`, after a one-step warm-up (first calls allocate)."""
     size = size or pipe.components.default_size
