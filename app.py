@@ -80,12 +80,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
             example = views.examples(studio.defaults.examples, studio.newest_concept())[0]
             return gr.Tabs(selected="compose"), example.prompt, views.rows_from_boxes(example.boxes), ""
 
-        size = [compose.setting("width"), compose.setting("height")]
         train.use_button.click(endpoint(use_in_compose, []), outputs=[tabs, compose.prompt, compose.table,
                                                                            compose.table_message],
                                queue=False, **UI_ONLY).then(
-            lambda rows, w, h: views.annotations_from_rows(rows, int(w), int(h)), [compose.table, *size],
-            compose.canvas, queue=False, **UI_ONLY)
+            compose_tab.redraw, compose.redraw_inputs, compose.canvas, queue=False, **UI_ONLY)
         train_tab.wire(train, studio, refreshed, refresh_outputs)
         compose_tab.wire(compose, studio)
         library_tab.wire(library, studio, refreshed, refresh_outputs)

@@ -44,6 +44,24 @@ class ComposeTab:
     def setting(self, name: str):
         return self.settings[[f.name for f in FIELDS].index(name)]
 
+    @property
+    def redraw_inputs(self) -> list:
+        """What `redraw` needs to draw the canvas: the table, the output size and the scene photo."""
+        return [self.table, self.setting("width"), self.setting("height"), self.scene]
+
+
+def fitted_scene(scene: str | None, width, height):
+    """The scene photo as the generator will use it (cropped and resized to the output), or None."""
+    try:
+        return load_scene(scene, int(width), int(height)) if scene else None
+    except PACGenError as error:  # page-internal events have no endpoint wrapper to turn it into a message
+        raise gr.Error(views.plain(str(error))) from None
+
+
+def redraw(rows, width, height, scene: str | None) -> dict:
+    """The canvas for the box table as it stands, on the scene photo if there is one (`ComposeTab.redraw_inputs`)."""
+    return views.annotations_from_rows(rows, int(width), int(height), fitted_scene(scene, width, height))
+
 
 def build(studio: Studio) -> ComposeTab:
     defaults = studio.pipe.settings()  # the model's sampling defaults, sizes filled in
@@ -94,22 +112,11 @@ def build(studio: Studio) -> ComposeTab:
 def wire(tab: ComposeTab, studio: Studio) -> None:
     width, height = tab.setting("width"), tab.setting("height")
 
-    def fitted(scene, w, h):
-        """The scene photo as the generator will use it (cropped and resized to the output), or None."""
-        try:
-            return load_scene(scene, int(w), int(h)) if scene else None
-        except PACGenError as error:  # a page-internal event: no endpoint wrapper to turn it into a message
-            raise gr.Error(views.plain(str(error))) from None
-
-    def show_table(rows, w, h, scene):
-        return views.annotations_from_rows(rows, int(w), int(h), fitted(scene, w, h))
-
     def table_edited(rows, previous, w, h, scene):
         """A table edit, checked as typed and drawn at once; the message says what was changed and why."""
         rows, messages = views.check_rows(rows, previous)
         # The table is sent back only when a value was changed, so the canvas's own change reads what was typed.
-        return (rows if messages else gr.skip(), views.annotations_from_rows(rows, int(w), int(h), fitted(scene, w, h)),
-                views.plain("  \n".join(messages)), rows)
+        return rows if messages else gr.skip(), redraw(rows, w, h, scene), views.plain("  \n".join(messages)), rows
 
     def canvas_changed(value, rows):
         """A box drawn, moved or deleted: the table follows, and the box takes its overlay colour."""
@@ -122,24 +129,22 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
     tab.table.input(table_edited,
                     [tab.table, tab.checked_rows, width, height, tab.scene],
                     [tab.table, tab.canvas, tab.table_message, tab.checked_rows], **quiet)
-    redraw = show_table
     for source in (width, height, tab.scene):
-        source.change(redraw, [tab.table, width, height, tab.scene], tab.canvas, **quiet)
+        source.change(redraw, tab.redraw_inputs, tab.canvas, **quiet)
     for button, example in zip(tab.example_buttons, tab.examples):
         button.click(lambda e=example: (e.prompt, views.rows_from_boxes(e.boxes), ""), outputs=[
-            tab.prompt, tab.table, tab.table_message], **quiet).then(redraw, [tab.table, width, height, tab.scene], tab.canvas,
-                                                                    **quiet)
+            tab.prompt, tab.table, tab.table_message], **quiet).then(redraw, tab.redraw_inputs, tab.canvas, **quiet)
 
     def settings_of(values) -> SampleSettings:
         return studio.pipe.settings(**dict(zip([f.name for f in FIELDS], values)))
 
-    def seconds_needed(caller, prompt, negative_prompt, boxes, values, scene, progress=None) -> float:
+    def seconds_needed(caller, prompt, negative_prompt, boxes, settings, scene, progress=None) -> float:
         """The GPU time a call declares on ZeroGPU, from its own arguments."""
-        rows = sum(1 for b in views.boxes_from_rows(boxes, []) if b.concept)
-        return generation_seconds(settings_of(values), rows, ZERO_GPU_RATES.sample_step_s, ZERO_GPU_RATES.size)
+        rows = sum(1 for b in boxes if b.concept)
+        return generation_seconds(settings, rows, ZERO_GPU_RATES.sample_step_s, ZERO_GPU_RATES.size)
 
     @gpu_task(duration=seconds_needed)
-    def run(caller, prompt, negative_prompt, boxes, values, scene, progress=None):
+    def run(caller, prompt, negative_prompt, boxes, settings, scene, progress=None):
         """The GPU part: on ZeroGPU a forked worker, so the caller travels as an argument (context does not) and
         the result is CPU objects only; `generate` syncs the visitor's concepts from disk on every call."""
         steps = waiting = None
@@ -151,22 +156,24 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
                 progress(0, desc=message)
 
         with acting_as(caller):
-            return studio.generate(prompt, negative_prompt, views.boxes_from_rows(boxes, studio.concept_names()),
-                                   settings_of(values), steps, waiting=waiting, scene=scene or None)
+            return studio.generate(prompt, negative_prompt, boxes, settings, steps, waiting=waiting,
+                                   scene=scene or None)
 
     def generate(prompt, negative_prompt, boxes, *values, progress=gr.Progress()):
         *values, show_boxes, scene = values
+        boxes = views.boxes_from_rows(boxes, studio.concept_names())
+        settings = settings_of(values)
         # Before any GPU call: refuse what is over the limits, and resolve the visitor here (a worker's copy of the
         # page-to-browser table may be older than this page).
-        studio.check_request(prompt, negative_prompt, views.boxes_from_rows(boxes, studio.concept_names()),
-                             settings_of(values))
-        result = run(Caller(visitor=studio.visitor()), prompt, negative_prompt, boxes, values, scene,
+        studio.check_request(prompt, negative_prompt, boxes, settings)
+        result = run(Caller(visitor=studio.visitor()), prompt, negative_prompt, boxes, settings, scene,
                      None if os.environ.get("SPACES_ZERO_GPU") else progress)
         return views.gallery(result, show_boxes), views.describe(result), result, result.seeds[0]
 
     names = ["prompt", "negative_prompt", "boxes", *[f.name for f in FIELDS], "show_boxes", "scene"]
     tab.generate_button.click(
-        endpoint(generate, names, optional=("scene",)), [tab.prompt, tab.negative, tab.table, *tab.settings, tab.show_boxes, tab.scene],
+        endpoint(generate, names, optional=("scene",)),
+        [tab.prompt, tab.negative, tab.table, *tab.settings, tab.show_boxes, tab.scene],
         [tab.results, tab.info, tab.last, tab.last_seed], api_name="generate",
         # Progress, waiting and errors show next to the button; the previous results stay in view meanwhile.
         show_progress_on=[tab.generate_status],
