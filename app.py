@@ -60,12 +60,11 @@ def build_ui(studio: Studio) -> gr.Blocks:
         def refreshed():
             """After anything that changes the library: every view of it, from disk, as this visitor sees it."""
             studio.sync_library()
-            names = studio.concept_names()
-            labels = views.label_choices(names, list(studio.defaults.examples))
-            newest = studio.newest_concept()
-            return (views.header(studio.status()), views.banner(studio.notices()), library_tab.cards(studio),
-                    gr.update(choices=names, value=None), gr.update(label_list=labels),
-                    gr.update(value=train_tab.use_label(newest), visible=bool(newest)))
+            view = studio.library_view()  # read once: every output below derives from it
+            labels = views.label_choices(view.names, list(studio.defaults.examples))
+            return (views.header(studio.status(view)), views.banner(studio.notices(view)), library_tab.cards(view),
+                    gr.update(choices=view.names, value=None), gr.update(label_list=labels),
+                    gr.update(value=train_tab.use_label(view.newest), visible=bool(view.newest)))
 
         refresh_outputs = [header, banner, library.cards, library.chosen, compose.canvas, train.use_button]
         follow, follow_outputs = train_tab.reattach(train, studio)

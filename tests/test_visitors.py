@@ -159,7 +159,7 @@ def test_a_broken_concept_on_disk_never_stops_the_app(tmp_path):
     assert studio.concept_names() == ["good one"]
     notices = " ".join(studio.notices())
     assert "'bad one'" in notices and "'garbage'" in notices and str(tmp_path) not in notices
-    cards = library_tab.cards(studio)  # the Library tab says it too
+    cards = library_tab.cards(studio.library_view())  # the Library tab says it too
     assert "not usable: " in cards and "<li>garbage: " in cards and "<b>good one</b>" in cards
     result = studio.generate("<good one>", "", [Box("<good one>", (0.1, 0.1, 0.6, 0.6))],
                              studio.pipe.settings(seed=0, num_inference_steps=2))

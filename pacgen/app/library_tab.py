@@ -10,7 +10,7 @@ import gradio as gr
 from . import views
 from .fields import UI_ONLY, caller_of, endpoint
 from .visitors import acting_as
-from .session import Studio
+from .session import LibraryView, Studio
 
 
 @dataclass
@@ -37,14 +37,14 @@ class LibraryTab:
     hub_status: gr.Markdown
 
 
-def cards(studio: Studio) -> str:
-    return views.cards(studio.concepts(), studio.problems())
+def cards(view: LibraryView) -> str:
+    return views.cards(view.listed, view.problems)
 
 
 def build(studio: Studio) -> LibraryTab:
     gr.Markdown("Concepts you trained or imported. Each card: name · identifier and class noun · base model · date. "
                 "Use one in **2 · Compose** by labelling a box with its name.")
-    gallery = gr.HTML(cards(studio), elem_id="library-cards")
+    gallery = gr.HTML(cards(studio.library_view()), elem_id="library-cards")
     with gr.Row():
         chosen = gr.Dropdown(studio.concept_names(), label="Concept", value=None, allow_custom_value=True,
                              elem_id="library-concept")

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -73,6 +73,25 @@ def resolve_model(requested: str) -> tuple[str, str]:
     raise ModelLoadError(f"{reason}, and the embedded model is missing from {MINI_DIR}: pass --model FOLDER.")
 
 
+@dataclass
+class LibraryView:
+    """One reading of what a visitor may use: the usable concepts by name, the folders and concepts that are not
+    usable with why, and every concept listed (shared examples first) as the cards show them."""
+
+    usable: dict[str, Concept]
+    problems: list[tuple[str, str]]
+    listed: list[Concept]
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.usable)
+
+    @property
+    def newest(self) -> str | None:
+        """The usable concept trained or imported last: what a user most likely wants to compose with next."""
+        return max(self.usable.values(), key=lambda c: c.created).name if self.usable else None
+
+
 class Studio:
     """Everything the app does, around one pipeline object that owns the GPU.
 
@@ -129,7 +148,7 @@ class Studio:
         factor = self.pipe.components.vae_scale_factor
         return 8 * factor // math.gcd(8, factor)
 
-    def status(self) -> dict:
+    def status(self, view: LibraryView | None = None) -> dict:
         comp = self.pipe.components
         device = comp.device
         if device.type == "cuda":
@@ -141,16 +160,16 @@ class Studio:
             memory = f"{psutil.Process().memory_info().rss / 2**30:.1f} GiB RAM"
             name = device.type.upper()
         return {"device": name, "model": comp.model_id, "dtype": str(comp.dtype).replace("torch.", ""),
-                "memory": memory, "concepts": len(self.concept_names()), "size": self.size}
+                "memory": memory, "concepts": len((view or self.library_view()).usable), "size": self.size}
 
-    def notices(self) -> list[str]:
+    def notices(self, view: LibraryView | None = None) -> list[str]:
         """What to expect on this machine and model; empty when running the real model on a GPU."""
         lines = [self.notice] if self.notice else []
         if self.pipe.components.device.type == "cpu":
             lines.append("Running on CPU: fine for the embedded models; the real SD-1.4 model needs a GPU.")
         if self.defaults.banner:
             lines.append(self.defaults.banner)
-        problems = self.problems()
+        problems = (view or self.library_view()).problems
         if problems:
             lines.append("Not usable: " + "; ".join(f"'{name}' ({why})" for name, why in problems))
         return lines
@@ -169,26 +188,23 @@ class Studio:
         """The current visitor's own library (the only one they can add to or delete from)."""
         return self.visitors.library(self.visitor())
 
-    def _scan(self) -> tuple[dict[str, Concept], list[tuple[str, str]]]:
-        """The concepts the current visitor may use (shared examples, then their own), and the folders that are
-        not usable with why: broken files, another base model, weights that do not fit this model."""
-        usable: dict[str, Concept] = {}
-        problems: list[tuple[str, str]] = []
+    def library_view(self) -> LibraryView:
+        """What the current visitor's libraries hold now (shared examples, then their own), read from disk once:
+        every list, count and report a page shows derives from one of these."""
+        view = LibraryView({}, [], [])
         for library in [self.shared, self.library] if self.shared else [self.library]:
             concepts, broken = library.scan()
-            problems += broken
+            view.listed += concepts
+            view.problems += broken
             for concept in concepts:
                 refused = self._refused.get((str(concept.path), concept.version))
                 if concept.base_fingerprint != self.pipe.components.fingerprint:
-                    problems.append((concept.name, f"trained on another base model, {concept.base_model}"))
+                    view.problems.append((concept.name, f"trained on another base model, {concept.base_model}"))
                 elif refused:
-                    problems.append((concept.name, refused))
+                    view.problems.append((concept.name, refused))
                 else:
-                    usable[concept.name] = concept
-        return usable, problems
-
-    def problems(self) -> list[tuple[str, str]]:
-        return self._scan()[1]
+                    view.usable[concept.name] = concept
+        return view
 
     def sync_library(self) -> None:
         """Make the model's concepts the current visitor's, as they are on disk now, if the model is free.
@@ -205,7 +221,7 @@ class Studio:
 
         Called with the model lock held, so a delete or a replacement takes effect before the next job starts. A
         concept whose weights do not fit the model is remembered as refused (reported, never retried unchanged)."""
-        wanted, _ = self._scan()
+        wanted = self.library_view().usable
         for name in list(self.pipe.concepts):
             concept = wanted.get(name)
             if concept is None or self._loaded_versions.get(name) != concept.version \
@@ -224,28 +240,21 @@ class Studio:
 
     def concept_names(self) -> list[str]:
         """The concepts the current visitor can put in a box."""
-        return sorted(self._scan()[0])
-
-    def concepts(self) -> list[Concept]:
-        """The current visitor's library and the shared examples, as cards show them."""
-        own = self.library.list()
-        return (self.shared.list() if self.shared else []) + own
+        return self.library_view().names
 
     def newest_concept(self) -> str | None:
-        """The usable concept trained or imported last: what a user most likely wants to compose with next."""
-        usable = list(self._scan()[0].values())
-        return max(usable, key=lambda c: c.created).name if usable else None
+        return self.library_view().newest
 
     def is_shared(self, name: str) -> bool:
         return self.shared is not None and any(c.name == name for c in self.shared.list())
 
     def list_concepts(self) -> list[dict]:
         """The current visitor's concepts as plain data (for API clients)."""
-        usable = self._scan()[0]
+        view = self.library_view()
         shared = {c.name for c in self.shared.list()} if self.shared else set()
         return [{"name": c.name, "identifier": c.identifier, "class_noun": c.class_noun, "base_model": c.base_model,
-                 "created": c.created, "usable": c.name in usable, "shared": c.name in shared}
-                for c in self.concepts()]
+                 "created": c.created, "usable": c.name in view.usable, "shared": c.name in shared}
+                for c in view.listed]
 
     def delete(self, name: str, confirmed: bool) -> str:
         if not name:
