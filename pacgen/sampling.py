@@ -457,12 +457,13 @@ class PACGenPipeline:
         unet, vae = self.components.unet, self.components.vae
         return unet.config.in_channels == 2 * vae.config.latent_channels + 1
 
-    @torch.inference_mode()
-    def encode_scene(self, photo: Image.Image) -> torch.Tensor:
-        """The fitted photo's latents (the mean of the VAE's posterior: one photo, one encoding, no RNG)."""
-        vae = self.components.vae
-        pixels = self.image_processor.preprocess(photo).to(device=vae.device, dtype=vae.dtype)
-        return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    @torch.no_grad()  # not inference mode: training feeds these latents to a UNet that records gradients
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """Latents of images (the mean of the VAE's posterior: one encoding each, no RNG), 16 at a time."""
+        comp = self.components
+        pixels = self.image_processor.preprocess(images).to(comp.device, comp.dtype)
+        chunks = [comp.vae.encode(chunk).latent_dist.mean for chunk in pixels.split(16)]
+        return torch.cat(chunks) * comp.vae.config.scaling_factor
 
     def _scene_guide(self, photo: Image.Image | None, region: np.ndarray | None,
                      noise: torch.Tensor) -> SceneGuide | None:
@@ -475,8 +476,8 @@ class PACGenPipeline:
             return SceneGuide(INPAINT, torch.zeros_like(noise[:1]), noise, torch.ones(noise.shape[2:], **to))
         generate = latent_mask(region, comp.vae_scale_factor).to(**to)
         if self.inpainting:  # the inpainting UNet was trained on hard masks: a touched cell is filled
-            return SceneGuide(INPAINT, self.encode_scene(photo), noise, (generate > 0).to(comp.dtype))
-        return SceneGuide(BLEND, self.encode_scene(photo), noise, generate)
+            return SceneGuide(INPAINT, self.encode_images([photo]), noise, (generate > 0).to(comp.dtype))
+        return SceneGuide(BLEND, self.encode_images([photo]), noise, generate)
 
     def _paste(self, decoded: list, photo: Image.Image, region: np.ndarray, output_type: str) -> list:
         """Each decoded image (floats in [0, 1]) in 8-bit pixels as PIL would store it, the photo pasted back."""

@@ -156,23 +156,15 @@ class _Batches:
     def __init__(self, pipe: PACGenPipeline, samples: list[Sample], captions: list[str], class_images: list[Image.Image],
                  prior_prompt: str):
         comp = pipe.components
-        self.latents = self._encode(pipe, [s.image for s in samples])
+        self.latents = pipe.encode_images([s.image for s in samples])
         size = self.latents.shape[-1]
         masks = torch.from_numpy(np.stack([s.mask for s in samples])).float()[:, None]
         self.masks = F.interpolate(masks, size=(size, size), mode="area").to(comp.device)
         unique = sorted(set(captions))
         table = dict(zip(unique, pipe.encode_prompts(unique)))
         self.text = torch.stack([table[c] for c in captions])
-        self.class_latents = self._encode(pipe, class_images) if class_images else None
+        self.class_latents = pipe.encode_images(class_images) if class_images else None
         self.class_text = pipe.encode_prompts([prior_prompt])[0] if class_images else None
-
-    @staticmethod
-    @torch.no_grad()
-    def _encode(pipe: PACGenPipeline, images: list[Image.Image]) -> torch.Tensor:
-        comp = pipe.components
-        pixels = pipe.image_processor.preprocess(images).to(comp.device, comp.dtype)
-        chunks = [comp.vae.encode(chunk).latent_dist.mean for chunk in pixels.split(16)]
-        return torch.cat(chunks) * comp.vae.config.scaling_factor
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: TrainSettings) -> torch.optim.Optimizer:
@@ -461,7 +453,7 @@ def measure_rates(pipe: PACGenPipeline, config: TrainSettings) -> Rates:
     blank = [Image.new("RGB", (size, size), (128, 128, 128))] * 2
     started = time.perf_counter()
     samples = augment_many(blank, 8, size, config.augmentation(), config.seed)
-    _Batches._encode(pipe, [sample.image for sample in samples])
+    pipe.encode_images([sample.image for sample in samples])
     encode_s = (time.perf_counter() - started) / len(samples)
     return Rates(timings["step_s"], timings["encode_s"] + timings["decode_s"], encode_s,
                  measure_step_seconds(pipe, config), size)
