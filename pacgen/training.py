@@ -368,12 +368,18 @@ class _Progress:
     preview_s: float = 0.0
     previews: int = 0
 
+    def step_s(self) -> float:
+        """The measured time of one optimisation step so far (0 before the first)."""
+        return self.train_s / self.step if self.step else 0.0
+
+    def per_preview_s(self, guess_s: float) -> float:
+        """The measured time of one preview, or `guess_s` before one was made."""
+        return self.preview_s / self.previews if self.previews else guess_s
+
     def eta(self, config: TrainSettings, preview_guess_s: float) -> float:
         """Remaining steps at the measured step time, plus remaining previews at the measured preview time."""
-        step_s = self.train_s / self.step if self.step else 0.0
-        preview_s = self.preview_s / self.previews if self.previews else preview_guess_s
         left = sum(1 for k in range(self.step + 1, config.steps + 1) if _previews_at(config, k))
-        return (config.steps - self.step) * step_s + left * preview_s
+        return (config.steps - self.step) * self.step_s() + left * self.per_preview_s(preview_guess_s)
 
 
 def _previews_at(config: TrainSettings, step: int) -> bool:
@@ -381,10 +387,15 @@ def _previews_at(config: TrainSettings, step: int) -> bool:
 
 
 def _preview_guess(pipe: PACGenPipeline) -> float:
-    """Seconds of one preview before any was timed: its sampling steps at three UNet rows (u, b, the concept), from
-    a short two-row generation timed here, plus the prompt encoding and decoding of one image."""
+    """Seconds of one preview before any was timed, from a short two-row generation timed here."""
     timings = pipe("a photo", num_inference_steps=2, seed=0).timings
-    return PREVIEW_STEPS * timings["step_s"] * 1.5 + timings["encode_s"] + timings["decode_s"]
+    return _preview_seconds(timings["step_s"], timings["encode_s"] + timings["decode_s"])
+
+
+def _preview_seconds(sample_step_s: float, image_s: float) -> float:
+    """One preview: its sampling steps at three UNet rows (u, b, the concept), measured as two-row steps, plus
+    encoding the prompt and decoding the image."""
+    return PREVIEW_STEPS * sample_step_s * 1.5 + image_s
 
 
 def _sampling_timings(pipe: PACGenPipeline, size: int | None) -> dict[str, float]:
@@ -489,7 +500,7 @@ def estimate_seconds(pipe: PACGenPipeline, cache: ConceptLibrary | Path, class_n
         "class images": missing * (config.class_image_steps * rates.sample_step_s + rates.image_s) * scale,
         "encoding": images * rates.encode_s * scale,
         "training steps": config.steps * rates.train_step_s * scale,
-        "previews": previews * (PREVIEW_STEPS * rates.sample_step_s * 1.5 + rates.image_s) * preview_scale,
+        "previews": previews * _preview_seconds(rates.sample_step_s, rates.image_s) * preview_scale,
     }
     basis = (f"{rates.source} at {rates.size} px: {rates.train_step_s:.2f} s per training step, "
              f"{rates.sample_step_s * 1000:.0f} ms per sampling step; {missing} class images to make, "
@@ -528,9 +539,8 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
         for step in range(progress.step + 1, config.steps + 1):
             if run.cancel.is_set():
                 raise TrainingCancelled("training cancelled")
-            step_s = progress.train_s / progress.step if progress.step else 0.0
-            preview_s = progress.preview_s / progress.previews if progress.previews else preview_guess
-            if not run.budget.allows(step_s + (preview_s if _previews_at(config, step) else 0.0)):
+            preview_s = progress.per_preview_s(preview_guess) if _previews_at(config, step) else 0.0
+            if not run.budget.allows(progress.step_s() + preview_s):
                 _write_checkpoint(run.checkpoint, {
                     "key": run.key, "identifier": concept.identifier, "elapsed_s": time.perf_counter() - run.started,
                     "progress": asdict(progress), "weights": [p.detach().cpu() for p in masters.params],

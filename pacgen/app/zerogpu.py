@@ -84,6 +84,11 @@ def generation_seconds(settings: SampleSettings, concept_rows: int, step_s: floa
     return seconds
 
 
+def cancel_flag(checkpoint: str | Path) -> Path:
+    """The file whose existence tells a worker training from `checkpoint` to stop."""
+    return Path(f"{checkpoint}.cancel")
+
+
 class _FlagFile(threading.Event):
     """A cancel event that a forked worker can see: set when the main process has created the file."""
 
@@ -107,7 +112,7 @@ def chunk_runner(pipe: PACGenPipeline) -> Callable[..., Iterator[TrainEvent]]:
     def chunk(*, library_root: str, cache_dir: str, files: list[PhotoSource], name: str, class_noun: str,
               settings: TrainSettings, checkpoint: str, budget_s: float, margin_s: float) -> Iterator[TrainEvent]:
         yield from train_concept(pipe, files, name, class_noun, settings, ConceptLibrary(library_root),
-                                 _FlagFile(Path(f"{checkpoint}.cancel")), cache_dir=Path(cache_dir),
+                                 _FlagFile(cancel_flag(checkpoint)), cache_dir=Path(cache_dir),
                                  checkpoint=Path(checkpoint), budget_s=budget_s)
 
     return chunk
@@ -140,7 +145,7 @@ def train_in_chunks(
         raise ZeroGPUError(f"this training needs about {_minutes(need)} of ZeroGPU time in {calls} call(s), more "
                            f"than the {_minutes(quota_s)} left of your daily quota: train fewer steps, or {ELSEWHERE}")
     checkpoint = library.root / "checkpoints" / slugify(name)
-    flag = Path(f"{checkpoint}.cancel")
+    flag = cancel_flag(checkpoint)
     flag.unlink(missing_ok=True)
     runner = runner or chunk_runner(pipe)
     remaining, step = estimate.seconds, 0
