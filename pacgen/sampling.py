@@ -436,8 +436,8 @@ class PACGenPipeline:
                 if guide is not None:
                     latents = guide.before_step(latents, scheduler, t)
                 model_in = scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
-                if guide is not None and guide.mode == INPAINT:
-                    model_in = torch.cat((model_in, guide.unet_extra(len(model_in))), dim=1)
+                if guide is not None:
+                    model_in = guide.model_input(model_in)
                 noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
                 if i < regional_steps:
                     base, *per_concept = guided(noise, len(rows), settings.guidance_scale)

@@ -114,19 +114,24 @@ class SceneGuide:
     def noised(self, scheduler, t: torch.Tensor) -> torch.Tensor:
         return scheduler.add_noise(self.latents.expand_as(self.noise), self.noise, t.reshape(1))
 
-    def unet_extra(self, batch: int) -> torch.Tensor:
-        """INPAINT's extra input channels for `batch` rows: the photo's kept latents, then the keep-mask."""
-        keep = 1 - self.generate
-        return torch.cat((self.latents * keep, keep[None, None]), dim=1).expand(batch, -1, -1, -1)
+    def __post_init__(self) -> None:
+        self.keep = 1 - self.generate  # computed once: every step reads it
+        # INPAINT's extra input channels: the photo's kept latents, then the keep-mask.
+        self.extra = torch.cat((self.latents * self.keep, self.keep[None, None]), dim=1)
+
+    def model_input(self, model_in: torch.Tensor) -> torch.Tensor:
+        """The UNet's input for this step: INPAINT adds its extra channels to every row, BLEND changes nothing."""
+        if self.mode != INPAINT:
+            return model_in
+        return torch.cat((model_in, self.extra.expand(len(model_in), -1, -1, -1)), dim=1)
 
     def before_step(self, latents: torch.Tensor, scheduler, t: torch.Tensor) -> torch.Tensor:
         if self.mode != INPAINT:
             return latents
-        keep = 1 - self.generate
-        return self.noised(scheduler, t) * keep + latents * (1 - keep)
+        return self.noised(scheduler, t) * self.keep + latents * (1 - self.keep)
 
     def after_step(self, latents: torch.Tensor, scheduler, next_t: torch.Tensor | None) -> torch.Tensor:
         if self.mode != BLEND:
             return latents
         photo = self.latents.expand_as(latents) if next_t is None else self.noised(scheduler, next_t)
-        return self.generate * latents + (1 - self.generate) * photo
+        return self.generate * latents + self.keep * photo
