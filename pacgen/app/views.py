@@ -168,7 +168,12 @@ def rows_after_drawing(value: dict | None, rows) -> list[list]:
         if same is not None:
             typed.remove(same)
         merged.append(row if same is None else [row[0], *(_number(v) for v in same[1:])])
-    return merged + [r for r in rows if not _drawable(r) and any(str(v).strip() not in ("", "nan", "None") for v in r)]
+    return merged + [r for r in rows if not _drawable(r) and not _blank(r)]
+
+
+def _blank(row) -> bool:
+    """A table row with nothing typed in it (Gradio sends empty cells as '', NaN or None)."""
+    return not row or all(str(v).strip() in ("", "nan", "None") for v in row)
 
 
 def check_rows(rows, previous) -> tuple[list[list], list[str]]:
@@ -242,7 +247,7 @@ def boxes_from_rows(rows, concept_names: list[str]) -> list[Box]:
     """Table rows -> boxes. A label naming a concept (with or without <>) becomes a concept reference."""
     boxes = []
     for index, row in enumerate(_as_rows(rows), start=1):
-        if not row or all(str(v).strip() in ("", "nan", "None") for v in row):
+        if _blank(row):
             continue
         if len(row) != 5:
             raise PACGenError(f"box {index}: expected 5 columns (label, x0, y0, x1, y1), got {len(row)}")
