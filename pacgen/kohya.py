@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_kohya
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .lora import FROZEN_MODULES, LoraFileError, method_modules
+from .lora import FROZEN_MODULES, LoraFileError, load_weights, method_modules
 
 KOHYA_FILE = "kohya_lora.safetensors"
 _PREFIX = "lora_unet_"
@@ -97,14 +96,7 @@ def read_kohya_file(path: str | Path, unet: UNet2DConditionModel | None = None) 
     no training method may change.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LoraFileError(f"{path.name} is missing")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise LoraFileError(f"{path.name} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
-    if not state:
-        raise LoraFileError(f"{path.name} holds no weights")
+    state = load_weights(path)
     allowed = set(method_modules(unet, "full")) if unet is not None else None
     for key in state:
         if key.startswith(("lora_te_", "lora_te1_", "lora_te2_")):
@@ -115,8 +107,6 @@ def read_kohya_file(path: str | Path, unet: UNet2DConditionModel | None = None) 
         if not match or FROZEN_MODULES.fullmatch(name) or (allowed is not None and name not in allowed):
             raise LoraFileError(f"{path.name} is not a kohya SD-1.x UNet LoRA a concept can use: '{key}' is not a "
                                 "LoRA factor of a UNet layer a concept may change")
-        if not state[key].is_floating_point() or not torch.isfinite(state[key]).all():
-            raise LoraFileError(f"{path.name}: '{key}' holds values that are not finite numbers (NaN or infinity)")
     out = {}
     for key, down in state.items():
         if not key.endswith(".lora_down.weight"):

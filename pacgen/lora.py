@@ -207,12 +207,22 @@ def check_lora_header(path: str | Path) -> None:
 
 def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a diffusers-format LoRA and check it only touches the UNet's own layers, with finite values."""
-    path = Path(path)
     check_lora_header(path)
+    return load_weights(path)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors weights file (ours or a kohya one), each finite; else a one-line LoraFileError
+    saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoraFileError(f"{path.name} is missing")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise LoraFileError(f"{path.name} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
+    if not state:
+        raise LoraFileError(f"{path.name} holds no weights")
     for key, tensor in state.items():
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise LoraFileError(f"{path.name}: '{key}' holds values that are not finite numbers (NaN or infinity)")
