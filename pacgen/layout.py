@@ -151,6 +151,23 @@ def with_concept_refs(prompt: str, names: list[str]) -> str:
     return ", ".join([p for p in [prompt.strip()] if p] + missing)
 
 
+# A boxed phrase as written in a prompt, with the joining word before it ("and a blue circle", ", a tree").
+_JOINED = r"(?:\s*(?:,|\band\b|\bwith\b|\bbeside\b|\bnext to\b|&|\+))?\s*(?<!\w){}(?!\w)"
+
+
+def without_phrases(prompt: str, phrases: list[str]) -> str:
+    """The prompt less the given boxed phrases (each with the word joining it on), outside concept references.
+
+    A concept's row draws only inside its box, so the words for what the other boxes hold (their colours above all)
+    have no business there: left in, they bleed into the concept."""
+    parts = CONCEPT_REF.split(prompt)  # odd items: the names inside <...>, left untouched
+    for k in range(0, len(parts), 2):
+        for phrase in sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True):
+            parts[k] = re.sub(_JOINED.format(re.escape(phrase)), "", parts[k], flags=re.IGNORECASE)
+    text = "".join(f"<{part}>" if k % 2 else part for k, part in enumerate(parts))
+    return re.sub(r"\s{2,}", " ", text).strip(" ,")
+
+
 def expand_prompt(prompt: str, words: dict[str, tuple[str, str]], active: set[str]) -> str:
     """Replace each `<name>` with `identifier class` when the concept is active, else with `class`.
 

@@ -2,9 +2,11 @@
 
 Per denoising step one batched UNet call evaluates every branch: the unconditional row `u`, the
 base row `b` (no LoRA, concepts written as their class noun) and one row `c_i` per concept (only
-that concept's LoRA, written as `identifier class`). Each branch gets classifier-free guidance
-against `u`; inside concept i's box the result comes from `c_i`, elsewhere from `b`, so the
-personalized weights never touch the background.
+that concept's LoRA, written as `identifier class`, and the prompt without the other boxes' phrases).
+Each branch gets classifier-free guidance against `u`, or under `concept_guidance="own"` each concept
+against its own unconditional row `u_i` through its LoRA (as diffusers guides a loaded LoRA); inside
+concept i's box the result comes from `c_i`, elsewhere from `b`, so the personalized weights never
+touch the background.
 
 With a scene photo (`pacgen.scene`) only the boxes, grown by a margin, are generated: the photo's latents steer
 every step outside them (blended latents, or the native conditioning of GLIGEN's inpainting UNet), and a final
@@ -32,6 +34,7 @@ from . import lora
 from .concepts import Concept, ConceptError
 from .layout import (
     MAX_BOXES, Box, LayoutError, check_boxes, clamp_box, concept_refs, expand_prompt, region_masks, with_concept_refs,
+    without_phrases,
 )
 from .models import DEFAULT_MODEL, Components, load_components
 from .photos import PhotoSource
@@ -59,11 +62,19 @@ class GenerationResult:
     scene: Image.Image | None = None  # the scene photo as fitted and used; None: the whole image was generated
 
 
-def guided(noise_pred: torch.Tensor, branches: int, scale: float) -> list[torch.Tensor]:
-    """Split a batched prediction into branches and apply CFG of each against the first (unconditional)."""
-    chunks = noise_pred.chunk(branches)
-    uncond = chunks[0]
-    return [uncond + scale * (chunk - uncond) for chunk in chunks[1:]]
+UNCOND = "negative"  # the name of an unconditional row in a batch of UNet rows
+
+
+def guided(noise_pred: torch.Tensor, rows: list[str], scale: float) -> list[torch.Tensor]:
+    """Split a batched prediction into its rows and apply CFG of each conditional row against the unconditional
+    row last before it (the first row, or a concept's own)."""
+    guided_rows = []
+    for row, chunk in zip(rows, noise_pred.chunk(len(rows))):
+        if row == UNCOND:
+            uncond = chunk
+        else:
+            guided_rows.append(uncond + scale * (chunk - uncond))
+    return guided_rows
 
 
 def blend(base: torch.Tensor, concepts: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
@@ -94,6 +105,7 @@ class _Plan:
     names: list[str]  # concepts used, in order of first mention
     regional: bool
     warnings: list[str]
+    phrases: list[str]  # the labels of the boxes that hold no concept
 
 
 class PACGenPipeline:
@@ -376,13 +388,15 @@ class PACGenPipeline:
         if self.token_count(prompt) > limit:
             warnings.append(f"the prompt is {self.token_count(prompt)} tokens long; the text encoder reads only the "
                             f"first {limit}")
-        return _Plan(prompt, names, regional, warnings)
+        return _Plan(prompt, names, regional, warnings, [b.label for b in boxes if not b.concept])
 
     def _branch_prompts(self, plan: _Plan, negative_prompt: str) -> dict[str, str]:
-        """The text of every UNet row: unconditional, base (concepts as class nouns), one per concept, all concepts."""
+        """The text of every UNet row: unconditional, base (concepts as class nouns), one per concept (without the
+        other boxes' phrases: that row draws only inside its box), all concepts."""
         words = {n: (self.concepts[n].identifier, self.concepts[n].class_noun) for n in plan.names}
-        prompts = {"negative": negative_prompt, "base": expand_prompt(plan.prompt, words, set())}
-        prompts.update({f"concept:{n}": expand_prompt(plan.prompt, words, {n}) for n in plan.names})
+        prompts = {UNCOND: negative_prompt, "base": expand_prompt(plan.prompt, words, set())}
+        own = without_phrases(plan.prompt, plan.phrases)
+        prompts.update({f"concept:{n}": expand_prompt(own, words, {n}) for n in plan.names})
         prompts["all concepts"] = expand_prompt(plan.prompt, words, set(plan.names))
         return prompts
 
@@ -410,18 +424,23 @@ class PACGenPipeline:
     def _denoise(self, latents: torch.Tensor, scheduler, embeds: dict[str, torch.Tensor], grounding: tuple,
                  masks: torch.Tensor, plan: _Plan, settings: SampleSettings, callback: StepCallback | None,
                  guide: SceneGuide | None = None) -> torch.Tensor:
-        """Regional steps batch u, b, c_1..c_N (each concept row through its own LoRA); whole-image steps batch u and
-        one row with every concept's LoRA on. Boxes steer the first `grounding_fraction` of the steps; a scene
-        photo's `guide` steers the latents outside the generated region around each step."""
+        """Regional steps batch u, b, c_1..c_N (each concept row through its own LoRA, after its own u_i under "own"
+        concept guidance); whole-image steps batch u and one row with every concept's LoRA on. Boxes steer the first
+        `grounding_fraction` of the steps; a scene photo's `guide` steers the latents outside the generated region
+        around each step."""
         comp = self.components
         n = settings.num_images
         timesteps = scheduler.timesteps
         grounded_steps = int(settings.grounding_fraction * len(timesteps))
         regional_steps = int(settings.regional_fraction * len(timesteps)) if plan.regional else 0
-        regional_rows = ["negative", "base"] + [f"concept:{name}" for name in plan.names]
-        whole_rows = ["negative", "all concepts"]
         adapters = [self.concepts[name].adapter_name for name in plan.names]
-        row_adapters = [a for a in [lora.BASE_ROW] * 2 + adapters for _ in range(n)]
+        own = [UNCOND] if settings.concept_guidance == "own" else []
+        regional_rows, row_adapters = [UNCOND, "base"], [lora.BASE_ROW] * 2
+        for name, adapter in zip(plan.names, adapters):
+            regional_rows += own + [f"concept:{name}"]
+            row_adapters += [adapter] * (len(own) + 1)
+        row_adapters = [a for a in row_adapters for _ in range(n)]
+        whole_rows = [UNCOND, "all concepts"]
         # Adapter routing is set once per phase: walking the UNet's modules every step costs milliseconds.
         with torch.inference_mode(), ExitStack() as routing:
             if regional_steps:
@@ -432,7 +451,7 @@ class PACGenPipeline:
                     lora.activate(comp.unet, adapters)
                 rows = regional_rows if i < regional_steps else whole_rows
                 hidden = torch.cat([embeds[r].expand(n, -1, -1) for r in rows])
-                kwargs = {"gligen": self._gligen_kwargs(grounding, len(rows), n)} if i < grounded_steps else None
+                kwargs = {"gligen": self._gligen_kwargs(grounding, rows, n)} if i < grounded_steps else None
                 if guide is not None:
                     latents = guide.before_step(latents, scheduler, t)
                 model_in = scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
@@ -440,10 +459,10 @@ class PACGenPipeline:
                     model_in = guide.model_input(model_in)
                 noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
                 if i < regional_steps:
-                    base, *per_concept = guided(noise, len(rows), settings.guidance_scale)
+                    base, *per_concept = guided(noise, rows, settings.guidance_scale)
                     eps = blend(base, per_concept, masks)
                 else:
-                    (eps,) = guided(noise, len(rows), settings.guidance_scale)
+                    (eps,) = guided(noise, rows, settings.guidance_scale)
                 latents = scheduler.step(eps, t, latents).prev_sample
                 if guide is not None:
                     latents = guide.after_step(latents, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None)
@@ -515,12 +534,14 @@ class PACGenPipeline:
         return coords, features, valid
 
     @staticmethod
-    def _gligen_kwargs(grounding: tuple, rows: int, num_images: int) -> dict[str, torch.Tensor]:
+    def _gligen_kwargs(grounding: tuple, rows: list[str], num_images: int) -> dict[str, torch.Tensor]:
         """Repeat one image's grounding over every row; the unconditional rows get null tokens."""
         coords, features, valid = grounding
-        batch = rows * num_images
+        batch = len(rows) * num_images
         masks = valid.expand(batch, -1).clone()
-        masks[:num_images] = 0
+        for k, row in enumerate(rows):
+            if row == UNCOND:
+                masks[k * num_images:(k + 1) * num_images] = 0
         return {
             "boxes": coords.expand(batch, -1, -1),
             "positive_embeddings": features.expand(batch, -1, -1),

@@ -136,6 +136,10 @@ class SampleSettings(_Checked):
                              label="Regional guidance (concepts only in their box)")
     regional_fraction: float = setting(1.0, "share of the steps that sample regionally; the rest apply every "
                                        "concept to the whole image", low=0.0, high=1.0, label="Regional fraction")
+    concept_guidance: str = setting(
+        "shared", "what each concept's row is guided against: the unconditional row it shares with the base model, or "
+        "its own through the concept's weights, as diffusers guides a loaded LoRA (one more UNet row per concept); "
+        "models may set their own", choices=("shared", "own"), label="Concept guidance")
     feather: int = setting(0, "soften box edges over this many latent cells", low=0, high=16, label="Feather")
     grounding_phrase: str = setting("class", "what a concept's box is grounded with: its class noun, or its "
                                     "identifier and class noun", choices=("class", "identifier"),
@@ -152,6 +156,11 @@ class SampleSettings(_Checked):
                                 "of the photo is kept exactly", low=0, high=128, label="Scene margin (px)")
     scene_feather: int = setting(8, "with a scene photo: width in pixels of the seam over which the generated region "
                                  "fades into the photo", low=0, high=128, label="Scene seam (px)")
+
+    def unet_rows(self, concepts: int) -> int:
+        """UNet rows per regional denoising step with this many concepts: the negative and base rows, and each
+        concept's row (after its own negative row under "own" concept guidance)."""
+        return 2 + concepts * (2 if self.concept_guidance == "own" else 1)
 
     def _cross_checks(self) -> None:
         if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:

@@ -3,6 +3,7 @@ import torch
 
 from pacgen.layout import (
     Box, LayoutError, cell_mask, expand_prompt, parse_box, region_masks, check_boxes, clamp_box, with_concept_refs,
+    without_phrases,
 )
 
 
@@ -86,3 +87,15 @@ def test_missing_concept_references_are_appended():
     assert with_concept_refs("a dog on grass", ["my dog"]) == "a dog on grass, <my dog>"
     assert with_concept_refs("<my dog> on grass", ["my dog"]) == "<my dog> on grass"
     assert with_concept_refs("", ["a", "a"]) == "<a>"
+
+
+@pytest.mark.parametrize("prompt, phrases, expected", [
+    ("a photo of <x> and a blue circle on grass", ["a blue circle"], "a photo of <x> on grass"),
+    ("a blue circle, <x> on grass", ["a blue circle"], "<x> on grass"),
+    ("A Blue Circle next to <x>", ["a blue circle"], "next to <x>"),
+    ("<a red star> and a red star", ["a red star"], "<a red star>"),  # a concept's name is left alone
+    ("a bluebird and <x>", ["blue"], "a bluebird and <x>"),  # whole words only
+    ("<x> with a hat (red)", ["a hat (red)"], "<x>"),
+])
+def test_without_phrases_drops_the_other_boxes_words(prompt, phrases, expected):
+    assert without_phrases(prompt, phrases) == expected

@@ -140,8 +140,8 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
 
     def seconds_needed(caller, prompt, negative_prompt, boxes, settings, scene, progress=None) -> float:
         """The GPU time a call declares on ZeroGPU, from its own arguments."""
-        rows = sum(1 for b in boxes if b.concept)
-        return generation_seconds(settings, rows, ZERO_GPU_RATES.sample_step_s, ZERO_GPU_RATES.size)
+        concepts = len({b.concept for b in boxes if b.concept})
+        return generation_seconds(settings, concepts, ZERO_GPU_RATES.sample_step_s, ZERO_GPU_RATES.size)
 
     @gpu_task(duration=seconds_needed)
     def run(caller, prompt, negative_prompt, boxes, settings, scene, progress=None):

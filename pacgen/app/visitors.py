@@ -109,10 +109,10 @@ def parse_logins(text: str | None) -> list[tuple[str, str]]:
 
 def generation_cost(settings: SampleSettings, concept_boxes: int, default: SampleSettings) -> float:
     """A request's cost in default generations: steps × images × pixels × UNet rows, relative to the model's
-    default settings with one concept box. Rows: the prompt and its negative, plus one per boxed concept."""
+    default settings with one concept box. Rows: see `SampleSettings.unet_rows`."""
 
     def units(s: SampleSettings, boxes: int) -> float:
-        return s.num_inference_steps * s.num_images * s.width * s.height * (2 + boxes)
+        return s.num_inference_steps * s.num_images * s.width * s.height * s.unet_rows(boxes)
 
     return units(settings, concept_boxes) / units(default, 1)
 

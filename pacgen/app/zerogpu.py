@@ -71,11 +71,11 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def generation_seconds(settings: SampleSettings, concept_rows: int, step_s: float, size: int = 512) -> float:
+def generation_seconds(settings: SampleSettings, concepts: int, step_s: float, size: int = 512) -> float:
     """The duration a Compose call declares: steps × images × pixels × UNet rows at `step_s` (one sampling step of
     two rows at `size` px, measured or nominal), with a margin. Refuses a request no single call can hold."""
     pixels = (settings.width or size) * (settings.height or size) / size ** 2
-    rows = 2 + concept_rows  # u, b and one per concept; whole-image steps use fewer
+    rows = settings.unet_rows(concepts)  # whole-image steps use fewer
     need = settings.num_inference_steps * settings.num_images * pixels * rows / 2 * step_s
     seconds = GENERATION_MARGIN_S + SAFETY * need
     if seconds > MAX_CALL_S:
