@@ -1,5 +1,6 @@
 """The mini scorer's model-free parts: artifact heuristic, colour localiser, and a tiny identity embedding."""
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,10 +10,11 @@ from PIL import Image
 from pacgen.mini.kit import KIT, kit_layouts, kit_photos
 from pacgen.mini.score.evaluate import held_out_scenes, zoom_out
 from pacgen.mini.score.fit import train_scorer
+from pacgen.mini.score.identity import colour_bleed, truth_identity
 from pacgen.mini.score.metrics import artifact_rate, box_iou, crop, iou, localise
 from pacgen.mini.score.net import Scorer
 from pacgen.mini.score.report import sample_sheet
-from pacgen.mini.world import PlacedObject, render
+from pacgen.mini.world import COLOURS, PlacedObject, render
 
 STEPS, MARGIN = 10, 0.25  # a 10-step scorer (2 s) separates own from other concepts by ~0.5 on average
 
@@ -84,3 +86,18 @@ def test_sample_sheet_puts_truth_beside_each_generated_image(scenes):
     assert sheet.size == (8 * 64, 2 * 64)
     pixels = np.asarray(sheet)
     assert pixels[:, 64:128].mean() < pixels[:, :64].mean()  # column 2 is the (black) generated image
+
+
+def test_colour_bleed_counts_the_neighbours_colour_not_a_wrong_layout():
+    """Bleed is the neighbour's colour taking the concept's face: the concept drawn as itself scores 0, drawn in
+    the neighbour's colour 1, and with its two colours swapped (a layout error, which identity counts) 0."""
+    concept, box, blue = KIT[1], (0.2, 0.2, 0.8, 0.8), COLOURS["blue"]  # teal and orange halves
+
+    def drawn(obj) -> Image.Image:
+        return render("grass", [PlacedObject(obj, box)], 64, np.random.default_rng(0))[0]
+
+    swapped = replace(concept, colours=concept.colours[::-1])
+    assert colour_bleed(drawn(concept), concept, box, blue) == 0.0
+    assert colour_bleed(drawn(replace(concept, colours=(blue, blue))), concept, box, blue) > 0.8
+    assert colour_bleed(drawn(swapped), concept, box, blue) == 0.0
+    assert truth_identity(drawn(swapped), concept, box) < truth_identity(drawn(concept), concept, box) - 0.3

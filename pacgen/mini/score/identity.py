@@ -58,10 +58,12 @@ def truth_identity(image: Image.Image, obj: Drawable, box: Box) -> float:
 
 def colour_bleed(image: Image.Image, obj: Drawable, box: Box, other: tuple[int, int, int]) -> float:
     """Share of the concept's face cells whose colour is nearer `other` (the colour of the phrase boxed beside it)
-    than the drawing's own colour there: how much the neighbour's colour leaked into the concept."""
+    than any colour the drawing's face has: how much the neighbour's colour leaked into the concept. A cell in the
+    concept's other colour is a layout error, which identity counts, not a leak."""
     found = localise(image, box) or box
     colours, face = drawing(obj)
-    generated = _grid(image, found)
-    to_own = np.linalg.norm(generated - colours, axis=2)
-    to_other = np.linalg.norm(generated - np.asarray(other, np.float32), axis=2)
-    return float((to_other < to_own)[face].mean())
+    palette = colours[face]  # (K, 3): the face's colours, blends at pattern edges included
+    generated = _grid(image, found)[face]
+    to_own = np.linalg.norm(generated[:, None] - palette[None], axis=2).min(axis=1)
+    to_other = np.linalg.norm(generated - np.asarray(other, np.float32), axis=1)
+    return float((to_other < to_own).mean())
