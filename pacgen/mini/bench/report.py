@@ -51,6 +51,11 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
     n = len(run.by_concept)
     recipes = "; ".join(f"`{m}`: " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "method")
                         for m, r in RECIPES.items())
+    defaults = bench.pipe.components.defaults
+    prior = (f"{args.class_images} class images per class noun for prior preservation"
+             if defaults.training.prior_preservation else "no prior preservation")
+    sampling = (f"guidance scale {defaults.sampling.guidance_scale}, concept guidance "
+                f"`{defaults.sampling.concept_guidance}`, grounding fraction {defaults.sampling.grounding_fraction}")
     lines = [
         "# mini benchmark: does a concept keep its look away from the photos' framing?", "",
         f"`python -m pacgen.mini.bench --model {args.model} --concepts {n} --steps {args.steps} --seeds {args.seeds}"
@@ -71,10 +76,11 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
         f"![grid]({stem}.png)", "",
         "## Settings", "",
         f"- {n} kit concepts, 5 photos each at {bench.size} px. Each training method's recipe on top of the model's "
-        f"defaults ({args.train_steps} steps, {args.class_images} class images per class noun for prior "
-        f"preservation): {recipes}. Augmentation: none (DreamBooth) or PACGen's default.",
+        f"defaults ({args.train_steps} steps, {prior}): {recipes}. Augmentation: none (DreamBooth) or PACGen's "
+        "default.",
         f"- Placements (normalised xyxy): {placements}. {args.seeds} images per method, concept and placement, "
-        f"one per background in turn ({', '.join(BACKGROUNDS)}), {args.steps} steps, default sampler and guidance.",
+        f"one per background in turn ({', '.join(BACKGROUNDS)}), {args.steps} steps, the model's default sampler "
+        f"and settings ({sampling}).",
         "- Prompts: `a photo of <concept> on <background>` (grounding phrase: the class noun); the GLIGEN baseline "
         "writes the class noun instead (`a photo of a star on grass`). Two-object scenes: "
         f"`a photo of <concept> and a <colour> <shape> on <background>`, boxes {PAIR_BOXES}, the colour the world "
