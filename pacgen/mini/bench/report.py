@@ -94,7 +94,7 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
         f"ground-truth background ({', '.join(f'{k} {v:.0f}' for k, v in bench.floors.items())}, 5x5 colour range) "
         "or lie on a long straight colour step; see `pacgen/mini/score/metrics.py`.",
         "- Keeps colours: share of two-object scenes in which at most 20% of the concept's face cells are nearer "
-        "the neighbour's colour than the concept's own there.",
+        "the neighbour's colour than any colour of the concept's face.",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
