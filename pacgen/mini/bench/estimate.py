@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipe = PACGenPipeline.from_pretrained(args.model, device="cpu")
     settings = pipe.components.defaults.training
-    print(f"{settings.method}, {settings.steps} steps, batch {settings.batch_size}, {settings.num_class_images} class "
-          f"images, a preview every {settings.preview_every} steps, 5 photos\n")
+    prior = f"{settings.num_class_images} class images" if settings.prior_preservation else "no prior preservation"
+    print(f"{settings.method}, {settings.steps} steps, batch {settings.batch_size}, {prior}, a preview every "
+          f"{settings.preview_every} steps, 5 photos\n")
     estimated, measured = defaultdict(float), defaultdict(float)
     for concept in KIT[: args.concepts]:
         library = ConceptLibrary(tempfile.mkdtemp(prefix="pacgen-estimate-"))  # no cached class images
