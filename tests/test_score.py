@@ -90,7 +90,7 @@ def test_sample_sheet_puts_truth_beside_each_generated_image(scenes):
 
 def test_colour_bleed_counts_the_neighbours_colour_not_a_wrong_layout():
     """Bleed is the neighbour's colour taking the concept's face: the concept drawn as itself scores 0, drawn in
-    the neighbour's colour 1, and with its two colours swapped (a layout error, which identity counts) 0."""
+    the neighbour's colour nearly 1, and with its two colours swapped (a layout error, which identity counts) 0."""
     concept, box, blue = KIT[1], (0.2, 0.2, 0.8, 0.8), COLOURS["blue"]  # teal and orange halves
 
     def drawn(obj) -> Image.Image:
