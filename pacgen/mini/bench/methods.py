@@ -28,7 +28,7 @@ AUGMENTATIONS: dict[str, AugmentConfig] = {
 # exactly its defaults here (tests/test_bench.py checks), so the benchmark measures what the app trains.
 RECIPES: dict[str, dict] = {
     "lora": {"method": "lora", "rank": 4, "learning_rate": 2e-4, "batch_size": 1},
-    "lora-all": {"method": "lora-all", "rank": 16, "learning_rate": 1e-3, "batch_size": 4},
+    "lora-all": {"method": "lora-all", "rank": 16, "learning_rate": 5e-4, "batch_size": 4},
     "full": {"method": "full", "rank": 32, "learning_rate": 1e-4, "batch_size": 4},
 }
 
