@@ -160,10 +160,12 @@ def without_phrases(prompt: str, phrases: list[str]) -> str:
 
     A concept's row draws only inside its box, so the words for what the other boxes hold (their colours above all)
     have no business there: left in, they bleed into the concept."""
+    patterns = [re.compile(_JOINED.format(re.escape(phrase)), re.IGNORECASE)
+                for phrase in sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True)]
     parts = CONCEPT_REF.split(prompt)  # odd items: the names inside <...>, left untouched
     for k in range(0, len(parts), 2):
-        for phrase in sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True):
-            parts[k] = re.sub(_JOINED.format(re.escape(phrase)), "", parts[k], flags=re.IGNORECASE)
+        for pattern in patterns:
+            parts[k] = pattern.sub("", parts[k])
     text = "".join(f"<{part}>" if k % 2 else part for k, part in enumerate(parts))
     return re.sub(r"\s{2,}", " ", text).strip(" ,")
 
