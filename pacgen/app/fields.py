@@ -67,8 +67,7 @@ def endpoint(fn: Callable, names: list[str], optional: tuple[str, ...] = ()) -> 
         @functools.wraps(fn)
         def wrapped(*args):
             values, extra, caller = split(args)
-            with acting_as(caller):
-                steps = fn(*values, **extra)
+            steps = fn(*values, **extra)  # a generator: its body runs at each next(), as the caller below
             try:
                 while True:
                     with acting_as(caller):

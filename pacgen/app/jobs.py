@@ -4,7 +4,6 @@ and any page of its owner can follow it again, from its first event, while it ru
 from __future__ import annotations
 
 import threading
-import time
 from typing import Callable, Iterator
 
 from ..errors import PACGenError
@@ -22,7 +21,6 @@ class TrainingJob:
         self.events: list[TrainEvent] = []
         self.error: PACGenError | None = None
         self.finished = False
-        self.started = time.time()
         self._changed = threading.Condition()
         self._on_exit = on_exit
         self._thread = threading.Thread(target=self._work, args=(run,), name=f"training-{owner[:8]}", daemon=True)
