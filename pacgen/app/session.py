@@ -37,7 +37,8 @@ from ..text import check_text
 from ..training import Estimate, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
 from .jobs import TrainingJob
 from .zerogpu import ZERO_GPU_RATES, chunk_runner, max_daily_quota_s, train_in_chunks
-from .visitors import Caller, LimitError, Policy, Visitors, acting_as, current_caller, generation_cost
+from .visitors import (Caller, LimitError, Policy, Visitors, acting_as, current_caller, folder_mb,
+                       generation_cost)
 
 
 
@@ -305,8 +306,7 @@ class Studio:
         weights that fit the loaded model."""
         if self.is_shared(concept.name):
             raise ConceptError(f"a shared example concept is already named '{concept.name}'; choose another name")
-        unpacked_mb = sum(f.stat().st_size for f in concept.path.rglob("*") if f.is_file()) / 2**20
-        self.visitors.check_can_add(self.visitor(), len(self.library.list()), unpacked_mb)  # as it will be on disk
+        self.visitors.check_can_add(self.visitor(), len(self.library.list()), folder_mb(concept.path))  # as on disk
         check_lora_fits(self.pipe.components.unet, state)
 
     def push_to_hub(self, name: str, repo_id: str, token: str = "") -> str:

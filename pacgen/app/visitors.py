@@ -107,6 +107,13 @@ def parse_logins(text: str | None) -> list[tuple[str, str]]:
     return logins
 
 
+def folder_mb(folder: Path) -> float:
+    """Megabytes of the files under `folder` (0 when it does not exist)."""
+    if not folder.is_dir():
+        return 0.0
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
 def generation_cost(settings: SampleSettings, concept_boxes: int, default: SampleSettings) -> float:
     """A request's cost in default generations: steps × images × pixels × UNet rows, relative to the model's
     default settings with one concept box. Rows: see `SampleSettings.unet_rows`."""
@@ -236,10 +243,7 @@ class Visitors:
         return removed
 
     def disk_mb(self, visitor: str) -> float:
-        folder = self.library(visitor).concepts_dir
-        if not folder.is_dir():
-            return 0.0
-        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+        return folder_mb(self.library(visitor).concepts_dir)
 
     def check_can_add(self, visitor: str, kept: int, adding_mb: float = 0.0) -> None:
         """Refuse a new concept over the visitor's concept count or disk quota."""
