@@ -25,7 +25,7 @@ class AugmentConfig:
     zoom_out_scale: tuple[float, float] = (0.3, 0.9)  # pasted side / canvas side
     zoom_in_prob: float = 0.2  # share of samples cropped from an enlarged photo
     zoom_in_scale: tuple[float, float] = (1.1, 1.6)  # enlargement before the crop
-    flip_prob: float = 0.5
+    flip_prob: float = 0.0  # share of samples mirrored left-right: off, a mirrored logo or split is another object
     caption_modifiers: bool = False  # add "far away" / "close up" words matching the scale
     small_below: float = 0.5  # zoom-out scale under which a sample counts as "far away"
 
@@ -40,12 +40,13 @@ class AugmentConfig:
 
     @classmethod
     def none(cls) -> AugmentConfig:
-        """Plain DreamBooth: every sample is the photo as taken (flips only)."""
+        """Plain DreamBooth: every sample is the photo as taken."""
         return cls(zoom_out_prob=0.0, zoom_in_prob=0.0)
 
     @classmethod
-    def with_strength(cls, strength: float) -> AugmentConfig:
-        """One knob for the UI: 0 = plain DreamBooth, 1 = the default ranges, in between interpolates."""
+    def with_strength(cls, strength: float, mirror: bool = False) -> AugmentConfig:
+        """One knob for the UI: 0 = plain DreamBooth, 1 = the default ranges, in between interpolates; `mirror`
+        also trains on mirror images (half the samples)."""
         strength = min(max(strength, 0.0), 1.0)
         full = cls()
         lo, hi = full.zoom_out_scale
@@ -53,6 +54,7 @@ class AugmentConfig:
             zoom_out_prob=full.zoom_out_prob * strength,
             zoom_out_scale=(hi - (hi - lo) * strength, hi),
             zoom_in_prob=full.zoom_in_prob * strength,
+            flip_prob=0.5 if mirror else 0.0,
         )
 
 

@@ -197,6 +197,9 @@ class TrainSettings(_Checked):
                                       label="Augmentation strength")
     caption_modifiers: bool = setting(False, "add 'far away' / 'close up' to captions of rescaled copies",
                                       label="Caption modifiers")
+    mirror_photos: bool = setting(False, "also train on mirror images of the photos: only for objects that look the "
+                                  "same mirrored (a mirrored logo, text or two-colour split is another object)",
+                                  label="Mirror photos")
     samples_per_photo: int = setting(24, "augmented copies per photo, encoded once up front", low=1, high=1000,
                                      surface=False)
     gradient_checkpointing: bool = setting(False, "trade compute for memory (large models on small GPUs)",
@@ -205,13 +208,13 @@ class TrainSettings(_Checked):
     preview_every: int = setting(0, "generate a preview image every K steps; 0 = none", low=0, high=20000,
                                  label="Preview every K steps (0 = off)")
     seed: int = setting(0, "seed of the augmentation, noise and LoRA start", low=0, high=MAX_SEED, label="Seed")
-    augment: AugmentConfig | None = None  # exact augmentation ranges (Python only); overrides the two above
+    augment: AugmentConfig | None = None  # exact augmentation ranges (Python only); overrides the three above
 
     def augmentation(self) -> AugmentConfig:
         """The augmentation these settings ask for: the explicit ranges, else the strength knob."""
         if self.augment is not None:
             return self.augment
-        config = AugmentConfig.with_strength(self.augment_strength)
+        config = AugmentConfig.with_strength(self.augment_strength, self.mirror_photos)
         config.caption_modifiers = self.caption_modifiers
         return config
 

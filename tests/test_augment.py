@@ -6,6 +6,7 @@ from PIL import Image
 
 from pacgen.augment import AugmentConfig, augment, augment_many, border_colour, preview_grid
 from pacgen.errors import PACGenError
+from pacgen.settings import TrainSettings
 
 
 def gradient_photo(size=64):
@@ -42,6 +43,21 @@ def test_flip_mirrors_the_photo():
     photo = gradient_photo()
     sample = augment(photo, 64, config, random.Random(0))
     assert np.array_equal(np.asarray(sample.image), np.asarray(photo)[:, ::-1])
+
+
+def test_photos_are_mirrored_only_when_the_setting_asks():
+    # A mirrored two-colour split or logo is another object: by default no sample is a mirror image.
+    photo = gradient_photo()
+    original = np.asarray(photo)
+
+    def mirrored(settings):
+        config = settings.augmentation()
+        config.zoom_out_prob = config.zoom_in_prob = 0.0  # every sample is the photo, so a flip shows
+        return [np.array_equal(np.asarray(s.image), original[:, ::-1])
+                for s in augment_many([photo], 40, 64, config, seed=1)]
+
+    assert not any(mirrored(TrainSettings()))
+    assert 0 < sum(mirrored(TrainSettings(mirror_photos=True))) < 40
 
 
 def test_caption_modifiers_follow_scale_only_when_enabled():

@@ -333,9 +333,11 @@ class Studio:
         """The model's example objects to train on (mini's concept kit); none for SD-1.4."""
         return example_objects(self.defaults.concept_examples)
 
-    def preview_augmentation(self, files: list[str] | None, strength: float, count: int = 8) -> Image.Image:
+    def preview_augmentation(self, files: list[str] | None, strength: float, mirror: bool = False,
+                             count: int = 8) -> Image.Image:
         photos = load_photos(files or [], min_side=min(self.size // 2, 256))
-        samples = augment_many(photos, count, self.size, AugmentConfig.with_strength(strength), seed=int(time.time()))
+        samples = augment_many(photos, count, self.size, AugmentConfig.with_strength(strength, mirror),
+                               seed=int(time.time()))
         return preview_grid(samples)
 
     def estimate(self, class_noun: str, settings: TrainSettings, photos: int = 5) -> Estimate:

@@ -111,12 +111,13 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
     for source in [tab.photos, tab.noun, *tab.settings]:
         source.change(show_estimate, inputs, tab.estimate, queue=False, show_progress="hidden", **UI_ONLY)
 
-    def preview(files, augment_strength):
-        return enlarge(studio.preview_augmentation(files, augment_strength), 512)
+    def preview(files, augment_strength, mirror_photos):
+        return enlarge(studio.preview_augmentation(files, augment_strength, mirror_photos), 512)
 
-    strength = tab.settings[[f.name for f in FIELDS].index("augment_strength")]
-    tab.aug_button.click(endpoint(preview, ["photos", "augment_strength"]), [tab.photos, strength], tab.aug_preview,
-                         api_name="preview_augmentation")
+    knobs = ["augment_strength", "mirror_photos"]
+    tab.aug_button.click(endpoint(preview, ["photos", *knobs]),
+                         [tab.photos, *(tab.settings[[f.name for f in FIELDS].index(knob)] for knob in knobs)],
+                         tab.aug_preview, api_name="preview_augmentation")
 
     # Not a GPU call itself: it follows the training job, whose work (on ZeroGPU, chunks of GPU calls) runs apart.
     def train(files, concept_name, class_noun, *values, progress=gr.Progress()):
