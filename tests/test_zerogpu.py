@@ -169,10 +169,24 @@ def test_a_training_that_cannot_fit_the_quota_or_a_call_is_refused_up_front(spac
     message = str(error.value)
     assert "min of ZeroGPU time" in message and "duplicate this Space" in message and "run it locally" in message
     assert "\n" not in message and str(library.root) not in message
-    with pytest.raises(zerogpu.ZeroGPUError, match="'full' method cannot train on ZeroGPU"):
-        list(zerogpu.train_in_chunks(pipe, library, library.root, photos, "my star", "star",
-                                     TrainSettings(method="full"), threading.Event()))
     assert spaces.calls == []
+
+
+def test_full_trains_in_chunks_on_a_small_model_and_is_refused_where_its_checkpoint_is_too_big(
+        spaces, one_thread, pipe, photos, library, tmp_path, monkeypatch):
+    config = TrainSettings(method="full", prior_preservation=False, **{**FAST, "steps": 3, "preview_every": 0})
+    before = {k: v.clone() for k, v in pipe.components.unet.state_dict().items()}
+    whole = list(train_concept(PACGenPipeline.from_pretrained("tiny", device="cpu"), photos, "my star", "star", config,
+                               ConceptLibrary(tmp_path / "one")))[-1].concept
+    chunked = list(zerogpu.train_in_chunks(pipe, library, library.root, photos, "my star", "star", config,
+                                           threading.Event(), **SHORT))[-1].concept
+    assert len(spaces.calls) > 1 and same_lora(whole, chunked, atol=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in pipe.components.unet.state_dict().items())  # workers' changes
+    monkeypatch.setattr(zerogpu, "FULL_CHECKPOINT_LIMIT", zerogpu.full_checkpoint_bytes(pipe) - 1)
+    with pytest.raises(zerogpu.ZeroGPUError, match=r"'full' method cannot train on ZeroGPU with this model.*GB\); "
+                                                   "choose 'lora-all'"):
+        list(zerogpu.train_in_chunks(pipe, library, library.root, photos, "my other star", "star", config,
+                                     threading.Event()))
 
 
 def test_durations_come_from_the_arguments_and_stay_within_a_call(spaces):

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .. import lora
 from ..concepts import ConceptLibrary, check_name, slugify
 from ..errors import PACGenError
 from ..photos import PhotoSource
@@ -39,6 +40,8 @@ SAFETY = 1.5  # declared durations over the estimate: a call past its declaratio
 ZERO_GPU_RATES = Rates(sample_step_s=0.05, image_s=0.3, encode_s=0.02, train_step_s=0.25, size=512,
                        source="nominal for SD-1.4 on a ZeroGPU H200 slice (not measured)")
 ELSEWHERE = "duplicate this Space on a dedicated GPU, or run it locally (python app.py)"
+# What a `full` training may save between two calls (mini: 63 MiB; SD-1.4: about 10 GiB, refused).
+FULL_CHECKPOINT_LIMIT = 1 << 30
 
 
 class ZeroGPUError(PACGenError):
@@ -118,6 +121,11 @@ def chunk_runner(pipe: PACGenPipeline) -> Callable[..., Iterator[TrainEvent]]:
     return chunk
 
 
+def full_checkpoint_bytes(pipe: PACGenPipeline) -> int:
+    """What a `full` training saves between calls: every trained weight as an fp32 master and AdamW's two moments."""
+    return 12 * sum(layer.weight.numel() for layer in lora.method_modules(pipe.components.unet, "full").values())
+
+
 def train_in_chunks(
     pipe: PACGenPipeline, library: ConceptLibrary, cache_dir: Path, files: list[PhotoSource], name: str,
     class_noun: str, settings: TrainSettings, cancel: threading.Event, *, quota_s: float | None = None,
@@ -127,16 +135,17 @@ def train_in_chunks(
     """Train a concept on ZeroGPU as a sequence of GPU calls, each within one call's limit, streaming every call's
     events (a "paused" one between calls) and checking `cancel` at every event; the concept ends up in `library`
     on disk, for the main process to load. Refused up front, in one line, when the estimate cannot fit `quota_s`
-    (the visitor's remaining seconds, where known) or the method cannot be checkpointed cheaply.
+    (the visitor's remaining seconds, where known) or a `full` checkpoint would be too large to save per call.
 
     A call that fails (killed past its duration, a recycled worker) keeps the checkpoint: training again with the
     same name and settings resumes it. `runner`: `chunk_runner(pipe)`, made at start-up; made here if not given.
     """
     settings = settings.checked()
     name = library.check_new_name(check_name(name))
-    if settings.method == "full":
-        raise ZeroGPUError("the 'full' method cannot train on ZeroGPU: between calls it would save the whole UNet and "
-                           f"its optimizer state (about 10 GB on SD-1.4); choose 'lora-all', or {ELSEWHERE}")
+    if settings.method == "full" and (size := full_checkpoint_bytes(pipe)) > FULL_CHECKPOINT_LIMIT:
+        raise ZeroGPUError(f"the 'full' method cannot train on ZeroGPU with this model: between calls it would save "
+                           f"the whole UNet and its optimizer state ({size / 2**30:.1f} GB); choose 'lora-all', or "
+                           f"{ELSEWHERE}")
     estimate = estimate_seconds(pipe, cache_dir, class_noun, settings, rates, photos=len(files))
     budget = call_s - margin_s
     calls = max(1, math.ceil(estimate.seconds / budget))
