@@ -66,7 +66,7 @@ def test_banner_and_examples_come_from_the_model_folder(tmp_path):
     assert [e.prompt for e in mini.defaults.examples][0] == "a red star and a blue circle on grass"
     assert {o.name for o in mini.example_objects()} >= {"candy band diamond", "ruby checker star"}
     training = mini.defaults.training
-    assert (training.method, training.steps, training.learning_rate, training.rank) == ("lora-all", 400, 5e-4, 16)
+    assert (training.method, training.steps, training.learning_rate, training.rank) == ("full", 400, 1e-4, 32)
 
 
 def test_compose_defaults_to_the_models_grounding_fraction(tmp_path):

@@ -34,7 +34,7 @@ def test_api_parameters_are_the_settings_fields_with_the_models_defaults(api):
     assert generate["width"] == generate["height"] == studio.size
     train = parameters(endpoints["/train"])
     assert list(train) == ["photos", "name", "class_noun", *[f.name for f in surfaced(TrainSettings)]]
-    assert (train["method"], train["steps"], train["learning_rate"]) == ("lora-all", 400, 5e-4)  # assets/mini/pacgen.json
+    assert (train["method"], train["steps"], train["learning_rate"]) == ("full", 400, 1e-4)  # assets/mini/pacgen.json
 
 
 @pytest.mark.parametrize("command, cls", [("generate", SampleSettings), ("train", TrainSettings)])
