@@ -1,6 +1,8 @@
 """The app layer without a server: the session object's actions and the views' conversions."""
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pacgen.app import session as session_module
 from pacgen.app import views
@@ -99,3 +101,17 @@ def test_training_previews_are_enlarged_by_whole_pixels():
     shown.add(TrainEvent("training", 1, 2, 0.5, 0.5, preview=small))
     big = shown.previews[0]
     assert big.size == (128, 128) and big.getpixel((3, 3)) == (255, 0, 0) and big.getpixel((4, 4)) == (10, 200, 30)
+
+
+def test_the_augmentation_preview_shows_mirror_images_only_when_asked(studio, tmp_path):
+    size = studio.size
+    ramp = np.tile(np.linspace(0, 255, size, dtype=np.uint8)[None, :, None], (size, 1, 3))
+    path = tmp_path / "ramp.png"
+    Image.fromarray(ramp).save(path)
+
+    def mirrored_tiles(mirror):
+        sheet = np.asarray(studio.preview_augmentation([str(path)] * 3, 0.0, mirror, count=16))  # strength 0: whole photos
+        tiles = [sheet[r * size:(r + 1) * size, c * size:(c + 1) * size] for r in range(4) for c in range(4)]
+        return sum(np.array_equal(tile, ramp[:, ::-1]) for tile in tiles)
+
+    assert mirrored_tiles(False) == 0 and mirrored_tiles(True) > 0

@@ -115,8 +115,8 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
         return enlarge(studio.preview_augmentation(files, augment_strength, mirror_photos), 512)
 
     knobs = ["augment_strength", "mirror_photos"]
-    tab.aug_button.click(endpoint(preview, ["photos", *knobs]),
-                         [tab.photos, *(tab.settings[[f.name for f in FIELDS].index(knob)] for knob in knobs)],
+    setting = dict(zip([f.name for f in FIELDS], tab.settings))
+    tab.aug_button.click(endpoint(preview, ["photos", *knobs]), [tab.photos, *(setting[knob] for knob in knobs)],
                          tab.aug_preview, api_name="preview_augmentation")
 
     # Not a GPU call itself: it follows the training job, whose work (on ZeroGPU, chunks of GPU calls) runs apart.
