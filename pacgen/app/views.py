@@ -275,11 +275,16 @@ def label_choices(concept_names: list[str], examples: list[Example]) -> list[str
     return list(dict.fromkeys([f"<{n}>" for n in concept_names] + phrases))
 
 
+# The newest concept's first example: off-centre, to show placement, and about the size the photos frame the
+# object (60% of the side), where a concept keeps its look best; a small box is the harder case a user tries next.
+FIRST_EXAMPLE_BOX = (0.3, 0.1, 0.9, 0.7)
+
+
 def examples(model_examples: tuple[Example, ...], newest: str | None) -> list[Example]:
     """The model's worked examples, after one with the newest concept (the one a user just trained)."""
     items = list(model_examples)
     if newest:
-        items.insert(0, Example(f"a photo of <{newest}> on grass", (Box(f"<{newest}>", (0.55, 0.15, 0.95, 0.55)),)))
+        items.insert(0, Example(f"a photo of <{newest}> on grass", (Box(f"<{newest}>", FIRST_EXAMPLE_BOX),)))
     return items
 
 
