@@ -36,6 +36,7 @@ from ..settings import SampleSettings, TrainSettings
 from ..text import check_text
 from ..training import Estimate, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
 from .jobs import TrainingJob
+from .model_thread import ModelThread
 from .zerogpu import ZERO_GPU_RATES, chunk_runner, max_daily_quota_s, train_in_chunks
 from .visitors import (Caller, LimitError, Policy, Visitors, acting_as, current_caller, folder_mb,
                        generation_cost)
@@ -104,13 +105,14 @@ class Studio:
     def __init__(self, model: str = "auto", data_dir: str | Path | None = None, device: str | None = None,
                  policy: Policy | None = None, shared_dir: str | Path | None = None):
         source, self.notice = resolve_model(model)
+        self.model = ModelThread()  # every torch call, loading included, runs there: off it torch runs at half speed
         try:
-            self.pipe = PACGenPipeline.from_pretrained(source, device=device)
+            self.pipe = self.model.call(PACGenPipeline.from_pretrained, source, device=device)
         except ModelLoadError as error:
             if model != "auto":
                 raise
             self.notice = f"Could not load {source} ({error}); running the embedded mini model."
-            self.pipe = PACGenPipeline.from_pretrained(EMBEDDED_MODEL, device=device)
+            self.pipe = self.model.call(PACGenPipeline.from_pretrained, EMBEDDED_MODEL, device=device)
         self.policy = policy or Policy.local()
         self.root = ConceptLibrary(data_dir).root
         self.visitors = Visitors(self.root, self.policy)
@@ -132,7 +134,9 @@ class Studio:
         self.rates: dict[tuple, Rates] = {}  # measured speed of each kind of training work, by what changes it
 
     def _fresh_locks(self) -> None:
+        """In a forked child: the parent's locks may be held and its model thread does not exist there."""
         self.training_lock, self.model_lock = threading.Lock(), threading.Lock()
+        self.model = ModelThread()
 
     # ----------------------------------------------------------------------------------- the model
 
@@ -213,7 +217,7 @@ class Studio:
         Skipped while the model is busy: every job syncs again, under the model lock, before it starts."""
         if self.model_lock.acquire(blocking=False):
             try:
-                self._sync_library()
+                self.model.call(self._sync_library)
             finally:
                 self.model_lock.release()
 
@@ -354,7 +358,7 @@ class Studio:
         else:
             if key not in self.rates and self.model_lock.acquire(blocking=False):
                 try:
-                    self.rates[key] = measure_rates(self.pipe, settings)
+                    self.rates[key] = self.model.call(measure_rates, self.pipe, settings)
                 finally:
                     self.model_lock.release()
             rates = self.rates.get(key) or replace(
@@ -381,6 +385,11 @@ class Studio:
         files = list(files or [])
         zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
 
+        def synced_training(cancel: threading.Event) -> Iterator[TrainEvent]:
+            self._sync_library()
+            yield from train_concept(self.pipe, files, name, class_noun, settings, library, cancel,
+                                     cache_dir=self.root)
+
         def run(cancel: threading.Event) -> Iterator[TrainEvent]:
             try:  # on the job's own thread, still as the visitor who started it
                 with acting_as(Caller(visitor=visitor)):
@@ -389,9 +398,7 @@ class Studio:
                                                    cancel, runner=self._chunk_runner, quota_s=max_daily_quota_s())
                     else:
                         with self.model_lock:
-                            self._sync_library()
-                            yield from train_concept(self.pipe, files, name, class_noun, settings, library, cancel,
-                                                     cache_dir=self.root)
+                            yield from self.model.stream(synced_training(cancel))
             except TrainingCancelled:
                 yield TrainEvent("cancelled", 0, settings.steps, message="Training cancelled: nothing was saved.")
 
@@ -458,7 +465,6 @@ class Studio:
                         if self.training_lock.locked() else "waiting for the model: another request is running")
             self.model_lock.acquire()
         try:
-            self._sync_library()
             started, limit = time.perf_counter(), self.policy.request_timeout_s
 
             def step(i: int, total: int) -> None:
@@ -468,8 +474,12 @@ class Studio:
                 if progress:
                     progress(i, total)
 
-            return self.pipe(prompt, boxes=boxes, negative_prompt=negative_prompt or "", settings=settings,
-                             callback=step, scene=scene)
+            def synced_generation() -> GenerationResult:
+                self._sync_library()
+                return self.pipe(prompt, boxes=boxes, negative_prompt=negative_prompt or "", settings=settings,
+                                 callback=step, scene=scene)
+
+            return self.model.call(synced_generation)
         finally:
             self.model_lock.release()
 

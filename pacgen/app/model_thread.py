@@ -1,0 +1,44 @@
+"""One thread for every torch call of the app, the model's loading included.
+
+Measured on the 2-core CPU (docs/benchmarks.md): once the model has run on one thread, torch runs about half as fast
+on any other (mini's training: 14 s per 100 steps on the thread that loaded it, 26 s on a second one). The app
+trains on a job thread and Gradio answers on a pool of its own, so each of them hands its torch work to this thread
+instead, in the caller's context (the visitor, Gradio's progress), and gets the result or the exception back.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class ModelThread:
+    """Runs callables, and the bodies of generators, on one long-lived thread, one at a time in order."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="pacgen-model")
+        self._ident = self._executor.submit(threading.get_ident).result()
+
+    def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """`fn(*args, **kwargs)` on the model thread (directly when already on it, so calls may nest)."""
+        if threading.get_ident() == self._ident:
+            return fn(*args, **kwargs)
+        return self._executor.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
+
+    def stream(self, items: Iterator[T]) -> Iterator[T]:
+        """The generator's items, each computed on the model thread; closing this closes it there too."""
+        try:
+            while True:
+                try:
+                    item = self.call(next, items)
+                except StopIteration:
+                    return
+                yield item
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                self.call(close)
