@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from pacgen.app import views
+from pacgen.app.train_tab import shown
 from pacgen.concepts import Concept
 from pacgen.errors import PACGenError
 from pacgen.layout import Box
@@ -107,3 +108,14 @@ def test_loss_plot_follows_the_smoothed_loss_and_success_points_to_compose():
 def test_placeholder_uses_the_models_own_words():
     example = views.Example("a red star on grass", (Box("a red star", (0, 0, 1, 1)),))
     assert views.placeholder([example]) == "e.g. a red star on grass"
+
+
+def test_plain_steps_update_the_train_tab_at_most_so_often_but_every_loss_reaches_the_plot():
+    steps = [TrainEvent("training", k, 50, loss=1.0 / k, loss_smoothed=1.0 / k) for k in range(1, 51)]
+    preview = TrainEvent("training", 25, 50, loss=0.04, loss_smoothed=0.04, preview=Image.new("RGB", (8, 8)))
+    events = steps[:25] + [preview] + steps[25:] + [TrainEvent("done", 50, 50, message="saved")]
+    updates = list(shown(iter(events), every_s=3600))
+    assert [view.progress for view, _ in updates][-1] == 1.0
+    assert len(updates) == 3  # the first step, the preview and the end; no plain step in between
+    _, (_, plot, previews, _) = updates[-1]
+    assert set(plot["step"]) == set(range(1, 51)) and len(previews) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -82,11 +84,20 @@ def use_label(newest: str | None) -> str:
     return f"Use '{newest}' in Compose →" if newest else "Use in Compose →"
 
 
-def shown(events) -> Iterator[tuple]:
-    """The tab's outputs (status, loss plot, previews, log) after each training event."""
-    view = views.TrainView()
+# Plain step events are shown at most this often: every update re-sends the plot and the previews, and doing that
+# for every step took half the CPU from the training (97 s against 54 s for mini's default, docs/benchmarks.md).
+UPDATE_EVERY_S = 0.5
+
+
+def shown(events, every_s: float = UPDATE_EVERY_S) -> Iterator[tuple]:
+    """The tab's outputs (status, loss plot, previews, log) after each training event that changes more than the
+    step count, and after plain steps at most every `every_s` seconds; every event still reaches the view."""
+    view, last = views.TrainView(), -math.inf
     for event in events:
         view.add(event)
+        if event.phase == "training" and event.preview is None and time.monotonic() - last < every_s:
+            continue
+        last = time.monotonic()
         yield view, (view.markdown(), pd.DataFrame(view.losses, columns=["step", "loss"]), view.previews,
                      "\n".join(view.log))
 
