@@ -1,5 +1,6 @@
 """The views' pure conversions behind issue 15: safe text, the canvas/table model, results text, library cards."""
 
+import gradio as gr
 import pytest
 from PIL import Image
 
@@ -119,3 +120,4 @@ def test_plain_steps_update_the_train_tab_at_most_so_often_but_every_loss_reache
     assert len(updates) == 3  # the first step, the preview and the end; no plain step in between
     _, (_, plot, previews, _) = updates[-1]
     assert set(plot["step"]) == set(range(1, 51)) and len(previews) == 1
+    assert updates[0][1][2] == gr.skip()  # a plain step leaves the previews as they are

@@ -91,14 +91,18 @@ UPDATE_EVERY_S = 0.5
 
 def shown(events, every_s: float = UPDATE_EVERY_S) -> Iterator[tuple]:
     """The tab's outputs (status, loss plot, previews, log) after each training event that changes more than the
-    step count, and after plain steps at most every `every_s` seconds; every event still reaches the view."""
+    step count, and after plain steps at most every `every_s` seconds; every event still reaches the view. After a
+    plain step the previews are left as they are (re-encoding every image for each update cost the training); the
+    other updates, the last one included, carry them all."""
     view, last = views.TrainView(), -math.inf
     for event in events:
         view.add(event)
-        if event.phase == "training" and event.preview is None and time.monotonic() - last < every_s:
+        plain_step = event.phase == "training" and event.preview is None
+        if plain_step and time.monotonic() - last < every_s:
             continue
         last = time.monotonic()
-        yield view, (view.markdown(), pd.DataFrame(view.losses, columns=["step", "loss"]), view.previews,
+        previews = gr.skip() if plain_step else view.previews
+        yield view, (view.markdown(), pd.DataFrame(view.losses, columns=["step", "loss"]), previews,
                      "\n".join(view.log))
 
 
