@@ -43,6 +43,8 @@ from .sampling import PACGenPipeline
 from .settings import TrainSettings
 
 PREVIEW_STEPS = 20  # sampling steps of each preview image (also used by time estimates)
+MEASURE_S = 1.0  # seconds of training steps an estimate times, past the warm-up step
+MEASURE_MAX_STEPS = 40
 PREVIEW_PROMPTS = ("a photo of {ref} on grass", "a photo of {ref} on sand", "a photo of {ref} at night")
 # Rare words that are one token in CLIP's real vocabulary (checked against open_clip's BPE file):
 # DreamBooth's identifiers. The toy vocabulary contains them too.
@@ -71,6 +73,7 @@ class TrainEvent:
     preview: Image.Image | None = None
     message: str = ""
     concept: Concept | None = None
+    step_s: float | None = None  # training events: the measured seconds of one optimisation step so far
 
 
 def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
@@ -150,21 +153,41 @@ def _class_images(
     yield [Image.open(folder / f"{k:04d}.png").convert("RGB") for k in range(config.num_class_images)]
 
 
+@dataclass
 class _Batches:
     """Latents, loss masks and text embeddings prepared once; training steps only index into them."""
 
-    def __init__(self, pipe: PACGenPipeline, samples: list[Sample], captions: list[str], class_images: list[Image.Image],
-                 prior_prompt: str):
+    latents: torch.Tensor
+    masks: torch.Tensor
+    text: torch.Tensor
+    class_latents: torch.Tensor | None = None
+    class_text: torch.Tensor | None = None
+
+    @classmethod
+    def encoded(cls, pipe: PACGenPipeline, samples: list[Sample], captions: list[str],
+                class_images: list[Image.Image], prior_prompt: str) -> _Batches:
         comp = pipe.components
-        self.latents = pipe.encode_images([s.image for s in samples])
-        size = self.latents.shape[-1]
+        latents = pipe.encode_images([s.image for s in samples])
+        size = latents.shape[-1]
         masks = torch.from_numpy(np.stack([s.mask for s in samples])).float()[:, None]
-        self.masks = F.interpolate(masks, size=(size, size), mode="area").to(comp.device)
         unique = sorted(set(captions))
         table = dict(zip(unique, pipe.encode_prompts(unique)))
-        self.text = torch.stack([table[c] for c in captions])
-        self.class_latents = pipe.encode_images(class_images) if class_images else None
-        self.class_text = pipe.encode_prompts([prior_prompt])[0] if class_images else None
+        return cls(latents, F.interpolate(masks, size=(size, size), mode="area").to(comp.device),
+                   torch.stack([table[c] for c in captions]),
+                   pipe.encode_images(class_images) if class_images else None,
+                   pipe.encode_prompts([prior_prompt])[0] if class_images else None)
+
+    @classmethod
+    def random(cls, pipe: PACGenPipeline, config: TrainSettings, count: int = 8) -> _Batches:
+        """Random latents of the training's size, whole masks, one prompt: what timing a step needs."""
+        comp = pipe.components
+        size = (config.resolution or comp.default_size) // comp.vae_scale_factor
+        generator = torch.Generator().manual_seed(0)
+        latents = torch.randn(count, comp.unet.config.in_channels, size, size, generator=generator)
+        text = pipe.encode_prompts(["a photo"])[0].clone()  # copied out of inference mode for autograd
+        return cls(latents.to(comp.device, comp.dtype), torch.ones(count, 1, size, size, device=comp.device),
+                   text.expand(count, -1, -1), latents.to(comp.device, comp.dtype) if config.prior_preservation
+                   else None, text if config.prior_preservation else None)
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: TrainSettings) -> torch.optim.Optimizer:
@@ -265,7 +288,7 @@ def train_concept(
         augment = config.augmentation()
         samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, augment, config.seed)
         captions = [", ".join(filter(None, [instance_prompt, s.modifier])) for s in samples]
-        data = _Batches(pipe, samples, captions, class_images, prior_prompt)
+        data = _Batches.encoded(pipe, samples, captions, class_images, prior_prompt)
 
         # 4. Optimise what the method trains (a fresh LoRA, or the UNet's own weights); fusers never called.
         training = {**asdict(config), "augment": asdict(augment), "resolution": resolution, "photos": len(photos)}
@@ -405,40 +428,26 @@ def _sampling_timings(pipe: PACGenPipeline, size: int | None) -> dict[str, float
     return pipe("a photo", num_inference_steps=4, seed=0, height=size, width=size).timings
 
 
-def measure_step_seconds(pipe: PACGenPipeline, config: TrainSettings, repeats: int = 2) -> float:
+def measure_step_seconds(pipe: PACGenPipeline, config: TrainSettings, repeats: int = 2,
+                         min_seconds: float = MEASURE_S) -> float:
     """Seconds of one optimisation step of this method, batch and size on this machine, timed on random latents
-    after a warm-up step; the trained weights are thrown away (a full finetune's restored)."""
+    after a warm-up step; the trained weights are thrown away (a full finetune's restored). The mean of at least
+    `repeats` steps and of `min_seconds` of them (at most `MEASURE_MAX_STEPS`): on a shared CPU a step's time drifts
+    by a fifth from one second to the next (measured on mini: 0.09–0.15 s), and a training's time is its steps'
+    sum."""
     comp = pipe.components
     config = config.checked()
-    size = (config.resolution or comp.default_size) // comp.vae_scale_factor
-    rows = config.batch_size * (2 if config.prior_preservation else 1)
-    generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(rows, comp.unet.config.in_channels, size, size, generator=generator).to(comp.device, comp.dtype)
-    text = pipe.encode_prompts(["a photo"]).expand(rows, -1, -1)
-    timesteps = torch.randint(0, 1000, (rows,), generator=generator).to(comp.device)
+    data = _Batches.random(pipe, config)
     probe = Concept("step timing", "sks", "thing", comp.model_id, comp.fingerprint)
-    autocast = torch.autocast(comp.device.type, dtype=comp.dtype, enabled=comp.dtype != torch.float32)
     with pipe.training(probe, config.method, config.rank, config.alpha or config.rank, 0) as weights:
-        masters = _MasterWeights(weights.params)
-        optimizer = _optimizer(masters.params, config)
-        scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)
-        if config.gradient_checkpointing:
-            comp.unet.enable_gradient_checkpointing()
-        comp.unet.train()
-        times = []
-        try:
-            for _ in range(repeats + 1):
+        stepper = _Stepper(pipe, weights.params, config, seed=0)
+        times: list[float] = []
+        with _unet_training(comp.unet, config):
+            while len(times) < repeats + 1 or (sum(times[1:]) < min_seconds and len(times) <= MEASURE_MAX_STEPS):
                 started = time.perf_counter()
-                with autocast:
-                    prediction = comp.unet(latents, timesteps, encoder_hidden_states=text).sample
-                masters.step(F.mse_loss(prediction.float(), latents.float()), optimizer, scaler)
-                if comp.device.type == "cuda":
-                    torch.cuda.synchronize()
+                stepper.step(data)  # reading the loss waits for the device, as the training's does
                 times.append(time.perf_counter() - started)
-        finally:
-            if config.gradient_checkpointing:
-                comp.unet.disable_gradient_checkpointing()
-    return float(np.median(times[1:]))
+    return float(np.mean(times[1:]))
 
 
 @dataclass(frozen=True)
@@ -512,30 +521,18 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
               config: TrainSettings, run: _Run) -> Generator[TrainEvent, None, bool]:
     """The training loop proper: masked denoising loss on instances plus λ × the loss on class images. Returns
     whether it reached the last step (False: the budget ran out, and the checkpoint holds the state)."""
-    comp = pipe.components
-    unet = comp.unet
-    masters = _MasterWeights(params)
-    optimizer = _optimizer(masters.params, config)
-    noise_scheduler = DDPMScheduler.from_config(comp.scheduler_config)
-    generator = torch.Generator().manual_seed(config.seed)
-    picker = random.Random(config.seed)
-    scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)  # fp16 gradients underflow unscaled
+    stepper = _Stepper(pipe, params, config, config.seed)
     progress = _Progress()
     if run.resumed is not None:
         state = run.resumed
-        masters.load(state["weights"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["generator"])
-        picker.setstate(state["picker"])
+        stepper.masters.load(state["weights"])
+        stepper.optimizer.load_state_dict(state["optimizer"])
+        stepper.scaler.load_state_dict(state["scaler"])
+        stepper.generator.set_state(state["generator"])
+        stepper.picker.setstate(state["picker"])
         progress = _Progress(**state["progress"])
     preview_guess = run.preview_guess_s
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    device = comp.device  # read once: diffusers' `.device` walks every module
-    autocast = torch.autocast(comp.device.type, dtype=comp.dtype, enabled=comp.dtype != torch.float32)
-    try:
+    with _unet_training(pipe.components.unet, config):
         for step in range(progress.step + 1, config.steps + 1):
             if run.cancel.is_set():
                 raise TrainingCancelled("training cancelled")
@@ -543,9 +540,9 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
             if not run.budget.allows(progress.step_s() + preview_s):
                 _write_checkpoint(run.checkpoint, {
                     "key": run.key, "identifier": concept.identifier, "elapsed_s": time.perf_counter() - run.started,
-                    "progress": asdict(progress), "weights": [p.detach().cpu() for p in masters.params],
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "generator": generator.get_state(), "picker": picker.getstate(),
+                    "progress": asdict(progress), "weights": [p.detach().cpu() for p in stepper.masters.params],
+                    "optimizer": stepper.optimizer.state_dict(), "scaler": stepper.scaler.state_dict(),
+                    "generator": stepper.generator.get_state(), "picker": stepper.picker.getstate(),
                 })
                 yield TrainEvent("paused", progress.step, config.steps, loss_smoothed=progress.smoothed,
                                  elapsed_s=time.perf_counter() - run.started, eta_s=progress.eta(config, preview_guess),
@@ -553,25 +550,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
                                          "from the checkpoint")
                 return False
             step_started = time.perf_counter()
-            index = [picker.randrange(len(data.latents)) for _ in range(config.batch_size)]
-            latents, masks, text = data.latents[index], data.masks[index], data.text[index]
-            if data.class_latents is not None:
-                pick = [picker.randrange(len(data.class_latents)) for _ in range(config.batch_size)]
-                latents = torch.cat([latents, data.class_latents[pick]])
-                text = torch.cat([text, data.class_text.expand(config.batch_size, -1, -1)])
-            noise = torch.randn(latents.shape, generator=generator).to(latents)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-            timesteps = timesteps.to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            with autocast:
-                prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
-            n = config.batch_size
-            target = training_target(noise_scheduler, latents, noise, timesteps)
-            loss = masked_mse(prediction[:n], target[:n], masks)
-            if data.class_latents is not None:
-                loss = loss + config.prior_weight * F.mse_loss(prediction[n:].float(), target[n:].float())
-            masters.step(loss, optimizer, scaler)
-            value = float(loss.detach())
+            value = stepper.step(data)
             progress.smoothed = value if progress.smoothed is None else 0.9 * progress.smoothed + 0.1 * value
             progress.step = step
             progress.train_s += time.perf_counter() - step_started
@@ -580,16 +559,67 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
             if _previews_at(config, step):
                 preview_started = time.perf_counter()
                 preview = _preview(pipe, concept, config.method, step, config.seed)
-                unet.train()
+                pipe.components.unet.train()
                 progress.preview_s += time.perf_counter() - preview_started
                 progress.previews += 1
             yield TrainEvent("training", step, config.steps, value, progress.smoothed, config.learning_rate,
                              time.perf_counter() - run.started, progress.eta(config, preview_guess), preview,
-                             f"step {step}/{config.steps} loss {progress.smoothed:.4f}")
+                             f"step {step}/{config.steps} loss {progress.smoothed:.4f}", step_s=progress.step_s())
+    return True
+
+
+class _Stepper:
+    """Optimisation steps as a training takes them over `params`: the trainer and the timing of a step share it, so
+    an estimate times the work a training does. Holds the optimizer's state and the random streams."""
+
+    def __init__(self, pipe: PACGenPipeline, params: list[torch.nn.Parameter], config: TrainSettings, seed: int):
+        comp = pipe.components
+        self.unet, self.config = comp.unet, config
+        self.masters = _MasterWeights(params)
+        self.optimizer = _optimizer(self.masters.params, config)
+        self.scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)  # fp16 gradients underflow unscaled
+        self.noise_scheduler = DDPMScheduler.from_config(comp.scheduler_config)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.picker = random.Random(seed)
+        self.device = comp.device  # read once: diffusers' `.device` walks every module
+        self.autocast = torch.autocast(self.device.type, dtype=comp.dtype, enabled=comp.dtype != torch.float32)
+
+    def step(self, data: _Batches) -> float:
+        """A batch of photos (and as many class images) noised at random timesteps; the masked denoising loss plus
+        λ × the class images' loss, one optimizer step. Returns the loss."""
+        config, picker, scheduler = self.config, self.picker, self.noise_scheduler
+        index = [picker.randrange(len(data.latents)) for _ in range(config.batch_size)]
+        latents, masks, text = data.latents[index], data.masks[index], data.text[index]
+        if data.class_latents is not None:
+            pick = [picker.randrange(len(data.class_latents)) for _ in range(config.batch_size)]
+            latents = torch.cat([latents, data.class_latents[pick]])
+            text = torch.cat([text, data.class_text.expand(config.batch_size, -1, -1)])
+        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=self.generator)
+        timesteps = timesteps.to(self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with self.autocast:
+            prediction = self.unet(noisy, timesteps, encoder_hidden_states=text).sample
+        n = config.batch_size
+        target = training_target(scheduler, latents, noise, timesteps)
+        loss = masked_mse(prediction[:n], target[:n], masks)
+        if data.class_latents is not None:
+            loss = loss + config.prior_weight * F.mse_loss(prediction[n:].float(), target[n:].float())
+        self.masters.step(loss, self.optimizer, self.scaler)
+        return float(loss.detach())
+
+
+@contextmanager
+def _unet_training(unet: torch.nn.Module, config: TrainSettings) -> Iterator[None]:
+    """The UNet in training mode, with gradient checkpointing while the settings ask for it."""
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    try:
+        yield
     finally:
         if config.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
-    return True
 
 
 def _preview(pipe: PACGenPipeline, concept: Concept, method: str, step: int, seed: int) -> Image.Image:

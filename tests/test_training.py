@@ -11,7 +11,8 @@ from pacgen.augment import AugmentConfig
 from pacgen.layout import Box
 from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG
 from pacgen.settings import TrainSettings
-from pacgen.training import TrainingCancelled, class_image_dir, train_concept, training_target
+from pacgen.training import (TrainingCancelled, class_image_dir, estimate_seconds, measure_rates, train_concept,
+                             training_target)
 
 FAST = dict(num_class_images=2, class_image_steps=2, samples_per_photo=4)
 
@@ -166,3 +167,16 @@ def test_previews_show_the_concept_while_training(pipe, photos, library):
     config = TrainSettings(steps=4, preview_every=2, **FAST)
     previews = [e.preview for e in train_concept(pipe, photos, "my star", "star", config, library) if e.preview]
     assert len(previews) == 2 and all(isinstance(p, Image.Image) and p.size == (64, 64) for p in previews)
+
+
+@pytest.mark.parametrize("method", ["lora", "lora-all", "full"])
+@pytest.mark.parametrize("prior", [False, True])
+def test_every_method_is_estimated_with_or_without_prior_preservation(pipe, library, method, prior):
+    settings = TrainSettings(method=method, prior_preservation=prior, steps=10, preview_every=5, **FAST)
+    before = [p.detach().clone() for p in pipe.components.unet.parameters()]
+    rates = measure_rates(pipe, settings)
+    estimate = estimate_seconds(pipe, library, "star", settings, rates, photos=3)
+    assert estimate.parts["training steps"] == pytest.approx(10 * rates.train_step_s) and rates.train_step_s > 0
+    assert (estimate.parts["class images"] > 0) == prior and estimate.seconds == pytest.approx(sum(estimate.parts.values()))
+    assert f"{2 if prior else 0} class images to make, {12 + (2 if prior else 0)} images to encode, 2 previews" in estimate.basis
+    assert all(torch.equal(a, b) for a, b in zip(before, pipe.components.unet.parameters()))  # timing trains nothing
