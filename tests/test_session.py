@@ -9,6 +9,7 @@ from pacgen.app import views
 from pacgen.app.session import Studio, resolve_model
 from pacgen.errors import PACGenError
 from pacgen.layout import Box
+from pacgen.settings import TrainSettings
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,16 @@ def test_the_augmentation_preview_shows_mirror_images_only_when_asked(studio, tm
         return sum(np.array_equal(tile, ramp[:, ::-1]) for tile in tiles)
 
     assert mirrored_tiles(False) == 0 and mirrored_tiles(True) > 0
+
+
+def test_after_a_training_the_estimate_counts_its_steps_as_fast_as_that_training_ran_them(tmp_path, photos):
+    studio = Studio("tiny", tmp_path, device="cpu")
+    settings = TrainSettings(steps=4, prior_preservation=False, samples_per_photo=1)
+    assert studio.estimate("star", settings).basis.startswith("measured here")
+    events = list(studio.train(photos, "my star", "star", settings))
+    assert events[-1].phase == "done", events[-1].message
+    step_s = [event.step_s for event in events if event.phase == "training"][-1]
+    after = studio.estimate("star", settings)
+    assert after.basis.startswith("measured here, training steps as the last training here ran them at 64 px: ")
+    assert after.parts["training steps"] == pytest.approx(settings.steps * step_s)
+    assert "last training" not in studio.estimate("star", settings.override(batch_size=2)).basis

@@ -132,6 +132,7 @@ class Studio:
         self._chunk_runner = chunk_runner(self.pipe) if os.environ.get("SPACES_ZERO_GPU") else None
         os.register_at_fork(after_in_child=self._fresh_locks)
         self.rates: dict[tuple, Rates] = {}  # measured speed of each kind of training work, by what changes it
+        self.trained_step_s: dict[tuple, float] = {}  # the step time each speed key's last finished training measured
 
     def _fresh_locks(self) -> None:
         """In a forked child: the parent's locks may be held and its model thread does not exist there."""
@@ -349,10 +350,10 @@ class Studio:
 
         They are measured once per method, batch, size and rank (about a second on the embedded model). On
         ZeroGPU (no GPU in this process) nominal figures stand in, and while the model is busy the last
-        measurement does, and the estimate says so."""
+        measurement does, and the estimate says so. Once a training with the same such settings has finished, its
+        own step time replaces the measured one (`_remembering_speed`)."""
         settings = settings.checked()
-        key = (settings.method, settings.batch_size, settings.prior_preservation, settings.resolution, settings.rank,
-               settings.gradient_checkpointing)
+        key = _speed_key(settings)
         if os.environ.get("SPACES_ZERO_GPU"):
             rates = ZERO_GPU_RATES
         else:
@@ -364,7 +365,23 @@ class Studio:
             rates = self.rates.get(key) or replace(
                 next(iter(self.rates.values()), ZERO_GPU_RATES),
                 source="measured for other settings (the model is busy now)")
+        if key in self.trained_step_s:  # per pixel, as `rates` are: the estimate scales them to the training's size
+            size = settings.resolution or self.size
+            rates = replace(rates, train_step_s=self.trained_step_s[key] * (rates.size / size) ** 2,
+                            source=f"{rates.source}, training steps as the last training here ran them")
         return estimate_seconds(self.pipe, self.root, class_noun, settings, rates, photos=max(photos, 3))
+
+    def _remembering_speed(self, settings: TrainSettings, events: Iterator[TrainEvent]) -> Iterator[TrainEvent]:
+        """A training's events, passed on; once it is done, estimates for its settings take its measured step time:
+        it ran under the app's real load (a browser on the same cores, other visitors), which a second of steps
+        timed on the idle model cannot see (on mini, 0.15 s a step with Chromium on the 2 cores against 0.11 s)."""
+        step_s = None
+        for event in events:
+            if event.phase == "training" and event.step_s:
+                step_s = event.step_s
+            if event.concept is not None and step_s:
+                self.trained_step_s[_speed_key(settings.checked())] = step_s
+            yield event
 
     def train(self, files: list[str] | None, name: str, class_noun: str,
               settings: TrainSettings) -> Iterator[TrainEvent]:
@@ -394,11 +411,12 @@ class Studio:
             try:  # on the job's own thread, still as the visitor who started it
                 with acting_as(Caller(visitor=visitor)):
                     if zero_gpu:  # GPU calls in forked workers, resumable; this process's model stays free
-                        yield from train_in_chunks(self.pipe, library, self.root, files, name, class_noun, settings,
-                                                   cancel, runner=self._chunk_runner, quota_s=max_daily_quota_s())
+                        yield from self._remembering_speed(settings, train_in_chunks(
+                            self.pipe, library, self.root, files, name, class_noun, settings, cancel,
+                            runner=self._chunk_runner, quota_s=max_daily_quota_s()))
                     else:
                         with self.model_lock:
-                            yield from self.model.stream(synced_training(cancel))
+                            yield from self._remembering_speed(settings, self.model.stream(synced_training(cancel)))
             except TrainingCancelled:
                 yield TrainEvent("cancelled", 0, settings.steps, message="Training cancelled: nothing was saved.")
 
@@ -500,3 +518,9 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def _speed_key(settings: TrainSettings) -> tuple:
+    """The settings that change how fast a training's work runs (checked settings)."""
+    return (settings.method, settings.batch_size, settings.prior_preservation, settings.resolution, settings.rank,
+            settings.gradient_checkpointing)
