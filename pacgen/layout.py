@@ -139,6 +139,11 @@ def region_masks(boxes: list[Box], height: int, width: int, feather: int = 0) ->
     return masks
 
 
+def boxed_concepts(boxes: list[Box]) -> list[str]:
+    """The concepts the boxes place, each once, in order: a concept in several boxes is one mask and one UNet row."""
+    return list(dict.fromkeys(b.concept for b in boxes if b.concept))
+
+
 def concept_refs(text: str) -> list[str]:
     """Concept names referenced in a prompt as `<name>`, in order of appearance."""
     return [name.strip() for name in CONCEPT_REF.findall(text)]

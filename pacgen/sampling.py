@@ -33,8 +33,8 @@ from PIL import Image
 from . import lora
 from .concepts import Concept, ConceptError
 from .layout import (
-    MAX_BOXES, Box, LayoutError, check_boxes, clamp_box, concept_refs, expand_prompt, region_masks, with_concept_refs,
-    without_phrases,
+    MAX_BOXES, Box, LayoutError, boxed_concepts, check_boxes, clamp_box, concept_refs, expand_prompt, region_masks,
+    with_concept_refs, without_phrases,
 )
 from .models import DEFAULT_MODEL, Components, load_components
 from .photos import PhotoSource
@@ -375,7 +375,7 @@ class PACGenPipeline:
                                 photo)
 
     def _plan(self, prompt: str, boxes: list[Box], settings: SampleSettings) -> _Plan:
-        boxed = list(dict.fromkeys(b.concept for b in boxes if b.concept))
+        boxed = boxed_concepts(boxes)
         prompt = with_concept_refs(prompt, boxed)
         names = list(dict.fromkeys(concept_refs(prompt)))
         regional = settings.regional and bool(names) and settings.regional_fraction > 0

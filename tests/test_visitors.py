@@ -8,12 +8,13 @@ import pytest
 from pacgen.app import library_tab
 from pacgen.app.jobs import TrainingJob
 from pacgen.app.session import Studio
-from pacgen.app.visitors import Caller, LimitError, Policy, acting_as, choose_policy, parse_logins
+from pacgen.app.visitors import Caller, LimitError, Policy, acting_as, choose_policy, generation_cost, parse_logins
 from pacgen.concepts import ConceptLibrary
 from pacgen.errors import PACGenError
-from pacgen.layout import Box
+from pacgen.layout import Box, boxed_concepts
 from pacgen.mini.kit import KIT, kit_photos
 from pacgen.mini.stand_ins import write_random_concept
+from pacgen.settings import SampleSettings
 from pacgen.training import TrainEvent
 
 FAST = dict(steps=4, num_class_images=1, class_image_steps=2, preview_every=0)
@@ -77,6 +78,14 @@ def test_quotas_and_request_limits_are_refused_with_the_limit(shared):
             shared.generate("x" * 1001, "", box, shared.pipe.settings())
         with pytest.raises(LimitError, match=r"costs [0-9.]+× a default generation.*allows 8×"):
             shared.generate("a", "", box, shared.pipe.settings(num_images=4, num_inference_steps=200))
+
+
+def test_a_concept_in_several_boxes_costs_as_one_since_it_is_one_unet_row():
+    boxes = [Box("<dog>", (0, 0, 0.4, 0.4)), Box("a ball", (0.5, 0.5, 1, 1)), Box("<dog>", (0.6, 0, 1, 0.4))]
+    assert boxed_concepts(boxes) == ["dog"]
+    default = SampleSettings(width=64, height=64)
+    assert generation_cost(default, len(boxed_concepts(boxes)), default) == 1.0
+    assert generation_cost(default, len(boxed_concepts(boxes + [Box("<cat>", (0, 0.5, 0.4, 1))])), default) > 1.0
 
 
 def test_the_hourly_training_quota_says_when_the_next_one_may_start(shared):

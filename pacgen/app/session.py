@@ -27,7 +27,7 @@ from ..concepts import (
 from ..defaults import ModelDefaults
 from ..errors import PACGenError
 from ..hub import HubError, push_concept
-from ..layout import Box
+from ..layout import Box, boxed_concepts
 from ..lora import check_lora_fits
 from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, model_names
 from ..photos import PhotoSource, load_photos
@@ -463,11 +463,11 @@ class Studio:
             # Line breaks and tabs are only spacing in a prompt; other control characters are refused.
             check_text(f"the {label}", " ".join(text.split()) if isinstance(text, str) else text, limit)
         if self.policy.max_cost is not None:
-            cost = generation_cost(settings, sum(1 for b in boxes if b.concept), self.pipe.settings())
+            cost = generation_cost(settings, len(boxed_concepts(boxes)), self.pipe.settings())
             if cost > self.policy.max_cost:
                 raise LimitError(
-                    f"this request costs {cost:.1f}× a default generation (steps × images × image size × concept "
-                    f"boxes); this app allows {self.policy.max_cost:g}×: lower the steps, images or size")
+                    f"this request costs {cost:.1f}× a default generation (steps × images × image size × concepts "
+                    f"placed); this app allows {self.policy.max_cost:g}×: lower the steps, images or size")
 
     def generate(self, prompt: str, negative_prompt: str, boxes: list[Box], settings: SampleSettings,
                  progress: Callable[[int, int], None] | None = None,

@@ -114,14 +114,15 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def generation_cost(settings: SampleSettings, concept_boxes: int, default: SampleSettings) -> float:
+def generation_cost(settings: SampleSettings, concepts: int, default: SampleSettings) -> float:
     """A request's cost in default generations: steps × images × pixels × UNet rows, relative to the model's
-    default settings with one concept box. Rows: see `SampleSettings.unet_rows`."""
+    default settings with one concept. Rows: see `SampleSettings.unet_rows` (one per concept, however many boxes
+    place it: `layout.boxed_concepts`)."""
 
-    def units(s: SampleSettings, boxes: int) -> float:
-        return s.num_inference_steps * s.num_images * s.width * s.height * s.unet_rows(boxes)
+    def units(s: SampleSettings, count: int) -> float:
+        return s.num_inference_steps * s.num_images * s.width * s.height * s.unet_rows(count)
 
-    return units(settings, concept_boxes) / units(default, 1)
+    return units(settings, concepts) / units(default, 1)
 
 
 @dataclass(frozen=True)
