@@ -245,4 +245,22 @@ def test_own_concept_guidance_is_diffusers_lora_guidance_inside_the_box(pipe, ra
     whole = pipe("a photo of <my dog>", boxes=boxes, regional=False, **kwargs).images[0]
     difference = np.abs(regional - whole).max()
     assert difference < 1e-2 if same else difference > 0.1  # PEFT's per-row forward differs by rounding only
-    assert pipe.settings(concept_guidance=guidance).unet_rows(3) == (8 if guidance == "own" else 5)
+
+
+@pytest.mark.parametrize("guidance", ["own", "shared"])
+def test_unet_rows_counts_what_a_regional_step_batches_one_row_per_concept_however_many_boxes(
+        pipe, random_concept, guidance):
+    """`unet_rows` prices requests (the cost limit, ZeroGPU's declared duration): it must be what the sampler runs."""
+    pipe.load_concept(random_concept(pipe))
+    pipe.load_concept(random_concept(pipe, name="my cat", identifier="zwx", class_noun="cat", seed=1))
+    boxes = [Box("<my dog>", (0.0, 0.0, 0.4, 0.4)), Box("<my cat>", (0.5, 0.5, 1.0, 1.0)),
+             Box("<my dog>", (0.6, 0.0, 1.0, 0.4))]
+    batches = []
+    hook = pipe.components.unet.register_forward_pre_hook(lambda _, args: batches.append(args[0].shape[0]))
+    try:
+        pipe("<my dog> and <my cat>", boxes=boxes, num_inference_steps=1, num_images=2, seed=0,
+             concept_guidance=guidance)
+    finally:
+        hook.remove()
+    settings = pipe.settings(concept_guidance=guidance)
+    assert batches == [2 * settings.unet_rows(2)] and settings.unet_rows(2) == (6 if guidance == "own" else 4)
