@@ -410,8 +410,8 @@ def _previews_at(config: TrainSettings, step: int) -> bool:
 
 
 def _preview_guess(pipe: PACGenPipeline) -> float:
-    """Seconds of one preview before any was timed, from a short two-row generation timed here."""
-    timings = pipe("a photo", num_inference_steps=2, seed=0).timings
+    """Seconds of one preview before any was timed, from a short plain generation timed here, as estimates do."""
+    timings = _sampling_timings(pipe, None)
     return _preview_seconds(timings["step_s"], timings["encode_s"] + timings["decode_s"])
 
 
