@@ -184,10 +184,11 @@ class _Batches:
         size = (config.resolution or comp.default_size) // comp.vae_scale_factor
         generator = torch.Generator().manual_seed(0)
         latents = torch.randn(count, comp.unet.config.in_channels, size, size, generator=generator)
+        latents = latents.to(comp.device, comp.dtype)
         text = pipe.encode_prompts(["a photo"])[0].clone()  # copied out of inference mode for autograd
-        return cls(latents.to(comp.device, comp.dtype), torch.ones(count, 1, size, size, device=comp.device),
-                   text.expand(count, -1, -1), latents.to(comp.device, comp.dtype) if config.prior_preservation
-                   else None, text if config.prior_preservation else None)
+        prior = config.prior_preservation
+        return cls(latents, torch.ones(count, 1, size, size, device=comp.device), text.expand(count, -1, -1),
+                   latents if prior else None, text if prior else None)
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: TrainSettings) -> torch.optim.Optimizer:
