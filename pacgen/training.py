@@ -465,7 +465,7 @@ class Rates:
 
 
 def measure_rates(pipe: PACGenPipeline, config: TrainSettings) -> Rates:
-    """Time each kind of work at the training's size and rows on this machine (about a second on the embedded model);
+    """Time each kind of work at the training's size and rows on this machine (1.4–1.7 s on the embedded model);
     a training step is timed as `measure_step_seconds` does."""
     comp = pipe.components
     config = config.checked()

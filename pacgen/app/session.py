@@ -348,7 +348,7 @@ class Studio:
     def estimate(self, class_noun: str, settings: TrainSettings, photos: int = 5) -> Estimate:
         """How long the training would take here, phase by phase, from speeds measured on this machine and model.
 
-        They are measured once per method, batch, size and rank (about a second on the embedded model). On
+        They are measured once per method, batch, size and rank (1.4–1.7 s on the embedded model). On
         ZeroGPU (no GPU in this process) nominal figures stand in, and while the model is busy the last
         measurement does, and the estimate says so. Once a training with the same such settings has finished, its
         own step time replaces the measured one (`_remembering_speed`)."""
