@@ -128,4 +128,5 @@ def test_after_a_training_the_estimate_counts_its_steps_as_fast_as_that_training
     after = studio.estimate("star", settings)
     assert after.basis.startswith("measured here, training steps as the last training here ran them at 64 px: ")
     assert after.parts["training steps"] == pytest.approx(settings.steps * step_s)
+    assert "last training" in studio.estimate("star", settings.override(resolution=studio.size)).basis  # the same size
     assert "last training" not in studio.estimate("star", settings.override(batch_size=2)).basis

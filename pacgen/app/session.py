@@ -353,7 +353,7 @@ class Studio:
         measurement does, and the estimate says so. Once a training with the same such settings has finished, its
         own step time replaces the measured one (`_remembering_speed`)."""
         settings = settings.checked()
-        key = _speed_key(settings)
+        key = _speed_key(settings, self.size)
         if os.environ.get("SPACES_ZERO_GPU"):
             rates = ZERO_GPU_RATES
         else:
@@ -380,7 +380,7 @@ class Studio:
             if event.phase == "training" and event.step_s:
                 step_s = event.step_s
             if event.concept is not None and step_s:
-                self.trained_step_s[_speed_key(settings.checked())] = step_s
+                self.trained_step_s[_speed_key(settings.checked(), self.size)] = step_s
             yield event
 
     def train(self, files: list[str] | None, name: str, class_noun: str,
@@ -520,7 +520,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _speed_key(settings: TrainSettings) -> tuple:
-    """The settings that change how fast a training's work runs (checked settings)."""
-    return (settings.method, settings.batch_size, settings.prior_preservation, settings.resolution, settings.rank,
-            settings.gradient_checkpointing)
+def _speed_key(settings: TrainSettings, default_size: int) -> tuple:
+    """The settings that change how fast a training's work runs (checked settings), with the size it trains at:
+    no resolution means the model's own, the same work as naming it."""
+    return (settings.method, settings.batch_size, settings.prior_preservation, settings.resolution or default_size,
+            settings.rank, settings.gradient_checkpointing)

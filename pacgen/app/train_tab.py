@@ -84,8 +84,9 @@ def use_label(newest: str | None) -> str:
     return f"Use '{newest}' in Compose →" if newest else "Use in Compose →"
 
 
-# Plain step events are shown at most this often: every update re-sends the plot and the previews, and doing that
-# for every step took half the CPU from the training (97 s against 54 s for mini's default, docs/benchmarks.md).
+# Plain step events are shown at most this often: every update re-sends the loss plot, and updating (previews
+# included, then) after every step took half the CPU from the training (97 s against 54 s for mini's default,
+# docs/benchmarks.md).
 UPDATE_EVERY_S = 0.5
 
 
