@@ -130,3 +130,34 @@ def test_after_a_training_the_estimate_counts_its_steps_as_fast_as_that_training
     assert after.parts["training steps"] == pytest.approx(settings.steps * step_s)
     assert "last training" in studio.estimate("star", settings.override(resolution=studio.size)).basis  # the same size
     assert "last training" not in studio.estimate("star", settings.override(batch_size=2)).basis
+
+
+def test_estimates_asked_at_once_share_one_measurement_which_is_renewed_once_stale(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    studio = Studio("tiny", tmp_path, device="cpu")
+    settings = TrainSettings(steps=4, prior_preservation=False)
+    measured = []
+    real = session_module.measure_rates
+    monkeypatch.setattr(session_module, "measure_rates", lambda *args: measured.append(1) or real(*args))
+    with ThreadPoolExecutor(3) as pool:  # a picked example changes photos and class noun at once
+        bases = {estimate.basis for estimate in pool.map(lambda _: studio.estimate("star", settings), range(3))}
+    assert len(measured) == 1 and len(bases) == 1 and bases.pop().startswith("measured here at 64 px")
+    studio.estimate("star", settings)
+    assert len(measured) == 1  # still fresh
+    monkeypatch.setattr(session_module, "RATES_FRESH_S", 0.0)
+    studio.estimate("star", settings)
+    assert len(measured) == 2  # the load may have changed since: measured again
+
+
+def test_while_the_model_is_busy_the_estimate_says_what_it_rests_on(tmp_path):
+    studio = Studio("tiny", tmp_path, device="cpu")
+    settings = TrainSettings(steps=4, prior_preservation=False)
+    with studio.model_lock:  # a training or a generation holds the model
+        text = views.estimate(studio.estimate("star", settings), settings.steps, 5)
+    assert text == ("Estimated training time: not known yet (4 steps, 5 photos selected). Speeds are not measured "
+                    "here yet, and the model is busy now: change a setting once it is free.")
+    studio.estimate("star", settings)
+    with studio.model_lock:
+        basis = studio.estimate("star", settings.override(batch_size=2)).basis
+    assert basis.startswith("measured for other settings (the model is busy now)")

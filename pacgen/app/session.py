@@ -42,7 +42,8 @@ from .visitors import (Caller, LimitError, Policy, Visitors, acting_as, current_
                        generation_cost)
 
 
-
+# Measured speeds older than this are measured again (when the model is free): the machine's load changes.
+RATES_FRESH_S = 60.0
 EXPORT_KEEP_S = 600  # downloads are served from Gradio's cache; our zips are kept only this long
 
 
@@ -131,12 +132,14 @@ class Studio:
         # and a worker must not inherit a lock this process holds (a training's), or its generation would wait forever.
         self._chunk_runner = chunk_runner(self.pipe) if os.environ.get("SPACES_ZERO_GPU") else None
         os.register_at_fork(after_in_child=self._fresh_locks)
-        self.rates: dict[tuple, Rates] = {}  # measured speed of each kind of training work, by what changes it
+        # The measured speed of each kind of training work, by what changes it, and when it was measured.
+        self.rates: dict[tuple, tuple[Rates, float]] = {}
+        self._measuring = threading.Lock()  # one speed measurement at a time; estimates asked meanwhile wait for it
         self.trained_step_s: dict[tuple, float] = {}  # the step time each speed key's last finished training measured
 
     def _fresh_locks(self) -> None:
         """In a forked child: the parent's locks may be held and its model thread does not exist there."""
-        self.training_lock, self.model_lock = threading.Lock(), threading.Lock()
+        self.training_lock, self.model_lock, self._measuring = threading.Lock(), threading.Lock(), threading.Lock()
         self.model = ModelThread()
 
     # ----------------------------------------------------------------------------------- the model
@@ -348,28 +351,41 @@ class Studio:
     def estimate(self, class_noun: str, settings: TrainSettings, photos: int = 5) -> Estimate:
         """How long the training would take here, phase by phase, from speeds measured on this machine and model.
 
-        They are measured once per method, batch, size and rank (1.4–1.7 s on the embedded model). On
-        ZeroGPU (no GPU in this process) nominal figures stand in, and while the model is busy the last
-        measurement does, and the estimate says so. Once a training with the same such settings has finished, its
-        own step time replaces the measured one (`_remembering_speed`)."""
+        They are measured per method, batch, size and rank (1.4–1.7 s on the embedded model), again once a minute
+        old (`_measured_rates`). On ZeroGPU (no GPU in this process) nominal figures stand in. Once a training with
+        the same such settings has finished, its own step time replaces the measured one (`_remembering_speed`)."""
         settings = settings.checked()
         key = _speed_key(settings, self.size)
-        if os.environ.get("SPACES_ZERO_GPU"):
-            rates = ZERO_GPU_RATES
-        else:
-            if key not in self.rates and self.model_lock.acquire(blocking=False):
-                try:
-                    self.rates[key] = self.model.call(measure_rates, self.pipe, settings)
-                finally:
-                    self.model_lock.release()
-            rates = self.rates.get(key) or replace(
-                next(iter(self.rates.values()), ZERO_GPU_RATES),
-                source="measured for other settings (the model is busy now)")
+        rates = ZERO_GPU_RATES if os.environ.get("SPACES_ZERO_GPU") else self._measured_rates(key, settings)
+        if rates is None:
+            return Estimate(math.nan, {}, "are not measured here yet, and the model is busy now: change a setting "
+                                          "once it is free")
         if key in self.trained_step_s:  # per pixel, as `rates` are: the estimate scales them to the training's size
             size = settings.resolution or self.size
             rates = replace(rates, train_step_s=self.trained_step_s[key] * (rates.size / size) ** 2,
                             source=f"{rates.source}, training steps as the last training here ran them")
         return estimate_seconds(self.pipe, self.root, class_noun, settings, rates, photos=max(photos, 3))
+
+    def _measured_rates(self, key: tuple, settings: TrainSettings) -> Rates | None:
+        """The speeds for this key, measured again once older than `RATES_FRESH_S` when the model is free: the
+        machine's load changes (on mini, a visitor's browser on the same 2 cores slows training steps by a quarter),
+        so the estimate times the work under the load the training will meet. Estimates asked at once (a picked
+        example changes photos and class noun together) wait for one measurement; while the model is busy, the
+        last measurement stands in and the estimate says so (None: there is none yet)."""
+        with self._measuring:
+            measured = self.rates.get(key)
+            stale = measured is None or time.monotonic() - measured[1] > RATES_FRESH_S
+            if stale and self.model_lock.acquire(blocking=False):
+                try:
+                    measured = self.rates[key] = self.model.call(measure_rates, self.pipe, settings), time.monotonic()
+                finally:
+                    self.model_lock.release()
+            if measured is not None:
+                return measured[0]
+            if not self.rates:
+                return None
+            return replace(next(reversed(self.rates.values()))[0],
+                           source="measured for other settings (the model is busy now)")
 
     def _remembering_speed(self, settings: TrainSettings, events: Iterator[TrainEvent]) -> Iterator[TrainEvent]:
         """A training's events, passed on; once it is done, estimates for its settings take its measured step time:

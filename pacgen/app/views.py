@@ -78,8 +78,8 @@ def duration(seconds: float) -> str:
 def estimate(value: Estimate, steps: int, photo_count: int) -> str:
     """The training-time estimate in words: its total, its parts (those of half a second or more) and what it rests
     on."""
-    text = (f"Estimated training time: about {duration(value.seconds)} "
-            f"({steps} steps, {photo_count or 'no'} photos selected).")
+    total = "not known yet" if math.isnan(value.seconds) else f"about {duration(value.seconds)}"
+    text = f"Estimated training time: {total} ({steps} steps, {photo_count or 'no'} photos selected)."
     parts = {name: s for name, s in value.parts.items() if s >= 0.5}
     if parts:
         text += " " + ", ".join(f"{plain(name)} {duration(s)}" for name, s in parts.items()) + "."
