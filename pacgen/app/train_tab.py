@@ -50,7 +50,7 @@ def build(studio: Studio) -> TrainTab:
             noun = gr.Textbox(label="Class noun (what it is)", placeholder="dog")
             with gr.Accordion("Advanced settings", open=False):
                 settings = [component(f, getattr(defaults, f.name)) for f in FIELDS]
-            estimate = gr.Markdown(estimate_text(studio, [], "", "", *[getattr(defaults, f.name) for f in FIELDS]))
+            estimate = gr.Markdown("Estimated training time: measuring this machine's speed…")  # as the page loads
             with gr.Row():
                 aug_button = gr.Button("Preview augmentation")
                 train_button = gr.Button("Train", variant="primary")
@@ -112,8 +112,8 @@ def settings_of(studio: Studio, values) -> TrainSettings:
     return studio.defaults.training.override(**dict(zip([f.name for f in FIELDS], values)))
 
 
-def estimate_text(studio: Studio, files, name, class_noun, *values) -> str:
-    """The estimate for the tab's inputs (the same inputs as Train's; the name does not change it)."""
+def estimate_text(studio: Studio, files, class_noun, *values) -> str:
+    """The estimate for the tab's inputs (Train's, but the name: it does not change it)."""
     settings = settings_of(studio, values)
     return views.estimate(studio.estimate(class_noun or "", settings, len(files or [])), settings.steps, len(files or []))
 
@@ -123,9 +123,10 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
     inputs = [tab.photos, tab.name, tab.noun, *tab.settings]
 
     tab.photos.change(lambda files: files or [], tab.photos, tab.photo_gallery, queue=False, **UI_ONLY)
-    show_estimate = endpoint(lambda *values: estimate_text(studio, *values), names)
-    for source in [tab.photos, tab.noun, *tab.settings]:
-        source.change(show_estimate, inputs, tab.estimate, queue=False, show_progress="hidden", **UI_ONLY)
+    # As each page loads (speeds are then measured with a visitor's browser running, not as the app starts with
+    # none) and whenever an input that changes it does.
+    gr.on(None, endpoint(lambda *values: estimate_text(studio, *values), ["photos", "class_noun", *names[3:]]),
+          [tab.photos, tab.noun, *tab.settings], tab.estimate, queue=False, show_progress="hidden", **UI_ONLY)
 
     def preview(files, augment_strength, mirror_photos):
         return enlarge(studio.preview_augmentation(files, augment_strength, mirror_photos), 512)
