@@ -13,10 +13,12 @@ import functools
 import os
 
 import gradio as gr
+import torch
 
 import pacgen.mini  # noqa: F401  (registers the `tiny` test model for --model tiny)
 from pacgen.app import compose_tab, library_tab, train_tab, views
 from pacgen.app.fields import UI_ONLY, endpoint
+from pacgen.app.model_thread import app_threads
 from pacgen.app.session import Studio
 from pacgen.app.visitors import LimitError, choose_policy, parse_logins
 
@@ -110,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limits", default=env("PACGEN_LIMITS", ""), metavar="NAME=VALUE,…",
                         help="override limits, e.g. max_concepts=10,idle_expiry_h=48 (see README, Running it for "
                              "others); 'none' lifts one")
+    parser.add_argument("--threads", default=env("PACGEN_THREADS", "auto"),
+                        help="CPU threads for the model: a number, or auto (every core but one, left to the web "
+                             "server and a browser on this machine; OMP_NUM_THREADS where it is set)")
     args = parser.parse_args(argv)
     args.on_space = on_space
     return args
@@ -118,11 +123,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
+        threads = app_threads(args.threads)
         auth = parse_logins(args.auth)
         policy = choose_policy(shared=args.share or args.on_space or args.multi_user or len(auth) > 1,
                                limits=args.limits)
-    except LimitError as error:
+    except (LimitError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
+    if threads:
+        torch.set_num_threads(threads)
     studio = Studio(args.model, args.data_dir, policy=policy, shared_dir=args.shared_concepts)
     demo = build_ui(studio)
     # One job per endpoint at a time; the session's model lock then orders generation and training. Shared: no

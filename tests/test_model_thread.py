@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from pacgen.app.model_thread import ModelThread
+from pacgen.app.model_thread import ModelThread, app_threads
 from pacgen.app.session import Studio
 from pacgen.layout import Box
 from pacgen.settings import TrainSettings
@@ -25,6 +25,24 @@ def test_calls_run_on_one_thread_in_the_callers_context_and_bring_errors_back():
             model.call(int, "bad")
     finally:
         WHO.reset(token)
+
+
+def test_the_app_leaves_a_core_to_its_server_and_browser_unless_told_otherwise():
+    assert app_threads("auto", cores=2, environ={}) == 1  # the 2-core CPU: a browser on it stalls a second thread
+    assert app_threads("auto", cores=16, environ={}) == 15
+    assert app_threads("auto", cores=1, environ={}) == 1
+    assert app_threads("auto", cores=8, environ={"OMP_NUM_THREADS": "4"}) is None  # torch already follows it
+    assert app_threads("3", cores=2, environ={}) == 3
+    for bad in ["0", "-2", "many", "1.5"]:
+        with pytest.raises(ValueError, match=f"threads must be 'auto' or a whole number of at least 1, not '{bad}'"):
+            app_threads(bad, cores=2, environ={})
+
+
+def test_app_py_refuses_a_bad_thread_count_before_loading_anything():
+    import app
+
+    with pytest.raises(SystemExit, match="error: threads must be 'auto' or a whole number"):
+        app.main(["--model", "tiny", "--threads", "none"])
 
 
 def test_a_streamed_generator_runs_there_and_is_closed_there():

@@ -9,11 +9,31 @@ instead, in the caller's context (the visitor, Gradio's progress), and gets the 
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
+
+
+def app_threads(requested: str, cores: int | None = None, environ=os.environ) -> int | None:
+    """How many threads torch should run the app's model on: a number asked for, or for "auto" every core but
+    one, left to the web server and to a browser on the same machine (None: leave torch as OMP_NUM_THREADS set
+    it). Measured with Chromium on the 2-core CPU (docs/benchmarks.md): mini's default training took 62-89 s
+    with 2 torch threads, against an estimate timed while the page sat idle 0.64-0.77 of that, and 67-75 s with
+    1, its estimate 0.80-1.08 of it: two threads wait on each other whenever the browser takes a core."""
+    if requested != "auto":
+        try:
+            threads = int(requested)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise ValueError(f"threads must be 'auto' or a whole number of at least 1, not {requested!r}")
+        return threads
+    if environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (cores or os.cpu_count() or 1) - 1)
 
 
 class ModelThread:
