@@ -39,7 +39,7 @@ from .layout import (
 from .models import DEFAULT_MODEL, Components, load_components
 from .photos import PhotoSource
 from .scene import BLEND, INPAINT, SceneGuide, check_scene_boxes, composite, latent_mask, load_scene, scene_mask
-from .settings import SCHEDULER_NAMES, SampleSettings, SettingsError
+from .settings import SCHEDULER_NAMES, UNCOND, SampleSettings, SettingsError
 
 SCHEDULERS = dict(zip(SCHEDULER_NAMES, (DPMSolverMultistepScheduler, DDIMScheduler, EulerDiscreteScheduler,
                                         PNDMScheduler)))
@@ -62,7 +62,6 @@ class GenerationResult:
     scene: Image.Image | None = None  # the scene photo as fitted and used; None: the whole image was generated
 
 
-UNCOND = "negative"  # the name of an unconditional row in a batch of UNet rows
 
 
 def guided(noise_pred: torch.Tensor, rows: list[str], scale: float) -> list[torch.Tensor]:
@@ -433,13 +432,11 @@ class PACGenPipeline:
         timesteps = scheduler.timesteps
         grounded_steps = int(settings.grounding_fraction * len(timesteps))
         regional_steps = int(settings.regional_fraction * len(timesteps)) if plan.regional else 0
-        adapters = [self.concepts[name].adapter_name for name in plan.names]
-        own = [UNCOND] if settings.concept_guidance == "own" else []
-        regional_rows, row_adapters = [UNCOND, "base"], [lora.BASE_ROW] * 2
-        for name, adapter in zip(plan.names, adapters):
-            regional_rows += own + [f"concept:{name}"]
-            row_adapters += [adapter] * (len(own) + 1)
-        row_adapters = [a for a in row_adapters for _ in range(n)]
+        adapter_of = {name: self.concepts[name].adapter_name for name in plan.names}
+        adapters = list(adapter_of.values())
+        planned = settings.regional_rows(plan.names)
+        regional_rows = [row for row, _ in planned]
+        row_adapters = [adapter_of[name] if name else lora.BASE_ROW for _, name in planned for _ in range(n)]
         whole_rows = [UNCOND, "all concepts"]
         # Adapter routing is set once per phase: walking the UNet's modules every step costs milliseconds.
         with torch.inference_mode(), ExitStack() as routing:

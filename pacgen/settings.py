@@ -14,6 +14,8 @@ from typing import Any
 from .augment import AugmentConfig
 from .errors import PACGenError
 
+UNCOND = "negative"  # the name of an unconditional row in a batch of UNet rows
+
 SCHEDULER_NAMES = ("dpm++", "ddim", "euler", "pndm")
 TRAINING_METHODS = ("lora", "lora-all", "full")  # what each trains: pacgen.lora
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; image k of a batch uses seed + k
@@ -157,10 +159,19 @@ class SampleSettings(_Checked):
     scene_feather: int = setting(8, "with a scene photo: width in pixels of the seam over which the generated region "
                                  "fades into the photo", low=0, high=128, label="Scene seam (px)")
 
+    def regional_rows(self, concepts: list[str]) -> list[tuple[str, str | None]]:
+        """What one regional denoising step batches, row by row, as (row, concept whose LoRA runs it): the negative
+        and base rows (no concept), then each concept's row, after its own negative row under "own" concept
+        guidance. The sampler runs these rows; requests are priced by their count (`unet_rows`)."""
+        own = [UNCOND] if self.concept_guidance == "own" else []
+        rows: list[tuple[str, str | None]] = [(UNCOND, None), ("base", None)]
+        for name in concepts:
+            rows += [(row, name) for row in [*own, f"concept:{name}"]]
+        return rows
+
     def unet_rows(self, concepts: int) -> int:
-        """UNet rows per regional denoising step with this many concepts: the negative and base rows, and each
-        concept's row (after its own negative row under "own" concept guidance)."""
-        return 2 + concepts * (2 if self.concept_guidance == "own" else 1)
+        """UNet rows per regional denoising step with this many concepts."""
+        return len(self.regional_rows([str(k) for k in range(concepts)]))
 
     def _cross_checks(self) -> None:
         if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
