@@ -62,8 +62,6 @@ class GenerationResult:
     scene: Image.Image | None = None  # the scene photo as fitted and used; None: the whole image was generated
 
 
-
-
 def guided(noise_pred: torch.Tensor, rows: list[str], scale: float) -> list[torch.Tensor]:
     """Split a batched prediction into its rows and apply CFG of each conditional row against the unconditional
     row last before it (the first row, or a concept's own)."""

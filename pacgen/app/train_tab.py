@@ -125,8 +125,10 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
     tab.photos.change(lambda files: files or [], tab.photos, tab.photo_gallery, queue=False, **UI_ONLY)
     # As each page loads (speeds are then measured with a visitor's browser running, not as the app starts with
     # none) and whenever an input that changes it does.
-    gr.on(None, endpoint(lambda *values: estimate_text(studio, *values), ["photos", "class_noun", *names[3:]]),
-          [tab.photos, tab.noun, *tab.settings], tab.estimate, queue=False, show_progress="hidden", **UI_ONLY)
+    show_estimate = endpoint(lambda *values: estimate_text(studio, *values),
+                             ["photos", "class_noun", *[f.name for f in FIELDS]])
+    gr.on(None, show_estimate, [tab.photos, tab.noun, *tab.settings], tab.estimate, queue=False,
+          show_progress="hidden", **UI_ONLY)
 
     def preview(files, augment_strength, mirror_photos):
         return enlarge(studio.preview_augmentation(files, augment_strength, mirror_photos), 512)
