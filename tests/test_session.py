@@ -161,3 +161,16 @@ def test_while_the_model_is_busy_the_estimate_says_what_it_rests_on(tmp_path):
     with studio.model_lock:
         basis = studio.estimate("star", settings.override(batch_size=2)).basis
     assert basis.startswith("measured for other settings (the model is busy now)")
+
+
+def test_cancel_answers_once_the_training_has_stopped_with_what_its_own_stream_ends_with(tmp_path, photos):
+    studio = Studio("tiny", tmp_path, device="cpu")
+    assert studio.cancel() == "Nothing of yours is training."
+    events = studio.train(photos, "long one", "star", TrainSettings(steps=3000, prior_preservation=False,
+                                                                    preview_every=0))
+    while next(events).phase != "training":  # running its steps
+        pass
+    assert studio.cancel() == "Training cancelled: nothing was saved."  # not "Cancelling…": it has stopped
+    assert not studio.training_active()
+    assert [event.phase for event in events][-1] == "cancelled"
+    assert "long one" not in studio.concept_names()

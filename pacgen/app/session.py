@@ -44,6 +44,7 @@ from .visitors import (Caller, LimitError, Policy, Visitors, acting_as, current_
 
 # Measured speeds older than this are measured again (when the model is free): the machine's load changes.
 RATES_FRESH_S = 60.0
+CANCEL_WAIT_S = 10.0  # how long a cancel waits for the training to stop before it answers "Cancelling…"
 EXPORT_KEEP_S = 600  # downloads are served from Gradio's cache; our zips are kept only this long
 
 
@@ -459,12 +460,17 @@ class Studio:
         job = self.jobs.get(self.visitor())
         return job is not None and job.running
 
-    def cancel(self) -> str:
+    def cancel(self, wait_s: float = CANCEL_WAIT_S) -> str:
+        """Stop the visitor's training, and say how it ended once it has (waiting up to `wait_s`): a page shows
+        whichever of this reply and the training's own last event comes last, and a "Cancelling…" that came after
+        "cancelled" stayed on screen for good."""
         job = self.jobs.get(self.visitor())
         if job is None or not job.running:
             return "Nothing of yours is training."
         job.cancel()
-        return "Cancelling…"
+        if job.wait(wait_s) and job.events:
+            return job.events[-1].message
+        return "Cancelling… (the training stops after its current step)"
 
     # ----------------------------------------------------------------------------------- compose
 

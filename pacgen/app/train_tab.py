@@ -152,7 +152,19 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
         show_progress_on=[tab.status],
     ).then(refresh, outputs=refresh_outputs, **UI_ONLY).then(endpoint(lambda: cancel_state(studio), []),
                                                               outputs=tab.cancel_button, **UI_ONLY)
-    tab.cancel_button.click(endpoint(studio.cancel, []), outputs=tab.status, queue=False, api_name="cancel_training")
+    def cancel() -> str:
+        """What the training's own stream ends with, once it has stopped: the page keeps whichever reply comes
+        last, so both must say the same."""
+        message = studio.cancel()
+        events = [] if studio.training_active() else list(studio.follow_training())
+        if not events:
+            return message
+        view = views.TrainView()
+        for event in events:
+            view.add(event)
+        return view.markdown()
+
+    tab.cancel_button.click(endpoint(cancel, []), outputs=tab.status, queue=False, api_name="cancel_training")
     for button, obj in tab.example_buttons:
         button.click(lambda o=obj: ([str(p) for p in o.photos], o.name, o.class_noun),
                      outputs=[tab.photos, tab.name, tab.noun], queue=False, **UI_ONLY)
