@@ -80,7 +80,7 @@ def test_a_visitor_cannot_cancel_anothers_training(server):
         time.sleep(0.1)
     assert bob.predict(api_name="/cancel_training") == "Nothing of yours is training."
     assert studio.training_lock.locked()
-    assert ann.predict(api_name="/cancel_training") == "Cancelling…"
+    assert ann.predict(api_name="/cancel_training") == "Training cancelled: nothing was saved."  # once stopped
     assert "cancelled" in long_job.result()[0]
 
 
