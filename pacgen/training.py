@@ -525,13 +525,8 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
     stepper = _Stepper(pipe, params, config, config.seed)
     progress = _Progress()
     if run.resumed is not None:
-        state = run.resumed
-        stepper.masters.load(state["weights"])
-        stepper.optimizer.load_state_dict(state["optimizer"])
-        stepper.scaler.load_state_dict(state["scaler"])
-        stepper.generator.set_state(state["generator"])
-        stepper.picker.setstate(state["picker"])
-        progress = _Progress(**state["progress"])
+        stepper.load_state(run.resumed)
+        progress = _Progress(**run.resumed["progress"])
     preview_guess = run.preview_guess_s
     with _unet_training(pipe.components.unet, config):
         for step in range(progress.step + 1, config.steps + 1):
@@ -541,9 +536,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
             if not run.budget.allows(progress.step_s() + preview_s):
                 _write_checkpoint(run.checkpoint, {
                     "key": run.key, "identifier": concept.identifier, "elapsed_s": time.perf_counter() - run.started,
-                    "progress": asdict(progress), "weights": [p.detach().cpu() for p in stepper.masters.params],
-                    "optimizer": stepper.optimizer.state_dict(), "scaler": stepper.scaler.state_dict(),
-                    "generator": stepper.generator.get_state(), "picker": stepper.picker.getstate(),
+                    "progress": asdict(progress), **stepper.state(),
                 })
                 yield TrainEvent("paused", progress.step, config.steps, loss_smoothed=progress.smoothed,
                                  elapsed_s=time.perf_counter() - run.started, eta_s=progress.eta(config, preview_guess),
@@ -584,6 +577,19 @@ class _Stepper:
         self.picker = random.Random(seed)
         self.device = comp.device  # read once: diffusers' `.device` walks every module
         self.autocast = torch.autocast(self.device.type, dtype=comp.dtype, enabled=comp.dtype != torch.float32)
+
+    def state(self) -> dict:
+        """What a resumed training needs to take the same next steps: weights, optimizer, scaler, random streams."""
+        return {"weights": [p.detach().cpu() for p in self.masters.params], "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
+                "picker": self.picker.getstate()}
+
+    def load_state(self, state: dict) -> None:
+        self.masters.load(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.picker.setstate(state["picker"])
 
     def step(self, data: _Batches) -> float:
         """A batch of photos (and as many class images) noised at random timesteps; the masked denoising loss plus
