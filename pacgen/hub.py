@@ -65,6 +65,7 @@ def model_card(concept: Concept, photo_count: int, augmented: bool) -> str:
 def push_concept(folder: str | Path, repo_id: str, token: str | None = None, api: HfApi | None = None,
                  private: bool = True, include_photos: bool = False) -> str:
     """Upload a concept folder to the Hub model repo `repo_id` (created if missing, private by default); its URL.
+    Its training previews (the CLI keeps them in `previews/`) stay local, and its photos unless `include_photos`.
 
     The token is `token`, else the one huggingface_hub finds (`HF_TOKEN`, or `hf auth login`'s).
     """
@@ -79,7 +80,7 @@ def push_concept(folder: str | Path, repo_id: str, token: str | None = None, api
         url = api.create_repo(repo_id, token=token, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, repo_type="model",
                           commit_message=f"PACGen concept {concept.name}",
-                          ignore_patterns=None if include_photos else ["photos/*"])
+                          ignore_patterns=["previews/*"] + ([] if include_photos else ["photos/*"]))
     except (HfHubHTTPError, hub_httpx.TransportError) as error:
         raise HubError(f"the Hub refused or could not be reached while pushing to '{repo_id}': "
                        f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None

@@ -124,7 +124,7 @@ class PACGenPipeline:
     def load_concept(self, source: Concept | str | Path) -> Concept:
         """Attach a concept's LoRA under its own adapter name, in the model's dtype; refuse one trained on another
         base model or whose weights do not fit this UNet. Loading a name again replaces the earlier weights."""
-        concept = source if isinstance(source, Concept) else Concept.load(source)
+        concept = source if isinstance(source, Concept) else Concept.load(Path(source).expanduser())
         own = self.components
         if concept.base_fingerprint != own.fingerprint:
             raise ConceptError(

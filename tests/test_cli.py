@@ -84,3 +84,78 @@ def test_module_entry_point_reports_offline_hub_model_clearly(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Could not load the Hub repo 'someone/not-here'")
     assert "--model mini" in proc.stderr and "Traceback" not in proc.stderr
+    assert "torchvision" not in proc.stderr  # transformers' notice about its PIL fallback is hidden (pacgen.quiet)
+
+
+def test_only_the_torchvision_notice_is_hidden(caplog):
+    from pacgen.quiet import TORCHVISION_FALLBACK, hide_torchvision_fallback_notice
+
+    hide_torchvision_fallback_notice()
+    hide_torchvision_fallback_notice()
+    logger = __import__("logging").getLogger("transformers.utils.import_utils")
+    logger.addHandler(caplog.handler)  # transformers' loggers do not propagate to the root that caplog watches
+    try:
+        logger.warning(f"`CLIPImageProcessor` {TORCHVISION_FALLBACK} `CLIPImageProcessorPil`")
+        logger.warning("some other notice")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records] == ["some other notice"]
+    assert len(logger.filters) == 1
+
+
+def _photo_files(photos, folder) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{k}.png" for k in range(len(photos))]
+    for photo, path in zip(photos, paths):
+        photo.save(path)
+    return [str(p) for p in paths]
+
+
+TRAIN = ["train", "--model", "tiny", "--device", "cpu", "--class-noun", "box", "--steps", "4", "--no-prior-preservation"]
+
+
+@pytest.mark.slow  # trains, in a fresh process
+def test_training_on_a_fresh_machine_saves_the_concept_with_its_previews(tmp_path, photos):
+    """A HOME with no ~/.pacgen yet: the library is made, and the previews go into the concept's own folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PACGEN_HOME"} | {"HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-m", "pacgen", *TRAIN, "--preview-every", "2", "--name", "x",
+                           "--images", *_photo_files(photos, tmp_path / "photos")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    folder = home / ".pacgen" / "concepts" / "x"
+    assert (folder / "concept.json").is_file() and "saved concept 'x'" in proc.stdout
+    assert sorted(p.name for p in (folder / "previews").iterdir()) == ["preview-00002.png", "preview-00004.png"]
+    assert not list((home / ".pacgen").glob("*.png"))  # nothing loose in the library root
+    assert "Traceback" not in proc.stderr
+
+
+def test_training_into_a_new_data_dir_keeps_the_concept_when_the_previews_cannot_be_written(tmp_path, photos,
+                                                                                            capsys):
+    data_dir = tmp_path / "not" / "yet" / "there"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    code = main([*TRAIN, "--preview-every", "4", "--name", "kept", "--data-dir", str(data_dir),
+                 "--previews", str(blocked / "previews"),
+                 "--images", *_photo_files(photos, tmp_path / "photos")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert (data_dir / "concepts" / "kept" / "concept.json").is_file()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "previews could not be written" in warnings[0] and "Traceback" not in captured.err
+
+
+def test_a_failure_after_the_concept_is_saved_is_one_line_and_the_concept_stays(tmp_path, photos, capsys,
+                                                                                  monkeypatch):
+    from pacgen.sampling import PACGenPipeline
+
+    def broken(self, concept):
+        raise RuntimeError("out of memory\nwhile loading")
+
+    monkeypatch.setattr(PACGenPipeline, "load_concept", broken)
+    code = main([*TRAIN, "--name", "kept", "--data-dir", str(tmp_path / "lib"),
+                 "--images", *_photo_files(photos, tmp_path / "photos")])
+    err = capsys.readouterr().err
+    assert code == 0 and (tmp_path / "lib" / "concepts" / "kept" / "concept.json").is_file()
+    assert "warning: after saving it, RuntimeError: out of memory while loading" in err.splitlines()

@@ -40,7 +40,7 @@ def test_a_base_model_that_is_not_on_the_hub_is_not_linked(concept):
     assert "base_model" not in ModelCard(model_card(concept, 3, augmented=False)).data.to_dict()
 
 
-def test_push_creates_the_repo_and_uploads_the_folder_without_the_photos(concept):
+def test_push_creates_the_repo_and_uploads_the_folder_without_the_photos_or_previews(concept):
     api = mock.create_autospec(HfApi, instance=True)
     api.create_repo.return_value = "https://huggingface.co/me/my-dog"
     url = push_concept(concept.path, "me/my-dog", token="hf_test", api=api)
@@ -49,7 +49,7 @@ def test_push_creates_the_repo_and_uploads_the_folder_without_the_photos(concept
                                             exist_ok=True)
     upload = api.upload_folder.call_args.kwargs
     assert upload["repo_id"] == "me/my-dog" and upload["folder_path"] == str(concept.path)
-    assert upload["ignore_patterns"] == ["photos/*"] and upload["token"] == "hf_test"
+    assert set(upload["ignore_patterns"]) == {"photos/*", "previews/*"} and upload["token"] == "hf_test"
 
 
 def test_push_without_a_token_says_how_to_configure_one(concept, monkeypatch):

@@ -14,13 +14,17 @@ import sys
 import warnings
 from pathlib import Path
 
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-import pacgen.mini  # noqa: F401  (registers the `tiny` test model for --model tiny)
+from ..quiet import hide_torchvision_fallback_notice
 
-from ..errors import PACGenError
-from ..settings import SampleSettings, TrainSettings, kind, surfaced
+hide_torchvision_fallback_notice()  # before the imports below bring in diffusers
+
+import pacgen.mini  # noqa: E402,F401  (registers the `tiny` test model for --model tiny)
+
+from ..errors import PACGenError  # noqa: E402
+from ..settings import SampleSettings, TrainSettings, kind, surfaced  # noqa: E402
 
 
 def quiet_libraries() -> None:
@@ -73,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--images", nargs="+", required=True, help="3 to 5 photos of the object")
     train.add_argument("--name", required=True, help="how prompts refer to it: <name>")
     train.add_argument("--class-noun", default="", help="what the object is, e.g. dog, mug, star")
+    train.add_argument("--previews", default=None, metavar="FOLDER",
+                       help="where preview images go (default: the concept's folder, in previews/)")
     _add_settings(train, TrainSettings)
     return parser
 
@@ -121,6 +127,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """Train, then write the previews beside the concept (or into --previews): they are kept in memory until the
+    concept is committed, so no folder has to exist beforehand and nothing after the commit can cost the concept."""
     from ..concepts import ConceptLibrary
     from ..sampling import PACGenPipeline
     from ..training import train_concept
@@ -129,27 +137,70 @@ def cmd_train(args: argparse.Namespace) -> None:
     pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
     config = pipe.components.defaults.training.override(**_chosen(args, TrainSettings)).checked()
     bars: dict[str, tqdm] = {}
+    previews: list[tuple[int, Image.Image]] = []
+    saving = False
+
+    def close_bars() -> None:  # before any line of ours, which would otherwise land after a bar's carriage return
+        for finished in bars.values():
+            finished.close()
+
     events = train_concept(pipe, args.images, args.name, args.class_noun, config, library)
     try:
         for event in events:
+            saving = saving or event.phase == "saving"
             if event.phase in ("class-images", "training"):
                 if event.phase not in bars:
-                    for finished in bars.values():
-                        finished.close()
+                    close_bars()
                     bars[event.phase] = tqdm(total=event.total, desc=event.phase, unit="step")
                 bar = bars[event.phase]
                 bar.update(event.step - bar.n)
                 if event.loss_smoothed is not None:
                     bar.set_postfix(loss=f"{event.loss_smoothed:.4f}")
             if event.preview is not None:
-                event.preview.save(library.root / f"preview-{event.step:05d}.png")
+                previews.append((event.step, event.preview))
             if event.concept is not None:
+                close_bars()
                 print(f"saved concept '{event.concept.name}' to {event.concept.path} "
                       f"(prompt it as <{event.concept.name}>; identifier {event.concept.identifier})")
+                _write_previews(previews, Path(args.previews) if args.previews else event.concept.path / "previews")
+    except Exception as error:  # noqa: BLE001  (re-raised unless the concept is already in the library)
+        if not saving or (saved := _committed(library, args.name)) is None:
+            raise
+        close_bars()
+        print(f"saved concept '{saved.name}' to {saved.path}")
+        print(f"warning: after saving it, {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
     finally:
         events.close()
-        for bar in bars.values():
-            bar.close()
+        close_bars()
+
+
+def _committed(library, name: str):
+    """The concept `name` if the library holds it (a training commits it before loading it back), else None."""
+    from ..concepts import ConceptError
+
+    try:
+        return library.get(name)
+    except ConceptError:
+        return None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _write_previews(previews: list[tuple[int, Image.Image]], folder: Path) -> None:
+    """One PNG per preview, named by its step; a failure here is a warning: the concept is already saved."""
+    if not previews:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for step, image in previews:
+            image.save(folder / f"preview-{step:05d}.png")
+    except OSError as error:
+        print(f"warning: the concept is saved, but its previews could not be written to {folder}: "
+              f"{_one_line(error)}", file=sys.stderr)
+        return
+    print(f"{len(previews)} previews in {folder}")
 
 
 COMMANDS = {"generate": cmd_generate, "train": cmd_train}
