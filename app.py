@@ -15,7 +15,11 @@ import os
 import gradio as gr
 import torch
 
-import pacgen.mini  # noqa: F401  (registers the `tiny` test model for --model tiny)
+from pacgen.quiet import hide_torchvision_fallback_notice
+
+hide_torchvision_fallback_notice()  # before the imports below bring in diffusers
+
+import pacgen.mini  # noqa: E402,F401  (registers the `tiny` test model for --model tiny)
 from pacgen.app import compose_tab, library_tab, train_tab, views
 from pacgen.app.fields import UI_ONLY, endpoint
 from pacgen.app.model_thread import app_threads

@@ -13,7 +13,7 @@ from ..layout import boxed_concepts
 from ..scene import load_scene
 from ..settings import SampleSettings, surfaced
 from . import views
-from .fields import UI_ONLY, component, endpoint
+from .fields import UI_ONLY, component, endpoint, refused
 from .session import Studio
 from .visitors import Caller, acting_as
 from .zerogpu import ZERO_GPU_RATES, generation_seconds, gpu_task
@@ -56,7 +56,7 @@ def fitted_scene(scene: str | None, width, height):
     try:
         return load_scene(scene, int(width), int(height)) if scene else None
     except PACGenError as error:  # page-internal events have no endpoint wrapper to turn it into a message
-        raise gr.Error(views.plain(str(error))) from None
+        raise refused(error) from None
 
 
 def redraw(rows, width, height, scene: str | None) -> dict:
@@ -104,7 +104,7 @@ def build(studio: Studio) -> ComposeTab:
             # Whole images (contain, not cover) at their own pixels, with what made them in plain text below.
             results = gr.Gallery(label="Results", columns=2, height="auto", object_fit="contain", elem_id="results",
                                  format="png")
-            info = gr.Markdown(elem_id="result-info")
+            info = gr.Markdown(label="Info", elem_id="result-info")  # labels name API outputs
     return ComposeTab(canvas, scene, table, table_message, examples, example_buttons, prompt, negative, settings,
                       reuse_seed, generate_button, generate_status, show_boxes, results, info, gr.State(None),
                       gr.State(None), gr.State([]))

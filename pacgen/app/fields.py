@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from dataclasses import Field
 from typing import Any, Callable
 
@@ -20,6 +21,14 @@ from .visitors import Caller, acting_as
 
 UI_ONLY = {"api_visibility": "private"}  # page-internal events: not part of the public API
 _DONE = object()
+logger = logging.getLogger(__name__)
+
+
+def refused(error: PACGenError) -> gr.Error:
+    """The message a user sees for input they can fix, logged as one line: a refusal is no fault of the server's,
+    so Gradio is told not to print its traceback (which it keeps for every other exception)."""
+    logger.warning("refused a request: %s", " ".join(str(error).split()))
+    return gr.Error(plain(str(error)), print_exception=False)
 
 
 def component(f: Field, value: Any, *, low: float | None = None, high: float | None = None,
@@ -33,14 +42,41 @@ def component(f: Field, value: Any, *, low: float | None = None, high: float | N
     if kind(f) == "str":
         return gr.Dropdown(list(meta["choices"]), value=value, **common)
     if f.name == "seed":
-        return gr.Number(value=-1 if value is None else value, precision=0, **common)
+        return _named_refusals(gr.Number(value=-1 if value is None else value, precision=0, **common), f.name)
     low = meta["low"] if low is None else low
     high = meta["high"] if high is None else high
     integer = kind(f) == "int"
+    precision = 0 if integer else None  # whole numbers arrive as int, and the API types them so
     linear = low is not None and high is not None and (high - low <= 2000 if integer else low == 0 and high <= 50)
     if linear:
-        return gr.Slider(low, high, value=value, step=step or (1 if integer else 0.05), **common)
-    return gr.Number(value=value, precision=0 if integer else None, minimum=low, maximum=high, **common)
+        box = gr.Slider(low, high, value=value, step=step or (1 if integer else 0.05), precision=precision, **common)
+    else:
+        box = gr.Number(value=value, precision=precision, minimum=low, maximum=high, **common)
+    return _named_refusals(box, f.name)
+
+
+def _named_refusals(box: gr.Number | gr.Slider, name: str) -> gr.Number | gr.Slider:
+    """Gradio checks a number's range before any handler runs, with a message that does not say which number
+    and a traceback in the server log; here its refusal names the setting and is logged as one line, like ours."""
+    check = box.preprocess
+
+    def preprocess(payload):
+        try:
+            return check(payload)
+        except gr.Error as error:
+            raise refused(PACGenError(f"{name}: {error.message}")) from None
+
+    box.preprocess = preprocess
+    return box
+
+
+def concept_choice(names: list[str], **props) -> gr.Dropdown:
+    """A dropdown of concept names, which differ per visitor: its API parameter is typed `str`, not the enum of the
+    names it was built with (nobody's in particular, often none: `Literal[]`). Set on the instance: a subclass of a
+    Gradio component would make Gradio write a .pyi stub beside this module."""
+    box = gr.Dropdown(names, allow_custom_value=True, **props)
+    box.api_info = lambda: {"type": "string", "description": "a concept name, as /list_concepts gives it"}
+    return box
 
 
 def caller_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> Caller:
@@ -76,7 +112,7 @@ def endpoint(fn: Callable, names: list[str], optional: tuple[str, ...] = ()) -> 
                         return
                     yield item
             except PACGenError as error:
-                raise gr.Error(plain(str(error))) from None
+                raise refused(error) from None
             finally:
                 steps.close()
     else:
@@ -87,7 +123,7 @@ def endpoint(fn: Callable, names: list[str], optional: tuple[str, ...] = ()) -> 
                 with acting_as(caller):
                     return fn(*values, **extra)
             except PACGenError as error:
-                raise gr.Error(plain(str(error))) from None
+                raise refused(error) from None
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter(n, positional, **({"default": None} if n in optional else {})) for n in names]

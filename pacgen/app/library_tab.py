@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from . import views
-from .fields import UI_ONLY, caller_of, endpoint
+from .fields import UI_ONLY, caller_of, concept_choice, endpoint
 from .visitors import acting_as
 from .session import LibraryView, Studio
 
@@ -46,19 +46,19 @@ def build(studio: Studio) -> LibraryTab:
                 "Use one in **2 · Compose** by labelling a box with its name.")
     gallery = gr.HTML(cards(studio.library_view()), elem_id="library-cards")
     with gr.Row():
-        chosen = gr.Dropdown(studio.concept_names(), label="Concept", value=None, allow_custom_value=True,
+        chosen = concept_choice(studio.concept_names(), label="Concept", value=None,
                              elem_id="library-concept")
         confirm = gr.Checkbox(label="Yes, delete it (cannot be undone)", elem_id="library-confirm")
     with gr.Row():
         delete_button = gr.Button("Delete", variant="stop")
         export_button = gr.Button("Download as zip")
-    status = gr.Markdown(elem_id="library-status")
+    status = gr.Markdown(label="Message", elem_id="library-status")  # labels name API outputs
     with gr.Row():
         download = gr.File(label="Download", interactive=False, height=120)
         with gr.Column():
             upload = gr.File(label="Import a concept zip", file_types=[".zip"], type="filepath", height=120)
             import_button = gr.Button("Import")
-            import_status = gr.Markdown(elem_id="import-status")
+            import_status = gr.Markdown(label="Import message", elem_id="import-status")
     with gr.Row():
         with gr.Column():
             gr.Markdown("#### Import a kohya/A1111 LoRA\nAn SD-1.x LoRA from kohya's scripts or civitai that changes "
@@ -69,7 +69,7 @@ def build(studio: Studio) -> LibraryTab:
             kohya_class = gr.Textbox(label="Class noun", placeholder="dog", elem_id="kohya-class")
             kohya_trigger = gr.Textbox(label="Trigger word", placeholder="sks", elem_id="kohya-trigger")
             kohya_button = gr.Button("Import LoRA")
-            kohya_status = gr.Markdown(elem_id="kohya-status")
+            kohya_status = gr.Markdown(label="Kohya import message", elem_id="kohya-status")
         with gr.Column():
             gr.Markdown("#### Push to the Hub\nUploads the chosen concept (its LoRA, kohya copy, model card and "
                         "thumbnail, which is made from your photos; not the photos themselves) to a private model "
@@ -79,7 +79,7 @@ def build(studio: Studio) -> LibraryTab:
                                    info="Needed on a shared app; on your own machine HF_TOKEN or `hf auth login` "
                                         "is used when this is empty")
             hub_button = gr.Button("Push")
-            hub_status = gr.Markdown(elem_id="hub-status")
+            hub_status = gr.Markdown(label="Push message", elem_id="hub-status")
     return LibraryTab(gallery, chosen, confirm, delete_button, export_button, download, upload, import_button, status,
                       import_status, kohya_file, kohya_name, kohya_class, kohya_trigger, kohya_button, kohya_status,
                       hub_repo, hub_token, hub_button, hub_status)
@@ -108,5 +108,5 @@ def wire(tab: LibraryTab, studio: Studio, refresh, refresh_outputs: list) -> Non
                            [tab.kohya_file, tab.kohya_name, tab.kohya_class, tab.kohya_trigger], tab.kohya_status,
                            api_name="import_kohya").then(refresh, outputs=refresh_outputs, **UI_ONLY)
     tab.hub_button.click(endpoint(lambda *values: views.plain(studio.push_to_hub(*values)),
-                                  ["name", "repo_id", "token"]),
+                                  ["name", "repo_id", "token"], optional=("token",)),
                          [tab.chosen, tab.hub_repo, tab.hub_token], tab.hub_status, api_name="push_to_hub")

@@ -55,7 +55,7 @@ def build(studio: Studio) -> TrainTab:
                 aug_button = gr.Button("Preview augmentation")
                 train_button = gr.Button("Train", variant="primary")
                 cancel_button = gr.Button("Cancel", variant="stop", interactive=False)  # only while one runs
-            status = gr.Markdown(elem_id="train-status")
+            status = gr.Markdown(label="Status", elem_id="train-status")  # labels name API outputs
             newest = studio.newest_concept()
             use_button = gr.Button(use_label(newest), variant="primary", visible=bool(newest), elem_id="use-in-compose")
             example_buttons = []
