@@ -45,16 +45,23 @@ class HubPin:
         """The `preload_from_hub` line for this pin: `repo file1,file2 commit`."""
         return f"{self.repo_id} {','.join(self.files)} {self.revision}"
 
+    @property
+    def safetensors(self) -> bool:
+        """Whether the weights are safetensors; else they are pickles (`.bin`), which load with `weights_only`."""
+        return any(name.endswith(".safetensors") for name in self.files)
 
-# The default repo's safetensors weights live on its PR branch refs/pr/2 (`main` holds only pickles). `29be6c8` is
-# that branch's head commit as the Hub's file browser shows it; the full 40-hex id could not be looked up from here
-# (the Hub resolves a commit prefix; see README, "Hugging Face Spaces"). The fp16 files serve every dtype: they are
-# half the download, and upcasting them is exact.
+
+# The default repo's `main` at its head commit. Its weights there are pickles (`.bin`); safetensors exist only on the
+# PR branch refs/pr/2, whose full commit id could not be found. Seen in main's listing: unet/ and text_encoder/ hold
+# fp16 files named as below. Inferred: vae/diffusion_pytorch_model.fp16.bin (the VAE folder held it at an earlier
+# commit; main's vae/ listing was not seen). The fp16 files serve every dtype: they are half the download, and
+# upcasting them is exact. Pickles are read with `weights_only=True` by both diffusers (`load_state_dict`) and
+# transformers (which refuses them on a torch without a safe `torch.load`), so a file cannot run code.
 HUB_PINS = {
-    DEFAULT_MODEL: HubPin(DEFAULT_MODEL, "29be6c8", "fp16", (
-        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
-        "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
-        "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+    DEFAULT_MODEL: HubPin(DEFAULT_MODEL, "d2820dc1e9ba6ca082051ce79cfd3eb468ae2c83", "fp16", (
+        "unet/config.json", "unet/diffusion_pytorch_model.fp16.bin",
+        "vae/config.json", "vae/diffusion_pytorch_model.fp16.bin",
+        "text_encoder/config.json", "text_encoder/pytorch_model.fp16.bin",
         "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
         "tokenizer/vocab.json",
     )),
@@ -231,7 +238,8 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
     """Load a diffusers-format GLIGEN model from a folder or the Hub, preferring safetensors and fp16 files."""
     pin = HUB_PINS.get(source)
     if pin is not None:
-        return _load_folder(download_pinned(pin), dtype, [pin.variant], model_id=source, own_files=False)
+        return _load_folder(download_pinned(pin), dtype, [pin.variant], model_id=source, own_files=False,
+                            use_safetensors=pin.safetensors)
     local = _is_local(source)
     if local and not (Path(source) / "unet").is_dir():
         raise ModelLoadError(f"'{source}' is not a diffusers model folder: it has no unet/ subfolder.")
@@ -240,15 +248,16 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
 
 
 def _load_folder(source: str | Path, dtype: torch.dtype, variants: list[str | None], model_id: str,
-                 own_files: bool) -> Components:
+                 own_files: bool, use_safetensors: bool | None = None) -> Components:
     """Load from a folder or unpinned Hub id; `own_files`: a user's model folder, whose scheduler and pacgen.json
-    travel with it (a pinned Hub download uses SD-1.4's)."""
+    travel with it (a pinned Hub download uses SD-1.4's). `use_safetensors`: which weight files to read (None:
+    safetensors where present, as diffusers and transformers choose)."""
     source = str(source)
     local = _is_local(source)
     last_error: Exception | None = None
     for variant in variants:
         try:
-            kwargs = {"variant": variant, "torch_dtype": dtype}
+            kwargs = {"variant": variant, "torch_dtype": dtype, "use_safetensors": use_safetensors}
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
             text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
