@@ -14,6 +14,7 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 from test_app import free_port
+from test_browser import ARGS, CHROMIUM, draw_box
 
 import app
 from pacgen.app.guard import launch_options
@@ -252,3 +253,29 @@ def test_a_request_is_its_owners_only_on_an_app_with_logins():
     assert owners.admit(Request("POST", "/gradio_api/queue/join", login="bob",
                                 body={"session_hash": "s", "data": [{"path": relative}]})).status == 403
     assert owners.admit(Request("GET", "/gradio_api/file=/elsewhere/x.png", login="bob")).access.file
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+def test_the_page_works_through_the_guard_after_logging_in(served):
+    """The browser's own use of the routes (config, heartbeat, queue, uploads, files) passes the guard once logged
+    in: nothing the page asks for is refused, and the generated image loads."""
+    from playwright.sync_api import expect, sync_playwright
+
+    refused = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("response", lambda r: refused.append((r.status, r.url)) if r.status >= 400 else None)
+        page.goto(served.local_url, wait_until="load")
+        page.get_by_label("username").fill(LOGINS[0][0])
+        page.get_by_label("password").fill(LOGINS[0][1])
+        page.get_by_role("button", name="Login").click()
+        expect(page.get_by_text("Put your own objects")).to_be_visible(timeout=60_000)
+        page.get_by_role("tab", name="Compose").click()
+        draw_box(page, "a red star", (-150, 80), (160, 200))
+        page.get_by_role("button", name="Generate").click()
+        result = page.locator("#results img").first
+        expect(result).to_be_visible(timeout=90_000)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=result.element_handle())
+        browser.close()
+    assert refused == []
