@@ -22,6 +22,7 @@ hide_torchvision_fallback_notice()  # before the imports below bring in diffuser
 import pacgen.mini  # noqa: E402,F401  (registers the `tiny` test model for --model tiny)
 from pacgen.app import compose_tab, library_tab, train_tab, views
 from pacgen.app.fields import UI_ONLY, endpoint
+from pacgen.app.guard import launch_options
 from pacgen.app.model_thread import app_threads
 from pacgen.app.session import Studio
 from pacgen.app.visitors import LimitError, choose_policy, parse_logins
@@ -139,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_ui(studio)
     # One job per endpoint at a time; the session's model lock then orders generation and training. Shared: no
     # queue-bypassing /run routes (every call has a session, so a visitor), and no internal error text on the page.
+    # Shared or with logins: Gradio's routes serve each visitor's requests and files to that visitor only (guard).
     demo.queue(default_concurrency_limit=1, max_size=policy.queue_size, api_open=not policy.isolated).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth or None, css=CSS,
+        server_name=args.host, server_port=args.port, share=args.share, **launch_options(policy, auth), css=CSS,
         theme=gr.themes.Soft(), show_error=not policy.isolated,
         max_file_size=f"{policy.max_upload_mb:g}mb" if policy.max_upload_mb else None,
     )

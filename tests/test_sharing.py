@@ -16,6 +16,7 @@ from gradio_client import Client, handle_file
 from test_app import free_port
 
 import app
+from pacgen.app.guard import launch_options
 from pacgen.app.session import Studio
 from pacgen.app.visitors import Policy
 
@@ -34,7 +35,8 @@ def server(tmp_path_factory):
                     policy=Policy.public().with_limits("max_concepts=1"))
     demo = app.build_ui(studio)
     demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=free_port(),
-                                                   prevent_thread_lock=True, quiet=True)
+                                                   prevent_thread_lock=True, quiet=True,
+                                                   **launch_options(studio.policy, []))  # guarded, as app.py does
     yield studio, demo.local_url
     demo.close()
 
