@@ -240,3 +240,29 @@ def test_the_app_imports_a_kohya_lora_and_refuses_one_that_does_not_fit(tmp_path
     with pytest.raises(PACGenError, match="choose a kohya-format LoRA file"):
         studio.import_kohya(None, "other dog", "dog", "ohwx")
     assert studio.concept_names() == ["kohya dog"]
+
+
+def test_alpha_0_means_the_rank_as_kohyas_loader_reads_it(comp, tmp_path):
+    ours = _trained_adapter(comp.unet, "alpha0", "lora", rank=4, alpha=4)
+    path = write_kohya_file(ours, tmp_path)
+    state = load_file(str(path))
+    save_file({k: (torch.tensor(0.0) if k.endswith(".alpha") else v) for k, v in state.items()}, str(path))
+    back = read_kohya_file(path)
+    assert set(back) == set(ours)
+    for key in ours:
+        torch.testing.assert_close(back[key], ours[key])  # scale 1, not 0: the concept does what it was trained to
+
+
+@pytest.mark.parametrize("dropped, message", [
+    ("lora_down.weight", "has no lora_down weight"),
+    ("lora_up.weight", "has no lora_up weight"),
+])
+def test_an_unpaired_factor_is_refused_naming_its_layer(pipe, library, tmp_path, dropped, message):
+    path, _ = _kohya_of(pipe.components.unet, tmp_path)
+    state = load_file(str(path))
+    layer = next(k for k in state if k.endswith(".lora_down.weight")).removesuffix(".lora_down.weight")
+    del state[f"{layer}.{dropped}"]
+    save_file(state, str(path))
+    with pytest.raises(ConceptError, match=f"layer '{layer}' {message}; a LoRA layer needs both factors"):
+        library.import_kohya(path, "kohya dog", "dog", "sks", pipe.components.fingerprint, "tiny")
+    assert library.list() == []
