@@ -19,7 +19,6 @@ import re
 import shutil
 import tempfile
 import time
-import unicodedata
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from PIL import Image
 from .errors import PACGenError
 from .kohya import KOHYA_FILE, read_kohya_file, write_kohya_file
 from .lora import LORA_FILE, LoraFileError, check_lora_header, read_lora_file, write_lora_file
-from .text import check_text
+from .text import check_text, has_visible_base, name_key
 
 logger = logging.getLogger(__name__)
 META_FILE = "concept.json"
@@ -153,8 +152,9 @@ def _checked_metadata(data: object, where: str) -> dict:
     def text(key: str, max_len: int) -> str:
         return check_text(_at(where, f"{META_FILE} field '{key}'"), given(key), max_len, ConceptError)
 
+    name, class_noun = given("name"), given("class_noun")
     try:
-        name, class_noun = check_name(given("name")), check_class_noun(given("class_noun"))
+        name, class_noun = check_name(name), check_class_noun(class_noun)
     except ConceptError as error:
         raise ConceptError(_at(where, str(error))) from None
     identifier = check_identifier(given("identifier"), _at(where, f"{META_FILE} field 'identifier'"))
@@ -184,11 +184,6 @@ def _json_kind(value: object) -> str:
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
-def name_key(name: str) -> str:
-    """What makes two names the same concept: equal up to case and Unicode compatibility forms."""
-    return unicodedata.normalize("NFKC", name).casefold()
-
-
 def slugify(name: str) -> str:
     """A folder name for a concept, never a path trick: its lowercase ASCII words joined by dashes, and for a name
     beyond ASCII (another script, emoji) a short hash of the name as well, so every script gets its own folder.
@@ -213,7 +208,7 @@ def check_name(name: object) -> str:
     if any(c in name for c in "<>/\\") or name.startswith("."):
         raise ConceptError(f"the concept name '{name}' may not contain '<', '>', '/', '\\' or start with '.'")
     slug = slugify(name)
-    if not slug:
+    if not slug or not has_visible_base(name):  # a lone accent (U+0301) has a slug, but shows as nothing
         raise ConceptError(f"the concept name '{name}' needs at least one letter, digit or emoji")
     if slug in _RESERVED:
         raise ConceptError(f"the concept name '{name}' is reserved by some file systems; choose another")
@@ -327,14 +322,17 @@ class ConceptLibrary:
         return self.scan()[0]
 
     def get(self, name: str) -> Concept:
+        """The concept whose name is `name` as `name_key` compares names ('dog' finds 'Dog')."""
         name = check_name(name)
-        slug = slugify(name)
-        folder = self.concepts_dir / slug
+        key = name_key(name)
+        folder = self.concepts_dir / slugify(name)
         if folder.is_dir():
-            return Concept.load(folder)
+            concept = Concept.load(folder)
+            if name_key(concept.name) == key:
+                return concept
         concepts = self.list()
-        for concept in concepts:  # a folder named before slugs had hashes
-            if slugify(concept.name) == slug:
+        for concept in concepts:  # a folder named before slugs had hashes, or before today's name_key
+            if name_key(concept.name) == key:
                 return concept
         known = ", ".join(c.name for c in concepts) or "the library is empty"
         raise ConceptError(f"no concept named '{name}' in the library ({known})")
@@ -348,10 +346,20 @@ class ConceptLibrary:
         return {c.identifier for c in self.list()}
 
     def check_new_name(self, name: str) -> str:
+        """`name` checked, if no concept has it (as `name_key` compares names) or would share its folder; the
+        message names the concept it collides with."""
         name = check_name(name)
-        slug = slugify(name)
-        if (self.concepts_dir / slug).exists() or any(slugify(c.name) == slug for c in self.list()):
-            raise ConceptError(f"a concept named '{name}' already exists; delete it or choose another name")
+        key, slug = name_key(name), slugify(name)
+        for concept in self.list():
+            if name_key(concept.name) == key:
+                same = "" if concept.name == name else f" ('{name}' is the same name)"
+                raise ConceptError(f"a concept named '{concept.name}' already exists{same}; delete it or choose "
+                                   "another name")
+            if slugify(concept.name) == slug:
+                raise ConceptError(f"'{name}' is too close to the existing '{concept.name}'; choose another name")
+        if (self.concepts_dir / slug).exists():
+            raise ConceptError(f"a concept named '{name}' already exists as a folder that cannot be read; remove it "
+                               "or choose another name")
         return name
 
     @contextmanager

@@ -14,7 +14,11 @@ Where diffusers' own converters are used and where not:
   `load_lora_weights` runs on kohya keys) returns the legacy attention-processor names (`attn1.processor.to_q_lora`)
   and the alphas apart, for diffusers' loader to apply. Our files hold module names and scale 1 (`read_lora_file`
   refuses the legacy names), so `read_kohya_file` maps names itself and folds alpha/rank into `up`. It also refuses
-  what a concept may not change (text encoder, GLIGEN's adapters) instead of loading it.
+  what a concept may not change (text encoder, GLIGEN's adapters) instead of loading it, and a layer with only one
+  of its two factors (A1111 skips such a layer, so its result would differ from ours).
+- Alpha 0 (or none) means alpha = rank, scale 1, as in kohya's own `networks/lora.py` (which trains and loads these
+  files) and A1111's first LoRA loader; A1111's current loader scales by 0 instead. Our kohya copy always writes the
+  alpha it means, so every tool reads it alike.
 """
 
 from __future__ import annotations
@@ -92,8 +96,9 @@ def read_kohya_file(path: str | Path, unet: UNet2DConditionModel | None = None) 
     for `load_adapter` (and for `write_lora_file` once the `unet.` prefix, which it adds, is taken off).
 
     Refuses, naming a key, any file that changes the text encoder, GLIGEN's adapters, or anything that is not a
-    UNet layer, or that holds values that are not finite; with `unet`, also layers this model does not have or that
-    no training method may change.
+    UNet layer, that holds values that are not finite, or a layer with only one of its two factors (naming the
+    layer); with `unet`, also layers this model does not have or that no training method may change. An alpha of 0
+    is the rank (scale 1), as kohya's own loader reads it.
     """
     path = Path(path)
     state = load_weights(path)
@@ -108,19 +113,20 @@ def read_kohya_file(path: str | Path, unet: UNet2DConditionModel | None = None) 
             raise LoraFileError(f"{path.name} is not a kohya SD-1.x UNet LoRA a concept can use: '{key}' is not a "
                                 "LoRA factor of a UNet layer a concept may change")
     out = {}
-    for key, down in state.items():
-        if not key.endswith(".lora_down.weight"):
-            continue
-        kohya_name = key.removesuffix(".lora_down.weight")
-        up = state.get(f"{kohya_name}.lora_up.weight")
-        if up is None:
-            raise LoraFileError(f"{path.name} has '{key}' without its lora_up weight")
-        rank = down.shape[0]
+    for kohya_name in dict.fromkeys(_PREFIX + _KOHYA_KEY.match(key).group(1) for key in state):
+        missing = [factor for factor in ("lora_down", "lora_up") if f"{kohya_name}.{factor}.weight" not in state]
+        if missing:
+            raise LoraFileError(f"{path.name}: layer '{kohya_name}' has no {' or '.join(missing)} weight; a LoRA layer "
+                                "needs both factors")
+        down, up = state[f"{kohya_name}.lora_down.weight"], state[f"{kohya_name}.lora_up.weight"]
+        rank = down.shape[0] if down.dim() else 0
         alpha = state.get(f"{kohya_name}.alpha")
-        scale = float(alpha) / rank if alpha is not None else 1.0  # kohya's default alpha is the rank
+        if alpha is not None and alpha.numel() != 1:
+            raise LoraFileError(f"{path.name}: the alpha of layer '{kohya_name}' must be one number, not "
+                                f"{alpha.numel()}")
+        alpha = float(alpha) if alpha is not None and float(alpha) != 0 else rank  # kohya: 0 or none is the rank
+        scale = alpha / rank if rank else 1.0  # a rank of 0 is refused, naming the layer, by `check_lora_fits`
         name = module_name(kohya_name.removeprefix(_PREFIX))
         out[f"unet.{name}.lora_A.weight"] = down.float().contiguous()
         out[f"unet.{name}.lora_B.weight"] = (up.float() * scale).contiguous()
-    if not out:
-        raise LoraFileError(f"{path.name} holds no lora_down weights")
     return out

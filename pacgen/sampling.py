@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from inspect import signature
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,13 +33,14 @@ from PIL import Image
 from . import lora
 from .concepts import Concept, ConceptError
 from .layout import (
-    MAX_BOXES, Box, LayoutError, boxed_concepts, check_boxes, clamp_box, concept_refs, expand_prompt, region_masks,
-    with_concept_refs, without_phrases,
+    CONCEPT_REF, MAX_BOXES, Box, LayoutError, boxed_concepts, check_boxes, clamp_box, concept_refs, expand_prompt,
+    region_masks, with_concept_refs, without_phrases,
 )
 from .models import DEFAULT_MODEL, Components, load_components
 from .photos import PhotoSource
 from .scene import BLEND, INPAINT, SceneGuide, check_scene_boxes, composite, latent_mask, load_scene, scene_mask
 from .settings import SCHEDULER_NAMES, UNCOND, SampleSettings, SettingsError
+from .text import name_key
 
 SCHEDULERS = dict(zip(SCHEDULER_NAMES, (DPMSolverMultistepScheduler, DDIMScheduler, EulerDiscreteScheduler,
                                         PNDMScheduler)))
@@ -287,7 +288,7 @@ class PACGenPipeline:
                 )
         check_boxes(boxes, (height // factor, width // factor))
         for name in concept_refs(prompt) + [b.concept for b in boxes if b.concept]:
-            if name not in self.concepts:
+            if self._loaded_name(name) is None:
                 known = ", ".join(sorted(self.concepts)) or "none loaded"
                 raise LayoutError(f"unknown concept '<{name}>' (loaded concepts: {known})")
 
@@ -332,6 +333,7 @@ class PACGenPipeline:
         if scene is not None:
             check_scene_boxes(boxes)
         self.check_inputs(prompt, boxes, negative_prompt, settings)
+        prompt, boxes = self._as_loaded(prompt, boxes)
         boxes = [clamp_box(b) for b in boxes]
         plan = self._plan(prompt, boxes, settings)
         photo = None if scene is None else load_scene(scene, settings.width, settings.height)
@@ -370,6 +372,21 @@ class PACGenPipeline:
         }
         return GenerationResult(images, seeds, plan.prompt, boxes, branch_prompts, used, timings, plan.warnings,
                                 photo)
+
+    def _loaded_name(self, ref: str) -> str | None:
+        """The loaded concept a `<ref>` means: the one of that name, else the one equal to it under `name_key` (the
+        rule every action compares names by: `<dog>` is the concept 'Dog')."""
+        if ref in self.concepts:
+            return ref
+        return next((name for name in self.concepts if name_key(name) == name_key(ref)), None)
+
+    def _as_loaded(self, prompt: str, boxes: list[Box]) -> tuple[str, list[Box]]:
+        """The prompt and boxes with every concept reference spelled as its loaded concept's name."""
+        def spelled(match) -> str:
+            return f"<{self._loaded_name(match.group(1).strip())}>"
+
+        return (CONCEPT_REF.sub(spelled, prompt),
+                [replace(b, label=spelled(CONCEPT_REF.fullmatch(b.label.strip()))) if b.concept else b for b in boxes])
 
     def _plan(self, prompt: str, boxes: list[Box], settings: SampleSettings) -> _Plan:
         boxed = boxed_concepts(boxes)

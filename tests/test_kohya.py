@@ -95,16 +95,18 @@ def test_the_trained_alpha_is_written_and_its_scale_kept(comp, tmp_path):
     torch.testing.assert_close(_predict(other.unet, "kohya"), live, atol=1e-5, rtol=1e-5)
 
 
-def test_a_third_party_alpha_is_folded_into_our_scale(comp, tmp_path):
-    """A kohya file trained elsewhere with alpha 1 on rank 4 acts at scale 1/4; read into our naming it keeps it."""
+@pytest.mark.parametrize("alpha, scale", [(1.0, 0.25), (0.0, 1.0)])
+def test_a_third_party_alpha_is_folded_into_our_scale(comp, tmp_path, alpha, scale):
+    """A kohya file trained elsewhere with alpha 1 on rank 4 acts at scale 1/4; read into our naming it keeps it. Alpha
+    0 is the rank (scale 1), as kohya's own loader reads it: not a concept that does nothing."""
     ours = _trained_adapter(comp.unet, "trained", "lora", rank=4, alpha=4)
     path = write_kohya_file(ours, tmp_path)
     state = load_file(str(path))
-    save_file({k: (torch.tensor(1.0) if k.endswith(".alpha") else v) for k, v in state.items()}, str(path))
+    save_file({k: (torch.tensor(alpha) if k.endswith(".alpha") else v) for k, v in state.items()}, str(path))
     back = read_kohya_file(path)
-    quarter = {k: v * (0.25 if ".lora_B." in k else 1.0) for k, v in ours.items()}
-    for key in quarter:
-        torch.testing.assert_close(back[key], quarter[key])
+    assert set(back) == set(ours)
+    for key in ours:
+        torch.testing.assert_close(back[key], ours[key] * (scale if ".lora_B." in key else 1.0))
 
 
 @pytest.mark.parametrize("key, message", [
@@ -240,3 +242,18 @@ def test_the_app_imports_a_kohya_lora_and_refuses_one_that_does_not_fit(tmp_path
     with pytest.raises(PACGenError, match="choose a kohya-format LoRA file"):
         studio.import_kohya(None, "other dog", "dog", "ohwx")
     assert studio.concept_names() == ["kohya dog"]
+
+
+@pytest.mark.parametrize("dropped, message", [
+    ("lora_down.weight", "has no lora_down weight"),
+    ("lora_up.weight", "has no lora_up weight"),
+])
+def test_an_unpaired_factor_is_refused_naming_its_layer(pipe, library, tmp_path, dropped, message):
+    path, _ = _kohya_of(pipe.components.unet, tmp_path)
+    state = load_file(str(path))
+    layer = next(k for k in state if k.endswith(".lora_down.weight")).removesuffix(".lora_down.weight")
+    del state[f"{layer}.{dropped}"]
+    save_file(state, str(path))
+    with pytest.raises(ConceptError, match=f"layer '{layer}' {message}; a LoRA layer needs both factors"):
+        library.import_kohya(path, "kohya dog", "dog", "sks", pipe.components.fingerprint, "tiny")
+    assert library.list() == []

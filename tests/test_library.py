@@ -82,7 +82,7 @@ def test_bad_names_are_refused(pipe, library, photo_files, name, noun, message):
 def test_duplicate_name_is_refused_and_the_first_concept_survives(pipe, library, photo_files):
     first = train(pipe, library, photo_files[:3])[-1].concept
     stamp = (first.path / "pytorch_lora_weights.safetensors").read_bytes()
-    with pytest.raises(ConceptError, match="already exists"):
+    with pytest.raises(ConceptError, match="^'My Circle!' is too close to the existing 'my circle'"):
         train(pipe, library, photo_files[:3], "My Circle!")
     assert [c.name for c in library.list()] == ["my circle"]
     assert (first.path / "pytorch_lora_weights.safetensors").read_bytes() == stamp

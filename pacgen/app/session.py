@@ -33,7 +33,7 @@ from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, mo
 from ..photos import PhotoSource, load_photos
 from ..sampling import GenerationResult, PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
-from ..text import check_text
+from ..text import check_text, name_key
 from ..training import Estimate, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
 from .jobs import TrainingJob
 from .model_thread import ModelThread
@@ -256,7 +256,7 @@ class Studio:
         return self.library_view().newest
 
     def is_shared(self, name: str) -> bool:
-        return self.shared is not None and any(c.name == name for c in self.shared.list())
+        return self.shared is not None and any(name_key(c.name) == name_key(name) for c in self.shared.list())
 
     def list_concepts(self) -> list[dict]:
         """The current visitor's concepts as plain data (for API clients)."""

@@ -22,6 +22,7 @@ from ..settings import SampleSettings, label
 from ..errors import PACGenError
 from ..layout import Box, draw_boxes, enlarge
 from ..sampling import GenerationResult
+from ..text import name_key
 from ..training import Estimate, TrainEvent
 
 BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
@@ -259,8 +260,9 @@ def boxes_from_rows(rows, concept_names: list[str]) -> list[Box]:
         except (TypeError, ValueError):
             raise PACGenError(f"box {index} ('{label}'): coordinates must be numbers") from None
         bare = label.strip("<>").strip()
-        if bare in concept_names:
-            label = f"<{bare}>"
+        named = next((name for name in concept_names if name_key(name) == name_key(bare)), None)
+        if named is not None:
+            label = f"<{named}>"
         boxes.append(Box(label, coords))  # type: ignore[arg-type]
     return boxes
 
