@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--previews", default=None, metavar="FOLDER",
                        help="where preview images go (default: the concept's folder, in previews/)")
     _add_settings(train, TrainSettings)
+
+    batch = commands.add_parser("batch", help="generate every line of a JSONL jobs file, on one or more processes")
+    _add_model_args(batch)
+    batch.add_argument("jobs", help="JSONL: one request a line, e.g. "
+                       '{"prompt": "<my mug> on a desk", "boxes": [["<my mug>", 0.1, 0.4, 0.5, 0.9]], "seed": 1}')
+    batch.add_argument("--out", required=True, help="folder of the images and manifest.jsonl; a rerun skips what exists")
+    batch.add_argument("--skip-invalid", action="store_true", help="run the good lines when some are bad")
     return parser
 
 
@@ -203,7 +210,32 @@ def _write_previews(previews: list[tuple[int, Image.Image]], folder: Path) -> No
     print(f"{len(previews)} previews in {folder}")
 
 
-COMMANDS = {"generate": cmd_generate, "train": cmd_train}
+def cmd_batch(args: argparse.Namespace) -> None:
+    """Every process checks the whole file; the main one speaks (problems, the bar, the summary)."""
+    from ..batch import MAX_SHOWN_PROBLEMS, BatchError, BatchRun
+
+    run = BatchRun(args.jobs, args.out, args.model, args.device, args.data_dir)
+    speak = run.is_main
+    if run.problems and speak:
+        for problem in run.problems[:MAX_SHOWN_PROBLEMS]:
+            print(f"{args.jobs}: {problem}", file=sys.stderr)
+        if len(run.problems) > MAX_SHOWN_PROBLEMS:
+            print(f"... and {len(run.problems) - MAX_SHOWN_PROBLEMS} more", file=sys.stderr)
+    if run.problems and not args.skip_invalid:
+        raise BatchError(f"{len({p.line for p in run.problems})} invalid line(s) in {Path(args.jobs).name}, nothing "
+                         "generated: fix them, or pass --skip-invalid to run the rest")
+    mine = run.my_share()
+    label = f"batch {run.state.process_index + 1}/{run.state.num_processes}" if run.state.num_processes > 1 else "batch"
+    with tqdm(total=len(mine), desc=label, unit="img", disable=not speak) as bar:
+        for image in mine:
+            run.make(image)
+            bar.update(1)
+    summary = run.finish()
+    if speak:
+        print(f"{summary}; manifest: {Path(args.out) / 'manifest.jsonl'}")
+
+
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "batch": cmd_batch}
 
 
 def main(argv: list[str] | None = None) -> int:
