@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -42,13 +43,32 @@ def test_the_wheel_holds_every_module_and_every_asset(wheel):
     assert modules - names == set() and assets - names == set()
 
 
+def _venv_seeing_our_packages(venv: Path) -> Path:
+    """A fresh venv whose Python also sees the packages of the Python running the tests (a .pth file naming its
+    site-packages), so the wheel needs no download. Not `--system-site-packages`: inside a venv that shows the
+    base interpreter's packages, not the venv's, where the README's install put them."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    own = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    ours = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    (Path(own) / "running-pythons-packages.pth").write_text("\n".join(ours) + "\n")
+    return python
+
+
+def test_the_test_venv_sees_the_running_pythons_packages(tmp_path):
+    python = _venv_seeing_our_packages(tmp_path / "venv")
+    where = subprocess.run([python, "-c", "import gradio; print(gradio.__file__)"], capture_output=True, text=True,
+                           check=True, cwd=tmp_path).stdout
+    assert where.startswith(tuple(site.getsitepackages()))  # the packages this suite runs with, venv or not
+
+
 @pytest.mark.slow  # builds a wheel and a virtual environment
 def test_installed_outside_the_checkout_it_generates_with_the_embedded_model(wheel, tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
-                   capture_output=True)
+    python = _venv_seeing_our_packages(venv)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
     where = subprocess.run([python, "-c", "import pacgen, pacgen.models as m; print(pacgen.__file__, m.MINI_DIR)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
