@@ -7,7 +7,6 @@ shown to work through the guard.
 """
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -134,12 +133,14 @@ def anns(served):
     return ann, event, ann.upload(PHOTOS[0])
 
 
+@pytest.mark.slow  # launches a server
 def test_every_route_of_the_running_app_has_a_rule(served):
     missing = [(method, path) for method, path in app_routes(served) if find_route(method, path) is None
                or find_route(method, path)[0] != path]
     assert missing == [], f"routes without a rule in pacgen/app/owners.py: {missing}"
 
 
+@pytest.mark.slow  # launches a server
 def test_without_a_login_only_the_login_page_and_static_assets_answer(served, anns):
     _, event, file = anns
     nobody = Visitor(served.local_url, None, "nobody-session")
@@ -154,6 +155,7 @@ def test_without_a_login_only_the_login_page_and_static_assets_answer(served, an
             assert "log in first" not in text, (method, template)
 
 
+@pytest.mark.slow  # launches a server
 def test_another_login_cannot_reach_anns_session_request_or_file(served, anns):
     _, event, file = anns
     bob = Visitor(served.local_url, LOGINS[1], "bob-page-session")
@@ -168,6 +170,7 @@ def test_another_login_cannot_reach_anns_session_request_or_file(served, anns):
     assert probed >= 10  # join, call ×4, run/api ×4, queue/data, call results ×2, cancel, heartbeat, files ×2
 
 
+@pytest.mark.slow  # launches a server
 def test_nobody_can_cancel_or_take_anothers_request(served):
     url = served.local_url
     ann, bob, nobody = (Visitor(url, LOGINS[0], "a1"), Visitor(url, LOGINS[1], "b1"), Visitor(url, None, "n1"))
@@ -188,6 +191,7 @@ def test_nobody_can_cancel_or_take_anothers_request(served):
     assert ann.result("list_concepts", listing) == ("complete", [[]])
 
 
+@pytest.mark.slow  # launches a server
 def test_cached_files_are_served_to_their_visitor_only(served):
     url = served.local_url
     ann, bob, nobody = (Visitor(url, LOGINS[0], "a2"), Visitor(url, LOGINS[1], "b2"), Visitor(url, None, "n2"))
@@ -214,6 +218,7 @@ def test_cached_files_are_served_to_their_visitor_only(served):
     assert ann.result("preview_augmentation", ann.call("preview_augmentation", **photos))[0] == "complete"
 
 
+@pytest.mark.slow  # launches a server
 def test_an_anonymous_shared_app_keeps_requests_to_their_page_session(tmp_path):
     demo = launch(tmp_path / "home", [])
     try:
@@ -255,6 +260,7 @@ def test_a_request_is_its_owners_only_on_an_app_with_logins():
     assert owners.admit(Request("GET", "/gradio_api/file=/elsewhere/x.png", login="bob")).access.file
 
 
+@pytest.mark.slow  # launches a browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 def test_the_page_works_through_the_guard_after_logging_in(served):
     """The browser's own use of the routes (config, heartbeat, queue, uploads, files) passes the guard once logged

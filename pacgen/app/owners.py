@@ -117,11 +117,6 @@ def find_route(method: str, path: str) -> tuple[str, Access, dict[str, str]] | N
     return None
 
 
-def covers(method: str, template: str) -> bool:
-    """Whether the table has a rule for this (method, template) of a running app."""
-    return any(template == t and method in methods for methods, t, _ in ROUTES)
-
-
 @dataclass(frozen=True)
 class Request:
     """One request as the guard sees it: `login` is the app's logged-in user (None without one), `body` the JSON
@@ -165,7 +160,7 @@ class Owners:
 
     def __init__(self, logins: bool, cache_dirs: list[str]):
         self.logins = logins
-        self.cache_dirs = sorted({os.path.realpath(d) for d in cache_dirs} | {os.path.abspath(d) for d in cache_dirs})
+        self.cache_dirs = sorted({os.path.realpath(d) for d in cache_dirs})
         self._events: _Recent = _Recent()  # event id -> owner
         self._sessions: _Recent = _Recent()  # session hash -> login that first used it
         self._files: _Recent = _Recent()  # real path -> logins it was given to
