@@ -28,9 +28,14 @@ PROGRESS_FILE = "progress.json"
 SAVE_SHARE = 0.05  # a checkpoint is saved less often than asked when saving would take more of the time than this
 
 
+def checkpoints_root(library: ConceptLibrary) -> Path:
+    """Where a library's trainings keep their checkpoints (inside its root: a visitor's disk quota counts them)."""
+    return library.root / "checkpoints"
+
+
 def checkpoint_dir(library: ConceptLibrary, name: str) -> Path:
     """Where the training of concept `name` keeps its checkpoint."""
-    return library.root / "checkpoints" / slugify(name)
+    return checkpoints_root(library) / slugify(name)
 
 
 def settings_json(config: TrainSettings) -> dict:
@@ -117,7 +122,7 @@ def stopped_training(folder: Path) -> StoppedTraining:
 
 def stopped_trainings(library: ConceptLibrary, running: set[str] = frozenset()) -> list[StoppedTraining]:
     """Every stopped training of a library, oldest first; `running` names trainings going on now (not stopped)."""
-    root = library.root / "checkpoints"
+    root = checkpoints_root(library)
     if not root.is_dir():
         return []
     found = []

@@ -113,3 +113,24 @@ def test_a_training_killed_mid_way_resumes_to_the_same_concept_as_an_uninterrupt
     first = lora.read_lora_file(whole[-1].concept.lora_path)
     second = lora.read_lora_file(ConceptLibrary(home).get("my star").lora_path)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_after_a_restart_the_train_tab_offers_resume_and_discard(photo_files, tmp_path):
+    from pacgen.app import train_tab
+    from pacgen.app.session import Studio
+
+    home = tmp_path / "home"
+    first = Studio("tiny", home, device="cpu")
+    config = settings(first.pipe, steps=5, **SMALL)
+    for name in ("my star", "my cat"):
+        list(train_concept(first.pipe, photo_files, name, "star", config, first.library,
+                           checkpoint=checkpoint_dir(first.library, name), budget_s=0))
+    restarted = Studio("tiny", home, device="cpu")
+    row, text = train_tab.stopped_state(restarted)
+    assert row["visible"] and text == "**'my star' stopped at 1/5** (and 1 more): resume it from there, or discard it."
+    assert restarted.visitors.disk_mb(restarted.visitor()) > 0  # the checkpoints count against the quota
+    assert restarted.discard_training("my cat") == "Discarded the stopped training of 'my cat'."
+    events = list(restarted.resume("my star"))
+    assert events[-1].phase == "done" and [e.step for e in events if e.phase == "training"] == [2, 3, 4, 5]
+    assert [c.name for c in restarted.library.list()] == ["my star"] and restarted.stopped_trainings() == []
+    assert train_tab.stopped_state(restarted) == ({"__type__": "update", "visible": False}, "")
