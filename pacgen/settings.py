@@ -219,6 +219,9 @@ class TrainSettings(_Checked):
     preview_every: int = setting(0, "generate a preview image every K steps; 0 = none", low=0, high=20000,
                                  label="Preview every K steps (0 = off)")
     seed: int = setting(0, "seed of the augmentation, noise and LoRA start", low=0, high=MAX_SEED, label="Seed")
+    checkpoint_minutes: float = setting(5.0, "save a checkpoint this often, so a killed training resumes where it "
+                                        "stopped (less often if saving would take over 5% of the time); 0 = never",
+                                        low=0.0, high=1440.0, label="Checkpoint every (minutes)")
     augment: AugmentConfig | None = None  # exact augmentation ranges (Python only); overrides the three above
 
     def augmentation(self) -> AugmentConfig:

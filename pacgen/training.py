@@ -4,7 +4,8 @@
 bar, a Gradio stream and a notebook loop all consume the same thing. It works on the pipeline only through
 its concept API (a training adapter, previews of the unfinished concept, `load_concept` of the saved one), so a
 concept just trained runs exactly as it will after a reload. Stopping early (the `cancel` event, or closing the
-generator) removes every trace: no adapter stays loaded, nothing is written.
+generator) leaves no adapter loaded and no concept written; a cancel removes the checkpoint too, while a training
+closed or killed keeps its last one, to resume (`pacgen.checkpoints`).
 
 With a `checkpoint` folder and a time `budget_s`, a training also stops at a step boundary when the budget runs out
 and saves what it needs to go on (the trained weights, the optimizer, the step, the random states, the smoothed
@@ -15,6 +16,7 @@ one run. That is how training fits ZeroGPU's calls of a few minutes each (`pacge
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import shutil
 import threading
@@ -23,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Generator, Iterator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from .augment import Sample, augment_many, square
+from .checkpoints import SAVE_SHARE, checkpoint_dir, read_state, save_job, settings_json, write_state
 from .concepts import THUMBNAIL_FILE, Concept, ConceptError, ConceptLibrary, check_class_noun, check_name
 from .errors import PACGenError
 from .hub import model_card
@@ -244,7 +247,7 @@ def train_concept(
     started = time.perf_counter()
     budget = _Budget(budget_s)
 
-    with _dropped_on_cancel(checkpoint):
+    with _dropped_on_cancel(lambda: checkpoint):
         # 1. Check inputs before any work: settings, name, class noun, photos; then any checkpoint of this training.
         config = (config or comp.defaults.training).checked()
         if pipe.inpainting:
@@ -259,7 +262,11 @@ def train_concept(
             raise PACGenError(f"resolution {resolution} must be a multiple of 8 and of {comp.vae_scale_factor}")
         photos = load_photos(images, min_side=min(resolution // 2, 256))
         key = _run_key(pipe, name, class_noun, config, photos)
-        resumed = _read_checkpoint(checkpoint, key)
+        if checkpoint is None and config.checkpoint_minutes:
+            checkpoint = checkpoint_dir(library, name)
+        resumed = read_state(checkpoint, key)
+        if checkpoint is not None:
+            save_job(checkpoint, name, class_noun, config, photos)
         if resumed is not None:
             identifier = resumed["identifier"]
             started -= resumed["elapsed_s"]  # elapsed times count the earlier calls too
@@ -296,7 +303,8 @@ def train_concept(
         concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training)
         timed = resumed is not None and resumed["progress"]["previews"] > 0
         preview_guess = _preview_guess(pipe) if config.preview_every and not timed else 0.0  # before the adapter
-        run = _Run(cancel, started, budget, checkpoint, key, resumed, preview_guess)
+        run = _Run(cancel, started, budget, checkpoint, key, resumed, preview_guess, config.checkpoint_minutes * 60,
+                   saved_at=time.perf_counter())
         with pipe.training(concept, config.method, config.rank, config.alpha or config.rank, config.seed) as weights:
             finished = yield from _optimize(pipe, concept, weights.params, data, config, run)
             if not finished:
@@ -324,47 +332,26 @@ def train_concept(
 
 
 @contextmanager
-def _dropped_on_cancel(checkpoint: Path | None) -> Iterator[None]:
-    """A cancelled training leaves nothing behind, its checkpoint included."""
+def _dropped_on_cancel(checkpoint: Callable[[], Path | None]) -> Iterator[None]:
+    """A cancelled training leaves nothing behind, its checkpoint (wherever it was decided to be) included."""
     try:
         yield
     except TrainingCancelled:
-        if checkpoint is not None:
-            shutil.rmtree(checkpoint, ignore_errors=True)
+        if checkpoint() is not None:
+            shutil.rmtree(checkpoint(), ignore_errors=True)
         raise
 
 
 # ----------------------------------------------------------------------------------- checkpoints between calls
 
-CHECKPOINT_FILE = "state.pt"
-
-
 def _run_key(pipe: PACGenPipeline, name: str, class_noun: str, config: TrainSettings,
              photos: list[Image.Image]) -> str:
     """What makes two calls the same training: base model, name, class noun, every setting and the photos."""
-    digest = hashlib.sha256("|".join([pipe.components.fingerprint, name, class_noun, repr(config)]).encode())
+    settings = json.dumps(settings_json(config), sort_keys=True)
+    digest = hashlib.sha256("|".join([pipe.components.fingerprint, name, class_noun, settings]).encode())
     for photo in photos:
         digest.update(photo.tobytes())
     return digest.hexdigest()
-
-
-def _read_checkpoint(folder: Path | None, key: str) -> dict | None:
-    """The saved state of this same training, or None; a checkpoint left by another training is discarded."""
-    if folder is None or not (folder / CHECKPOINT_FILE).exists():
-        return None
-    state = torch.load(folder / CHECKPOINT_FILE, weights_only=True)
-    if state["key"] != key:
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-    return state
-
-
-def _write_checkpoint(folder: Path, state: dict) -> None:
-    """Written whole, then renamed: a worker killed while writing leaves the previous checkpoint intact."""
-    folder.mkdir(parents=True, exist_ok=True)
-    temp = folder / f"{CHECKPOINT_FILE}.tmp"
-    torch.save(state, temp)
-    temp.replace(folder / CHECKPOINT_FILE)
 
 
 @dataclass
@@ -379,6 +366,22 @@ class _Run:
     key: str
     resumed: dict | None
     preview_guess_s: float  # a preview's time until one is measured
+    every_s: float = 0.0  # save the state this often (0: only when the budget runs out)
+    saved_at: float = 0.0
+    save_s: float = 0.0  # the last save's duration: saves are spaced so they take at most SAVE_SHARE of the time
+
+    def save(self, concept: Concept, progress: _Progress, stepper: _Stepper, steps: int) -> None:
+        started = time.perf_counter()
+        write_state(self.checkpoint, {
+            "key": self.key, "identifier": concept.identifier, "elapsed_s": started - self.started,
+            "progress": asdict(progress), **stepper.state(),
+        }, progress.step, steps)
+        self.saved_at = time.perf_counter()
+        self.save_s = self.saved_at - started
+
+    def save_due(self) -> bool:
+        return (self.checkpoint is not None and self.every_s > 0
+                and time.perf_counter() - self.saved_at >= max(self.every_s, self.save_s / SAVE_SHARE))
 
 
 @dataclass
@@ -534,10 +537,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
                 raise TrainingCancelled("training cancelled")
             preview_s = progress.per_preview_s(preview_guess) if _previews_at(config, step) else 0.0
             if not run.budget.allows(progress.step_s() + preview_s):
-                _write_checkpoint(run.checkpoint, {
-                    "key": run.key, "identifier": concept.identifier, "elapsed_s": time.perf_counter() - run.started,
-                    "progress": asdict(progress), **stepper.state(),
-                })
+                run.save(concept, progress, stepper, config.steps)
                 yield TrainEvent("paused", progress.step, config.steps, loss_smoothed=progress.smoothed,
                                  elapsed_s=time.perf_counter() - run.started, eta_s=progress.eta(config, preview_guess),
                                  message=f"paused after step {progress.step}/{config.steps}: the next call resumes "
@@ -556,6 +556,8 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
                 pipe.components.unet.train()
                 progress.preview_s += time.perf_counter() - preview_started
                 progress.previews += 1
+            if run.save_due():
+                run.save(concept, progress, stepper, config.steps)
             yield TrainEvent("training", step, config.steps, value, progress.smoothed, config.learning_rate,
                              time.perf_counter() - run.started, progress.eta(config, preview_guess), preview,
                              f"step {step}/{config.steps} loss {progress.smoothed:.4f}", step_s=progress.step_s())

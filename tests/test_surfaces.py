@@ -20,7 +20,8 @@ def parameters(endpoint: dict) -> dict:
 
 def test_the_api_is_the_documented_endpoints_only(api):
     _, endpoints = api
-    assert sorted(endpoints) == sorted(["/train", "/cancel_training", "/preview_augmentation", "/generate",
+    assert sorted(endpoints) == sorted(["/train", "/cancel_training", "/resume_training", "/discard_training",
+                                        "/preview_augmentation", "/generate",
                                         "/list_concepts", "/delete_concept", "/export_concept", "/import_concept",
                                         "/import_kohya", "/push_to_hub"])
 

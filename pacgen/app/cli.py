@@ -74,12 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a concept from 3-5 photos of one object")
     _add_model_args(train)
-    train.add_argument("--images", nargs="+", required=True, help="3 to 5 photos of the object")
+    train.add_argument("--images", nargs="+", default=[], help="3 to 5 photos of the object")
     train.add_argument("--name", required=True, help="how prompts refer to it: <name>")
     train.add_argument("--class-noun", default="", help="what the object is, e.g. dog, mug, star")
     train.add_argument("--previews", default=None, metavar="FOLDER",
                        help="where preview images go (default: the concept's folder, in previews/)")
     _add_settings(train, TrainSettings)
+    train.add_argument("--resume", action="store_true",
+                       help="go on with the stopped training of --name, with its own photos and settings")
+    train.add_argument("--discard", action="store_true", help="drop a stopped training of --name and start over")
 
     batch = commands.add_parser("batch", help="generate every line of a JSONL jobs file, on one or more processes")
     _add_model_args(batch)
@@ -141,8 +144,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..training import train_concept
 
     library = ConceptLibrary(args.data_dir)
+    images, class_noun, stopped = args.images, args.class_noun, _stopped(library, args)
     pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
     config = pipe.components.defaults.training.override(**_chosen(args, TrainSettings)).checked()
+    if stopped is not None:
+        print(f"resuming {stopped}", file=sys.stderr)
+        images, class_noun = stopped.photos, stopped.class_noun
+        config = stopped.settings.override(checkpoint_minutes=config.checkpoint_minutes)
     bars: dict[str, tqdm] = {}
     previews: list[tuple[int, Image.Image]] = []
     saving = False
@@ -151,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         for finished in bars.values():
             finished.close()
 
-    events = train_concept(pipe, args.images, args.name, args.class_noun, config, library)
+    events = train_concept(pipe, images, args.name, class_noun, config, library)
     try:
         for event in events:
             saving = saving or event.phase == "saving"
@@ -233,6 +241,31 @@ def cmd_batch(args: argparse.Namespace) -> None:
     summary = run.finish()
     if speak:
         print(f"{summary}; manifest: {Path(args.out) / 'manifest.jsonl'}")
+
+
+def _stopped(library, args: argparse.Namespace):
+    """The stopped training `--resume` goes on with; without --resume, a stopped one of that name is refused (or
+    dropped with --discard), so it is never lost by accident."""
+    from ..checkpoints import discard, find_stopped
+
+    stopped = find_stopped(library, args.name)
+    if args.resume:
+        if stopped is None:
+            raise PACGenError(f"no stopped training named '{args.name}' to resume")
+        given = sorted(set(_chosen(args, TrainSettings)) - {"checkpoint_minutes"})
+        extra = ["--images"] * bool(args.images) + ["--class-noun"] * bool(args.class_noun)
+        extra += ["--" + name.replace("_", "-") for name in given]
+        if extra:
+            raise PACGenError("--resume goes on with the stopped training's own photos, class noun and settings: "
+                              f"leave out {', '.join(extra)}")
+        return stopped
+    if stopped is not None:
+        if not args.discard:
+            raise PACGenError(f"{stopped}: add --resume to go on from there, or --discard to start over")
+        discard(library, args.name)
+    if not args.images:
+        raise PACGenError("--images: give 3 to 5 photos of the object")
+    return None
 
 
 COMMANDS = {"generate": cmd_generate, "train": cmd_train, "batch": cmd_batch}

@@ -34,6 +34,7 @@ from ..photos import PhotoSource, load_photos
 from ..sampling import GenerationResult, PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
 from ..text import check_text, name_key
+from ..checkpoints import StoppedTraining, discard, find_stopped, stopped_trainings
 from ..training import Estimate, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
 from .jobs import TrainingJob
 from .model_thread import ModelThread
@@ -120,6 +121,7 @@ class Studio:
         self.visitors = Visitors(self.root, self.policy)
         self.shared = ConceptLibrary(shared_dir) if shared_dir else None
         self.jobs: dict[str, TrainingJob] = {}  # each visitor's running or last training
+        self.training_names: dict[str, str] = {}  # the concept each visitor's running or last training makes
         self.training_lock = threading.Lock()  # one training at a time: a second one is refused at once
         # Plain locks, not RLocks: Gradio resumes a streaming generator on any worker thread.
         self.model_lock = threading.Lock()  # one job on the model at a time: generation waits for training
@@ -439,11 +441,32 @@ class Studio:
 
         try:
             self.visitors.start_training(visitor)
+            self.training_names[visitor] = name
             job = self.jobs[visitor] = TrainingJob(visitor, run, on_exit=self.training_lock.release)
         except BaseException:  # the lock is the job's to release once it exists; before that, ours
             self.training_lock.release()
             raise
         yield from job.follow()
+
+    def stopped_trainings(self) -> list[StoppedTraining]:
+        """The current visitor's trainings that stopped before their end (a crash, a restart), oldest first."""
+        visitor = self.visitor()
+        running = {self.training_names[visitor]} if self.training_active() else set()
+        return stopped_trainings(self.library, running)
+
+    def resume(self, name: str) -> Iterator[TrainEvent]:
+        """Go on with a stopped training from its checkpoint, with its own photos and settings, as `train` does."""
+        stopped = find_stopped(self.library, name)
+        if stopped is None:
+            raise PACGenError(f"no stopped training named '{name}'")
+        yield from self.train([str(p) for p in stopped.photos], stopped.name, stopped.class_noun, stopped.settings)
+
+    def discard_training(self, name: str) -> str:
+        """Drop a stopped training's checkpoint (never the running one's)."""
+        if self.training_active() and self.training_names.get(self.visitor()) == name:
+            raise PACGenError(f"'{name}' is training now: cancel it instead")
+        discard(self.library, name)
+        return f"Discarded the stopped training of '{name}'."
 
     def follow_training(self) -> Iterator[TrainEvent]:
         """The current visitor's running or last training, from its first event, then live until it ends; nothing

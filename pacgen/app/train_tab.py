@@ -10,6 +10,7 @@ from typing import Iterator
 import gradio as gr
 import pandas as pd
 
+from ..errors import PACGenError
 from ..layout import enlarge
 from ..settings import TrainSettings, surfaced
 from . import views
@@ -37,10 +38,18 @@ class TrainTab:
     loss_plot: gr.LinePlot
     previews: gr.Gallery
     log: gr.Textbox
+    stopped_row: gr.Row  # "'my dog' stopped at 340/500: Resume / Discard", shown while the visitor has one
+    stopped_text: gr.Markdown
+    resume_button: gr.Button
+    discard_button: gr.Button
 
 
 def build(studio: Studio) -> TrainTab:
     defaults = studio.defaults.training.override(resolution=studio.defaults.training.resolution or studio.size)
+    with gr.Row(visible=False) as stopped_row:
+        stopped_text = gr.Markdown(elem_id="stopped-training")
+        resume_button = gr.Button("Resume", variant="primary", scale=0, min_width=100)
+        discard_button = gr.Button("Discard", variant="stop", scale=0, min_width=100)
     with gr.Row():
         with gr.Column():
             photos = gr.File(label="3–5 photos of your object", file_count="multiple", file_types=["image"],
@@ -76,7 +85,8 @@ def build(studio: Studio) -> TrainTab:
                                   elem_id="previews")
             log = gr.Textbox(label="Log", lines=6, interactive=False)
     return TrainTab(photos, name, noun, settings, estimate, aug_button, train_button, cancel_button, use_button,
-                    example_buttons, photo_gallery, aug_preview, status, loss_plot, previews, log)
+                    example_buttons, photo_gallery, aug_preview, status, loss_plot, previews, log, stopped_row,
+                    stopped_text, resume_button, discard_button)
 
 
 def use_label(newest: str | None) -> str:
@@ -165,9 +175,42 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
         return view.markdown()
 
     tab.cancel_button.click(endpoint(cancel, []), outputs=tab.status, queue=False, api_name="cancel_training")
+
+    def resume(progress=gr.Progress()):
+        for view, outputs in shown(studio.resume(first_stopped(studio))):
+            progress(view.progress, desc=view.status)
+            yield outputs
+
+    stopped_outputs = [tab.stopped_row, tab.stopped_text]
+    tab.resume_button.click(lambda: (gr.update(interactive=True), gr.update(visible=False)),
+                            outputs=[tab.cancel_button, tab.stopped_row], queue=False, **UI_ONLY).then(
+        endpoint(resume, []), outputs=progress_outputs, concurrency_limit=None, api_name="resume_training",
+        show_progress_on=[tab.status],
+    ).then(refresh, outputs=refresh_outputs, **UI_ONLY).then(
+        endpoint(lambda: (cancel_state(studio), *stopped_state(studio)), []),
+        outputs=[tab.cancel_button, *stopped_outputs], **UI_ONLY)
+    tab.discard_button.click(endpoint(lambda: studio.discard_training(first_stopped(studio)), []), outputs=tab.status,
+                             queue=False, api_name="discard_training").then(
+        endpoint(lambda: stopped_state(studio), []), outputs=stopped_outputs, queue=False, **UI_ONLY)
     for button, obj in tab.example_buttons:
         button.click(lambda o=obj: ([str(p) for p in o.photos], o.name, o.class_noun),
                      outputs=[tab.photos, tab.name, tab.noun], queue=False, **UI_ONLY)
+
+
+def first_stopped(studio: Studio) -> str:
+    """The stopped training the Resume and Discard buttons act on: the oldest, the one the tab shows."""
+    stopped = studio.stopped_trainings()
+    if not stopped:
+        raise PACGenError("you have no stopped training")
+    return stopped[0].name
+
+
+def stopped_state(studio: Studio) -> tuple:
+    """The stopped-training row: shown with the oldest one ("'my dog' stopped at 340/500") while there is any."""
+    stopped = studio.stopped_trainings()
+    more = f" (and {len(stopped) - 1} more)" if len(stopped) > 1 else ""
+    text = f"**{stopped[0]}**{more}: resume it from there, or discard it." if stopped else ""
+    return gr.update(visible=bool(stopped)), text
 
 
 def cancel_state(studio: Studio):
@@ -179,9 +222,10 @@ def reattach(tab: TrainTab, studio: Studio) -> tuple[object, list]:
     """A page-load handler and its outputs: the visitor's running or last training, replayed from its first event
     then live, so a reloaded or reopened tab shows it again; nothing changes when there is none."""
     def follow():
-        yield cancel_state(studio), *[gr.update()] * 4
+        yield cancel_state(studio), *[gr.update()] * 4, *stopped_state(studio)
         for _, outputs in shown(studio.follow_training()):
-            yield gr.update(), *outputs
-        yield cancel_state(studio), *[gr.update()] * 4
+            yield gr.update(), *outputs, gr.update(), gr.update()
+        yield cancel_state(studio), *[gr.update()] * 4, *stopped_state(studio)
 
-    return endpoint(follow, []), [tab.cancel_button, tab.status, tab.loss_plot, tab.previews, tab.log]
+    return endpoint(follow, []), [tab.cancel_button, tab.status, tab.loss_plot, tab.previews, tab.log,
+                                  tab.stopped_row, tab.stopped_text]

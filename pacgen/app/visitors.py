@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..checkpoints import checkpoints_root
 from ..concepts import ConceptLibrary
 from ..errors import PACGenError
 from ..settings import SampleSettings
@@ -244,7 +245,9 @@ class Visitors:
         return removed
 
     def disk_mb(self, visitor: str) -> float:
-        return folder_mb(self.library(visitor).concepts_dir)
+        """A visitor's concepts, and the checkpoints of their stopped trainings."""
+        library = self.library(visitor)
+        return folder_mb(library.concepts_dir) + folder_mb(checkpoints_root(library))
 
     def check_can_add(self, visitor: str, kept: int, adding_mb: float = 0.0) -> None:
         """Refuse a new concept over the visitor's concept count or disk quota."""
@@ -255,7 +258,7 @@ class Visitors:
         if policy.max_disk_mb is not None:
             used = self.disk_mb(visitor)
             if used + adding_mb > policy.max_disk_mb:
-                raise LimitError(f"your concepts use {used:.0f} MB; with this one they would pass the "
+                raise LimitError(f"your concepts and stopped trainings use {used:.0f} MB; with this one they would pass the "
                                  f"{policy.max_disk_mb:.0f} MB this app allows per visitor: delete one first")
 
     def start_training(self, visitor: str) -> None:

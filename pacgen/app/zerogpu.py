@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import lora
-from ..concepts import ConceptLibrary, check_name, slugify
+from ..checkpoints import checkpoint_dir
+from ..concepts import ConceptLibrary, check_name
 from ..errors import PACGenError
 from ..photos import PhotoSource
 from ..sampling import PACGenPipeline
@@ -153,7 +154,7 @@ def train_in_chunks(
     if quota_s is not None and need > quota_s:
         raise ZeroGPUError(f"this training needs about {_minutes(need)} of ZeroGPU time in {calls} call(s), more "
                            f"than the {_minutes(quota_s)} left of your daily quota: train fewer steps, or {ELSEWHERE}")
-    checkpoint = library.root / "checkpoints" / slugify(name)
+    checkpoint = checkpoint_dir(library, name)
     flag = cancel_flag(checkpoint)
     flag.unlink(missing_ok=True)
     runner = runner or chunk_runner(pipe)
