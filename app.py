@@ -50,7 +50,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
     # Gradio's cache (uploads, results) is emptied of files older than the policy says, every hour.
     with gr.Blocks(title="PACGen Studio", delete_cache=(3600, int(studio.policy.cache_hours * 3600))) as demo:
         gr.Markdown("# PACGen Studio\nPut *your own* objects into generated images, exactly where you want them.")
-        header = gr.Markdown(views.header(studio.status()))
+        header = gr.Markdown(views.header(studio.status()), elem_id="header")
         if os.environ.get("SPACE_ID"):  # Hugging Face login (hf_oauth): a visitor's library follows their account
             gr.LoginButton()
         banner = gr.Markdown(views.banner(studio.notices()), elem_id="banner")
@@ -71,20 +71,23 @@ def build_ui(studio: Studio) -> gr.Blocks:
             labels = views.label_choices(view.names, list(studio.defaults.examples))
             return (views.header(studio.status(view)), views.banner(studio.notices(view)), library_tab.cards(view),
                     gr.update(choices=view.names, value=None), gr.update(label_list=labels),
-                    gr.update(value=train_tab.use_label(view.newest), visible=bool(view.newest)))
+                    gr.update(value=train_tab.use_label(view.newest), visible=bool(view.newest)),
+                    gr.update(**compose_tab.concept_example_button(view.newest)))
 
-        refresh_outputs = [header, banner, library.cards, library.chosen, compose.canvas, train.use_button]
+        refresh_outputs = [header, banner, library.cards, library.chosen, compose.canvas, train.use_button,
+                           compose.concept_example]
         follow, follow_outputs = train_tab.reattach(train, studio)
         browser = gr.BrowserState(None, storage_key="pacgen-visitor", secret=studio.visitors.browser_secret())
         demo.load(endpoint(studio.visitors.bind_browser_token, ["token"]), browser, browser, queue=False,
                   **UI_ONLY).then(refreshed, outputs=refresh_outputs, queue=False, **UI_ONLY
                                   ).then(follow, outputs=follow_outputs, concurrency_limit=None,  # a training
-                                         **UI_ONLY)  # still running: followed for as long as it runs, by any page
+                                         **UI_ONLY  # still running: followed for as long as it runs, by any page
+                                         ).then(refreshed, outputs=refresh_outputs, queue=False,  # then the
+                                                **UI_ONLY)  # library as it left it, as on the page that started it
 
         def use_in_compose():
             """After training: Compose, with a box for the newest concept and a prompt that uses it."""
-            example = views.examples(studio.defaults.examples, studio.newest_concept())[0]
-            return gr.Tabs(selected="compose"), example.prompt, views.rows_from_boxes(example.boxes), ""
+            return gr.Tabs(selected="compose"), *compose_tab.newest_example(studio)
 
         train.use_button.click(endpoint(use_in_compose, []), outputs=[tabs, compose.prompt, compose.table,
                                                                            compose.table_message],

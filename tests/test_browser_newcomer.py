@@ -38,7 +38,13 @@ def studio(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(studio):
+def console():
+    """What the page reports in the browser's console, over the whole walkthrough, reloads included."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(studio, console):
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -46,6 +52,8 @@ def page(studio):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda error: console.append(f"uncaught: {error}"))
         page.goto(demo.local_url, wait_until="load")
         expect(page.get_by_text("Put your own objects")).to_be_visible(timeout=30_000)
         yield page
@@ -92,8 +100,11 @@ def edit_cell(page, row, column, value):
     page.mouse.click(5, 5)  # leave the table, as a user clicking elsewhere does
 
 
-def drag_box(page, label, start, end):
-    """Drag a box on the canvas from `start` to `end` (fractions of the canvas) and label it."""
+def drag_box(page, label, start, end, offered=False):
+    """Drag a box on the canvas from `start` to `end` (fractions of the canvas) and label it (checking, if
+    `offered`, that the label is one the dialog offers)."""
+    from playwright.sync_api import expect
+
     area = page.locator("#canvas canvas").first.bounding_box()
     at = lambda fx, fy: (area["x"] + fx * area["width"], area["y"] + fy * area["height"])  # noqa: E731
     page.mouse.move(*at(*start))
@@ -102,7 +113,47 @@ def drag_box(page, label, start, end):
     page.mouse.up()
     box = page.get_by_role("listbox", name="Label")
     box.fill(label)
+    if offered:
+        expect(page.get_by_role("option").filter(has_text=label)).to_be_visible()
     box.press("Enter")
+
+
+def in_view(locator) -> bool:
+    """Whether the element is wholly inside the window, as it stands (no scrolling)."""
+    return locator.evaluate("e => {const r = e.getBoundingClientRect(); "
+                            "return r.top >= 0 && r.bottom <= innerHeight && r.left >= 0 && r.right <= innerWidth}")
+
+
+def test_0_a_newcomer_sees_where_to_start_in_their_own_words(page):
+    from playwright.sync_api import expect
+
+    train = page.get_by_role("button", name="Train", exact=True)
+    examples = page.locator(".example-objects button")
+    expect(examples).to_have_count(6)
+    for width in (1400, 800):  # without photos: the example objects and Train, without scrolling
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)
+        assert in_view(train), width
+        assert all(in_view(button) for button in examples.all()), width
+        shot(page, f"0-train-{width}")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    header = page.locator("#header")
+    expect(header).to_contain_text("Model tiny on the CPU · 3 concepts ready to use · pictures of 64×64 px",
+                                   use_inner_text=True)
+    expect(header).not_to_contain_text("dtype", use_inner_text=True)  # the technical figures: one click away
+    header.get_by_text("Details").click()
+    expect(header).to_contain_text("dtype float32 · memory", use_inner_text=True)
+    estimate = page.locator("#train-estimate")
+    expect(estimate).to_have_text("")  # no photos, no estimate
+    page.get_by_role("button", name="ruby checker star (star)").click()
+    expect(estimate).to_contain_text("Training takes about", timeout=60_000, use_inner_text=True)
+    expect(estimate).not_to_contain_text("per sampling step", use_inner_text=True)
+    assert in_view(train)  # the chosen photos shown above it do not push it out of view
+    estimate.get_by_text("How this is estimated").click()
+    expect(estimate).to_contain_text("per sampling step", use_inner_text=True)
+    shot(page, "0-example-chosen")
+    page.reload(wait_until="load")  # the next tests start from an empty form
+    expect(page.get_by_text("Put your own objects")).to_be_visible(timeout=30_000)
 
 
 def test_1_results_show_whole_images_with_prompt_seed_and_settings(page):
@@ -228,6 +279,7 @@ def test_8_the_path_guides_a_newcomer_from_training_to_compose(page, studio):
     train = page.get_by_role("button", name="Train", exact=True)
     train.click()
     expect(toast(page)).to_contain_text("fill in 3–5 photos, a concept name, a class noun", timeout=10_000)
+    expect(cancel).to_be_disabled(timeout=10_000)  # refused: nothing to cancel
     close_toasts(page)
     page.get_by_role("button", name="ruby checker star (star)").click()
     expect(page.get_by_label("Concept name").first).to_have_value("ruby checker star")  # the Train tab's
@@ -248,25 +300,41 @@ def test_8_the_path_guides_a_newcomer_from_training_to_compose(page, studio):
     page.get_by_role("button", name="Use 'ruby checker star' in Compose").click()
     expect(page.locator("#prompt textarea")).to_have_value("a photo of <ruby checker star> on grass")
     expect(page.locator("#boxes")).to_contain_text("<ruby checker star>")
+    # Among Compose's examples now, not after a restart.
+    expect(page.get_by_role("button", name="a photo of <ruby checker star> on grass")).to_be_visible()
     shot(page, "8-use-in-compose")
 
 
-def test_4_a_training_survives_a_reload_and_the_page_shows_it_again(page, studio):
+def start_training(page, name, steps):
+    """Pick an example object, name the concept, set its steps (on a page whose Train settings are folded) and
+    press Train."""
+    from playwright.sync_api import expect
+
+    field = page.get_by_label("Concept name").first
+    field.fill("")
+    page.get_by_role("button", name="ruby checker star (star)").click()
+    expect(field).to_have_value("ruby checker star")  # the example's fill has come, so ours replaces it
+    field.fill(name)
+    page.get_by_text("Advanced settings").first.click()
+    set_setting(page, "steps", steps)
+    page.get_by_role("button", name="Train", exact=True).click()
+
+
+def reload(page):
+    from playwright.sync_api import expect
+
+    page.reload(wait_until="load")
+    expect(page.get_by_text("Put your own objects")).to_be_visible(timeout=30_000)
+
+
+def test_4_a_training_survives_a_reload_and_the_page_ends_as_if_it_never_reloaded(page, studio, console):
     from playwright.sync_api import expect
 
     tab(page, "Train")
-    name = page.get_by_label("Concept name").first
-    name.fill("")
-    page.get_by_role("button", name="ruby checker star (star)").click()
-    expect(name).to_have_value("ruby checker star")  # the example's fill has come, so ours replaces it
-    name.fill("kept running")
-    page.get_by_text("Advanced settings").first.click()
-    set_setting(page, "steps", 3000)
-    page.get_by_role("button", name="Train", exact=True).click()
+    start_training(page, "kept running", 3000)
     status = page.locator("#train-status")
     expect(status).to_contain_text("Training step", timeout=60_000)
-    page.reload(wait_until="load")  # the tab closes and comes back mid-training
-    expect(page.get_by_text("Put your own objects")).to_be_visible(timeout=30_000)
+    reload(page)  # the tab closes and comes back mid-training
     assert studio.training_active()
     expect(status).to_contain_text("Training step", timeout=30_000)
     shot(page, "4-reattached")
@@ -276,3 +344,26 @@ def test_4_a_training_survives_a_reload_and_the_page_shows_it_again(page, studio
     expect(status).to_contain_text("cancelled", timeout=30_000)
     expect(cancel).to_be_disabled(timeout=10_000)
     assert "kept running" not in studio.concept_names()
+
+    # Reloaded during a training that then ends: the page shows the library as it is after it, as the page that
+    # started the training would.
+    reload(page)
+    start_training(page, "after reload", 200)
+    expect(status).to_contain_text("Training step", timeout=60_000)
+    reload(page)
+    assert studio.training_active()  # the page came back before the end
+    expect(status).to_contain_text("saved 'after reload'", timeout=240_000)
+    expect(page.locator("#header")).to_contain_text("2 concepts ready to use", timeout=10_000)
+    expect(page.get_by_role("button", name="Use 'after reload' in Compose")).to_be_visible()
+    expect(cancel).to_be_disabled()
+    shot(page, "4-saved-after-reload")
+    tab(page, "Compose")
+    page.get_by_role("button", name="a photo of <after reload> on grass").click()
+    expect(page.locator("#prompt textarea")).to_have_value("a photo of <after reload> on grass")
+    drag_box(page, "<after reload>", (0.05, 0.05), (0.3, 0.3), offered=True)
+    shot(page, "4-compose-after-reload")
+    reload(page)  # a page opened after a training: it replays the training without a fault
+    expect(page.locator("#train-status")).to_contain_text("saved 'after reload'", timeout=30_000)
+    page.wait_for_timeout(2000)
+    faults = [m for m in console if m.startswith("uncaught") or "Infinite extent" in m]
+    assert not faults, faults[:5]

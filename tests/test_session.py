@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pacgen.app import session as session_module
-from pacgen.app import views
+from pacgen.app import compose_tab, train_tab, views
 from pacgen.app.session import Studio, resolve_model
 from pacgen.errors import PACGenError
 from pacgen.layout import Box
@@ -80,6 +80,7 @@ def test_compose_defaults_to_the_models_grounding_fraction(tmp_path):
 def test_the_first_example_uses_the_newest_concept(tmp_path, random_concept):
     studio = Studio("tiny", tmp_path / "home", device="cpu")
     assert views.examples(studio.defaults.examples, studio.newest_concept())[0] == studio.defaults.examples[0]
+    assert compose_tab.concept_example_button(studio.newest_concept()) == {"value": "", "visible": False}
     for name, created in (("zebra", "2026-01-02T00:00:00+00:00"), ("aardvark", "2026-03-04T00:00:00+00:00")):
         concept = random_concept(studio.pipe, name, identifier=name[:3])
         concept.created = created
@@ -89,6 +90,10 @@ def test_the_first_example_uses_the_newest_concept(tmp_path, random_concept):
     studio.sync_library()
     first = views.examples(studio.defaults.examples, studio.newest_concept())[0]
     assert first.boxes[0].label == "<aardvark>" and "<aardvark>" in first.prompt  # newest, not first by name
+    # Compose's example button for it, as every refresh of the page makes it, and what pressing it fills in.
+    button = compose_tab.concept_example_button(studio.newest_concept())
+    assert button == {"value": "a photo of <aardvark> on grass", "visible": True}
+    assert compose_tab.newest_example(studio) == (button["value"], [["<aardvark>", *views.FIRST_EXAMPLE_BOX]], "")
 
 
 def test_training_previews_are_enlarged_by_whole_pixels():
@@ -155,8 +160,8 @@ def test_while_the_model_is_busy_the_estimate_says_what_it_rests_on(tmp_path):
     settings = TrainSettings(steps=4, prior_preservation=False)
     with studio.model_lock:  # a training or a generation holds the model
         text = views.estimate(studio.estimate("star", settings), settings.steps, 5)
-    assert text == ("Estimated training time: not known yet (4 steps, 5 photos selected). Speeds are not measured "
-                    "here yet, and the model is busy now: change a setting once it is free.")
+    assert text.startswith("How long training takes is not known yet: speeds are not measured here yet, and the model "
+                           "is busy now: change a setting once it is free.\n\n<details>")
     studio.estimate("star", settings)
     with studio.model_lock:
         basis = studio.estimate("star", settings.override(batch_size=2)).basis
@@ -174,3 +179,15 @@ def test_cancel_answers_once_the_training_has_stopped_with_what_its_own_stream_e
     assert not studio.training_active()
     assert [event.phase for event in events][-1] == "cancelled"
     assert "long one" not in studio.concept_names()
+    # Pressed again (a page whose Cancel was still on): it says so, not how the training that is over ended.
+    assert train_tab.cancel_message(studio) == "Nothing of yours is training."
+
+
+def test_no_estimate_and_nothing_measured_before_photos_are_chosen(tmp_path, photos):
+    studio = Studio("tiny", tmp_path, device="cpu")
+    values = [getattr(studio.defaults.training, f.name) for f in train_tab.FIELDS]
+    assert train_tab.estimate_text(studio, [], "", *values) == ""
+    assert train_tab.estimate_text(studio, None, "star", *values) == ""
+    assert not studio.rates  # the page's load measured nothing
+    text = train_tab.estimate_text(studio, photos, "star", *values)
+    assert text.startswith("Training takes about **") and studio.rates

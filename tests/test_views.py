@@ -88,12 +88,23 @@ def test_library_cards_show_full_names_or_say_what_to_do(tmp_path):
     assert "not usable: trained on another base model" in html and "<li>junk: no concept.json</li>" in html
 
 
-def test_estimate_in_words_with_its_parts_and_basis():
+def test_estimate_says_how_long_in_a_users_words_with_the_figures_one_click_away():
     estimate = Estimate(95.0, {"class images": 20.0, "training steps": 75.0, "previews": 0.0},
-                        "measured here at 32 px: 0.16 s per training step")
-    assert views.estimate(estimate, 400, 3) == (
-        "Estimated training time: about 2 min (400 steps, 3 photos selected). class images 20 s, training steps 75 s. "
-        "Speeds measured here at 32 px: 0.16 s per training step.")
+                        "measured here at 32 px: 0.16 s per training step, 84 ms per sampling step; 72 images to encode")
+    headline, folded = views.estimate(estimate, 400, 3).split("\n\n")
+    assert headline == "Training takes about **2 min**."
+    assert folded == ("<details><summary>How this is estimated</summary>400 steps, 3 photos: class images 20 s, "
+                      "training steps 75 s. Speeds measured here at 32 px: 0.16 s per training step, 84 ms per "
+                      "sampling step; 72 images to encode.</details>")
+
+
+def test_header_says_model_concepts_and_picture_size_with_the_technical_figures_one_click_away():
+    status = {"device": "CPU", "model": "mini", "dtype": "float32", "memory": "0.7 GiB RAM", "concepts": 1, "size": 64}
+    headline, folded = views.header(status).split("\n\n")
+    assert headline == "Model **mini** on the CPU · **1 concept** ready to use · pictures of 64×64 px"
+    assert folded == "<details><summary>Details</summary>Device CPU · dtype float32 · memory 0.7 GiB RAM</details>"
+    gpu = views.header({**status, "device": "NVIDIA H100", "concepts": 0})
+    assert gpu.startswith("Model **mini** on the GPU (NVIDIA H100) · **0 concepts** ready")
 
 
 def test_loss_plot_follows_the_smoothed_loss_and_success_points_to_compose():
@@ -119,5 +130,7 @@ def test_plain_steps_update_the_train_tab_at_most_so_often_but_every_loss_reache
     assert [view.progress for view, _ in updates][-1] == 1.0
     assert len(updates) == 3  # the first step, the preview and the end; no plain step in between
     _, (_, plot, previews, _) = updates[-1]
-    assert set(plot["step"]) == set(range(1, 51)) and len(previews) == 1
+    assert set(plot["value"]["step"]) == set(range(1, 51)) and len(previews) == 1 and plot["visible"]
     assert updates[0][1][2] == gr.skip()  # a plain step leaves the previews as they are
+    _, (_, plot, _, _) = next(shown(iter([TrainEvent("class-images", 1, 2)])))
+    assert not plot["visible"]  # no loss yet, no plot: an empty one has no extent to draw

@@ -27,7 +27,8 @@ class ComposeTab:
     scene: gr.Image
     table: gr.Dataframe
     table_message: gr.Markdown
-    examples: list  # the worked examples the buttons show, as computed once when the page was built
+    concept_example: gr.Button  # the newest concept's example, following the library (`concept_example_button`)
+    examples: list  # the model's worked examples the buttons show
     example_buttons: list
     prompt: gr.Textbox
     negative: gr.Textbox
@@ -64,6 +65,19 @@ def redraw(rows, width, height, scene: str | None) -> dict:
     return views.annotations_from_rows(rows, int(width), int(height), fitted_scene(scene, width, height))
 
 
+def concept_example_button(newest: str | None) -> dict:
+    """The example button for the newest concept: its prompt, shown once there is a concept (after every change to
+    the library, so a concept trained or imported now is there at once)."""
+    return dict(value=views.concept_example(newest).prompt if newest else "", visible=bool(newest))
+
+
+def newest_example(studio: Studio) -> tuple:
+    """The prompt, box table and (empty) box message of the newest concept's example, as it is when asked; the
+    model's first example when there is no concept."""
+    example = views.examples(studio.defaults.examples, studio.newest_concept())[0]
+    return example.prompt, views.rows_from_boxes(example.boxes), ""
+
+
 def build(studio: Studio) -> ComposeTab:
     defaults = studio.pipe.settings()  # the model's sampling defaults, sizes filled in
     size, step = studio.size, studio.size_step()
@@ -80,8 +94,10 @@ def build(studio: Studio) -> ComposeTab:
                                  elem_id="boxes", label="Boxes, in drawing order (edits show on the canvas at once; "
                                                         "delete a row to drop a box)")
             table_message = gr.Markdown(elem_id="box-message")
-            examples = views.examples(studio.defaults.examples, studio.newest_concept())
+            examples = list(studio.defaults.examples)
             with gr.Row():
+                concept_example = gr.Button(size="sm", elem_id="concept-example",
+                                            **concept_example_button(studio.newest_concept()))
                 example_buttons = [gr.Button(e.prompt, size="sm") for e in examples]
             scene = gr.Image(label="Scene photo (optional): generate into your own photo, only inside the boxes",
                              type="filepath", sources=["upload"], height=160, elem_id="scene")
@@ -105,8 +121,8 @@ def build(studio: Studio) -> ComposeTab:
             results = gr.Gallery(label="Results", columns=2, height="auto", object_fit="contain", elem_id="results",
                                  format="png")
             info = gr.Markdown(label="Info", elem_id="result-info")  # labels name API outputs
-    return ComposeTab(canvas, scene, table, table_message, examples, example_buttons, prompt, negative, settings,
-                      reuse_seed, generate_button, generate_status, show_boxes, results, info, gr.State(None),
+    return ComposeTab(canvas, scene, table, table_message, concept_example, examples, example_buttons, prompt, negative,
+                      settings, reuse_seed, generate_button, generate_status, show_boxes, results, info, gr.State(None),
                       gr.State(None), gr.State([]))
 
 
@@ -132,6 +148,8 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
                     [tab.table, tab.canvas, tab.table_message, tab.checked_rows], **quiet)
     for source in (width, height, tab.scene):
         source.change(redraw, tab.redraw_inputs, tab.canvas, **quiet)
+    tab.concept_example.click(endpoint(lambda: newest_example(studio), []), outputs=[
+        tab.prompt, tab.table, tab.table_message], **quiet).then(redraw, tab.redraw_inputs, tab.canvas, **quiet)
     for button, example in zip(tab.example_buttons, tab.examples):
         button.click(lambda e=example: (e.prompt, views.rows_from_boxes(e.boxes), ""), outputs=[
             tab.prompt, tab.table, tab.table_message], **quiet).then(redraw, tab.redraw_inputs, tab.canvas, **quiet)

@@ -18,6 +18,7 @@ from .fields import UI_ONLY, component, endpoint
 from .session import Studio
 
 FIELDS = surfaced(TrainSettings)
+COLUMN_MIN_PX = 440  # the two columns stand side by side from about 1000 px wide, and stack below
 
 
 @dataclass
@@ -50,36 +51,40 @@ def build(studio: Studio) -> TrainTab:
         stopped_text = gr.Markdown(elem_id="stopped-training")
         resume_button = gr.Button("Resume", variant="primary", scale=0, min_width=100)
         discard_button = gr.Button("Discard", variant="stop", scale=0, min_width=100)
+    # Left, in the order a user acts: photos (or an example object, for a newcomer without any), name, Train; all in
+    # view at 1400×1000 without scrolling. Right: what a training shows. Narrower than two columns fit, they stack.
     with gr.Row():
-        with gr.Column():
+        with gr.Column(min_width=COLUMN_MIN_PX):
             photos = gr.File(label="3–5 photos of your object", file_count="multiple", file_types=["image"],
-                             type="filepath")
-            photo_gallery = gr.Gallery(label="Your photos", columns=5, height=150, allow_preview=False)
-            name = gr.Textbox(label="Concept name", placeholder="my dog", max_length=40)
-            noun = gr.Textbox(label="Class noun (what it is)", placeholder="dog")
-            with gr.Accordion("Advanced settings", open=False):
-                settings = [component(f, getattr(defaults, f.name)) for f in FIELDS]
-            estimate = gr.Markdown("Estimated training time: measuring this machine's speed…")  # as the page loads
-            with gr.Row():
-                aug_button = gr.Button("Preview augmentation")
-                train_button = gr.Button("Train", variant="primary")
-                cancel_button = gr.Button("Cancel", variant="stop", interactive=False)  # only while one runs
-            status = gr.Markdown(label="Status", elem_id="train-status")  # labels name API outputs
-            newest = studio.newest_concept()
-            use_button = gr.Button(use_label(newest), variant="primary", visible=bool(newest), elem_id="use-in-compose")
+                             type="filepath", height=120)
             example_buttons = []
             objects = studio.example_objects()
             if objects:
-                gr.Markdown("**Example objects**: pick one to fill in its photos, name and class noun.")
+                gr.Markdown("No photos at hand? **Pick an example object** to fill in its photos, name and class noun:")
                 with gr.Row(elem_classes=["example-objects"]):
                     for obj in objects:
                         button = gr.Button(views.example_label(obj), icon=str(obj.photos[0]), size="sm",
                                            scale=0, min_width=140)
                         example_buttons.append((button, obj))
-        with gr.Column():
+            photo_gallery = gr.Gallery(label="Your photos", columns=5, height=110, allow_preview=False, visible=False)
+            with gr.Row():
+                name = gr.Textbox(label="Concept name", placeholder="my dog", max_length=40)
+                noun = gr.Textbox(label="Class noun (what it is)", placeholder="dog")
+            estimate = gr.Markdown(elem_id="train-estimate")  # once photos are chosen
+            with gr.Row():
+                train_button = gr.Button("Train", variant="primary")
+                aug_button = gr.Button("Preview augmentation")
+                cancel_button = gr.Button("Cancel", variant="stop", interactive=False)  # only while one runs
+            status = gr.Markdown(label="Status", elem_id="train-status")  # labels name API outputs
+            newest = studio.newest_concept()
+            use_button = gr.Button(use_label(newest), variant="primary", visible=bool(newest), elem_id="use-in-compose")
+            with gr.Accordion("Advanced settings", open=False):
+                settings = [component(f, getattr(defaults, f.name)) for f in FIELDS]
+        with gr.Column(min_width=COLUMN_MIN_PX):
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
+            # Hidden until there is a loss to draw: an empty plot has no extent (Vega warns on every redraw).
             loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
-                                    label="Training loss (smoothed)", height=220)
+                                    label="Training loss (smoothed)", height=220, visible=False)
             # Shown at their own pixels (enlarged by whole pixels, never scaled by the gallery).
             previews = gr.Gallery(label="Previews at random boxes", columns=4, height="auto", object_fit="none",
                                   elem_id="previews")
@@ -104,7 +109,7 @@ def shown(events, every_s: float = UPDATE_EVERY_S) -> Iterator[tuple]:
     """The tab's outputs (status, loss plot, previews, log) after each training event that changes more than the
     step count, and after plain steps at most every `every_s` seconds; every event still reaches the view. After a
     plain step the previews are left as they are (re-encoding every image for each update cost the training); the
-    other updates, the last one included, carry them all."""
+    other updates, the last one included, carry them all. The loss plot shows once it has a point."""
     view, last = views.TrainView(), -math.inf
     for event in events:
         view.add(event)
@@ -113,8 +118,8 @@ def shown(events, every_s: float = UPDATE_EVERY_S) -> Iterator[tuple]:
             continue
         last = time.monotonic()
         previews = gr.skip() if plain_step else view.previews
-        yield view, (view.markdown(), pd.DataFrame(view.losses, columns=["step", "loss"]), previews,
-                     "\n".join(view.log))
+        plot = gr.update(value=pd.DataFrame(view.losses, columns=["step", "loss"]), visible=bool(view.losses))
+        yield view, (view.markdown(), plot, previews, "\n".join(view.log))
 
 
 def settings_of(studio: Studio, values) -> TrainSettings:
@@ -123,18 +128,21 @@ def settings_of(studio: Studio, values) -> TrainSettings:
 
 
 def estimate_text(studio: Studio, files, class_noun, *values) -> str:
-    """The estimate for the tab's inputs (Train's, but the name: it does not change it)."""
+    """The estimate for the tab's inputs (Train's, but the name: it does not change it); none, and nothing measured,
+    before photos are chosen: the time depends on them."""
+    if not files:
+        return ""
     settings = settings_of(studio, values)
-    return views.estimate(studio.estimate(class_noun or "", settings, len(files or [])), settings.steps, len(files or []))
+    return views.estimate(studio.estimate(class_noun or "", settings, len(files)), settings.steps, len(files))
 
 
 def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
     names = ["photos", "name", "class_noun", *[f.name for f in FIELDS]]
     inputs = [tab.photos, tab.name, tab.noun, *tab.settings]
 
-    tab.photos.change(lambda files: files or [], tab.photos, tab.photo_gallery, queue=False, **UI_ONLY)
-    # As each page loads (speeds are then measured with a visitor's browser running, not as the app starts with
-    # none) and whenever an input that changes it does.
+    tab.photos.change(lambda files: gr.Gallery(files or [], visible=bool(files)), tab.photos, tab.photo_gallery,
+                      queue=False, **UI_ONLY)
+    # Whenever an input that changes it does: speeds are measured then, with the visitor's browser running.
     show_estimate = endpoint(lambda *values: estimate_text(studio, *values),
                              ["photos", "class_noun", *[f.name for f in FIELDS]])
     gr.on(None, show_estimate, [tab.photos, tab.noun, *tab.settings], tab.estimate, queue=False,
@@ -156,25 +164,17 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
             yield outputs
 
     progress_outputs = [tab.status, tab.loss_plot, tab.previews, tab.log]
+    show_cancel = endpoint(lambda: cancel_state(studio), [])
     # Not in the model's queue: a second training is refused at once, and generation waits on the model lock.
-    tab.train_button.click(lambda: gr.update(interactive=True), outputs=tab.cancel_button, queue=False, **UI_ONLY).then(
-        endpoint(train, names), inputs, progress_outputs, concurrency_limit=None, api_name="train",
-        show_progress_on=[tab.status],
-    ).then(refresh, outputs=refresh_outputs, **UI_ONLY).then(endpoint(lambda: cancel_state(studio), []),
-                                                              outputs=tab.cancel_button, **UI_ONLY)
-    def cancel() -> str:
-        """What the training's own stream ends with, once it has stopped: the page keeps whichever reply comes
-        last, so both must say the same."""
-        message = studio.cancel()
-        events = [] if studio.training_active() else list(studio.follow_training())
-        if not events:
-            return message
-        view = views.TrainView()
-        for event in events:
-            view.add(event)
-        return view.markdown()
-
-    tab.cancel_button.click(endpoint(cancel, []), outputs=tab.status, queue=False, api_name="cancel_training")
+    training = tab.train_button.click(lambda: gr.update(interactive=True), outputs=tab.cancel_button, queue=False,
+                                      **UI_ONLY).then(endpoint(train, names), inputs, progress_outputs,
+                                                      concurrency_limit=None, api_name="train",
+                                                      show_progress_on=[tab.status])
+    training.then(refresh, outputs=refresh_outputs, **UI_ONLY).then(show_cancel, outputs=tab.cancel_button, **UI_ONLY)
+    # After a refused or failed training Gradio (6.31) runs no `then`, only `failure`: Cancel goes off there.
+    training.failure(show_cancel, outputs=tab.cancel_button, **UI_ONLY)
+    tab.cancel_button.click(endpoint(lambda: cancel_message(studio), []), outputs=tab.status, queue=False,
+                            api_name="cancel_training")
 
     def resume(progress=gr.Progress()):
         for view, outputs in shown(studio.resume(first_stopped(studio))):
@@ -182,13 +182,15 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
             yield outputs
 
     stopped_outputs = [tab.stopped_row, tab.stopped_text]
-    tab.resume_button.click(lambda: (gr.update(interactive=True), gr.update(visible=False)),
-                            outputs=[tab.cancel_button, tab.stopped_row], queue=False, **UI_ONLY).then(
+    resuming = tab.resume_button.click(lambda: (gr.update(interactive=True), gr.update(visible=False)),
+                                       outputs=[tab.cancel_button, tab.stopped_row], queue=False, **UI_ONLY).then(
         endpoint(resume, []), outputs=progress_outputs, concurrency_limit=None, api_name="resume_training",
         show_progress_on=[tab.status],
-    ).then(refresh, outputs=refresh_outputs, **UI_ONLY).then(
-        endpoint(lambda: (cancel_state(studio), *stopped_state(studio)), []),
-        outputs=[tab.cancel_button, *stopped_outputs], **UI_ONLY)
+    )
+    after_resume = endpoint(lambda: (cancel_state(studio), *stopped_state(studio)), [])
+    resuming.then(refresh, outputs=refresh_outputs, **UI_ONLY).then(
+        after_resume, outputs=[tab.cancel_button, *stopped_outputs], **UI_ONLY)
+    resuming.failure(after_resume, outputs=[tab.cancel_button, *stopped_outputs], **UI_ONLY)
     tab.discard_button.click(endpoint(lambda: studio.discard_training(first_stopped(studio)), []), outputs=tab.status,
                              queue=False, api_name="discard_training").then(
         endpoint(lambda: stopped_state(studio), []), outputs=stopped_outputs, queue=False, **UI_ONLY)
@@ -211,6 +213,20 @@ def stopped_state(studio: Studio) -> tuple:
     more = f" (and {len(stopped) - 1} more)" if len(stopped) > 1 else ""
     text = f"**{stopped[0]}**{more}: resume it from there, or discard it." if stopped else ""
     return gr.update(visible=bool(stopped)), text
+
+
+def cancel_message(studio: Studio) -> str:
+    """What Cancel answers. For a training it stopped: what the training's own stream ends with, once it has
+    stopped (the page keeps whichever reply comes last, so both must say the same). Otherwise the session's word
+    that nothing is training, never how an earlier training ended."""
+    stopping = studio.training_active()
+    message = studio.cancel()
+    if not stopping or studio.training_active():
+        return message
+    view = views.TrainView()
+    for event in studio.follow_training():
+        view.add(event)
+    return view.markdown()
 
 
 def cancel_state(studio: Studio):

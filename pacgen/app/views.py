@@ -52,9 +52,18 @@ def plain(text: object) -> str:
 # --------------------------------------------------------------------------------------- header and banner
 
 def header(status: dict) -> str:
-    return (f"**Device** {plain(status['device'])} · **Model** `{plain(status['model'])}` · "
-            f"**dtype** {status['dtype']} · **Memory** {status['memory']} · **Concepts** {status['concepts']} · "
-            f"**Image size** {status['size']}px")
+    """The model, where it runs, the concepts ready to use and the picture size, in a user's words; the technical
+    figures (device, number format, memory) one click away."""
+    device, size, count = plain(status["device"]), status["size"], status["concepts"]
+    runs_on = "the CPU" if device == "CPU" else f"the GPU ({device})"
+    technical = f"Device {device} · dtype {status['dtype']} · memory {plain(status['memory'])}"
+    return (f"Model **{plain(status['model'])}** on {runs_on} · **{count} concept{'' if count == 1 else 's'}** "
+            f"ready to use · pictures of {size}×{size} px\n\n{details(technical)}")
+
+
+def details(text: str, summary: str = "Details") -> str:
+    """`text` folded away under `summary`, one click away (HTML that Markdown outputs keep)."""
+    return f"<details><summary>{summary}</summary>{text}</details>"
 
 
 def banner(notices: list[str]) -> str:
@@ -77,14 +86,15 @@ def duration(seconds: float) -> str:
 
 
 def estimate(value: Estimate, steps: int, photo_count: int) -> str:
-    """The training-time estimate in words: its total, its parts (those of half a second or more) and what it rests
-    on."""
-    total = "not known yet" if math.isnan(value.seconds) else f"about {duration(value.seconds)}"
-    text = f"Estimated training time: {total} ({steps} steps, {photo_count or 'no'} photos selected)."
-    parts = {name: s for name, s in value.parts.items() if s >= 0.5}
-    if parts:
-        text += " " + ", ".join(f"{plain(name)} {duration(s)}" for name, s in parts.items()) + "."
-    return text + f" Speeds {plain(value.basis)}."
+    """How long the training will take, in a user's words; its parts (those of half a second or more) and what it
+    rests on one click away."""
+    if math.isnan(value.seconds):
+        headline = f"How long training takes is not known yet: speeds {plain(value.basis)}."
+    else:
+        headline = f"Training takes about **{duration(value.seconds)}**."
+    parts = ", ".join(f"{plain(name)} {duration(s)}" for name, s in value.parts.items() if s >= 0.5)
+    figures = f"{steps} steps, {photo_count} photos" + (f": {parts}" if parts else "")
+    return f"{headline}\n\n{details(f'{figures}. Speeds {plain(value.basis)}.', 'How this is estimated')}"
 
 
 # --------------------------------------------------------------------------------------- canvas and table
@@ -282,12 +292,14 @@ def label_choices(concept_names: list[str], examples: list[Example]) -> list[str
 FIRST_EXAMPLE_BOX = (0.3, 0.1, 0.9, 0.7)
 
 
+def concept_example(name: str) -> Example:
+    """A worked example that places the concept `name` (the newest: the one a user just trained)."""
+    return Example(f"a photo of <{name}> on grass", (Box(f"<{name}>", FIRST_EXAMPLE_BOX),))
+
+
 def examples(model_examples: tuple[Example, ...], newest: str | None) -> list[Example]:
-    """The model's worked examples, after one with the newest concept (the one a user just trained)."""
-    items = list(model_examples)
-    if newest:
-        items.insert(0, Example(f"a photo of <{newest}> on grass", (Box(f"<{newest}>", FIRST_EXAMPLE_BOX),)))
-    return items
+    """The model's worked examples, after one with the newest concept."""
+    return ([concept_example(newest)] if newest else []) + list(model_examples)
 
 
 # --------------------------------------------------------------------------------------- results
