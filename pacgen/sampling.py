@@ -63,15 +63,17 @@ class GenerationResult:
     scene: Image.Image | None = None  # the scene photo as fitted and used; None: the whole image was generated
 
 
-def guided(noise_pred: torch.Tensor, rows: list[str], scale: float) -> list[torch.Tensor]:
+def guided(noise_pred: torch.Tensor, rows: list[str], scale: float, concept_scale: float | None = None
+           ) -> list[torch.Tensor]:
     """Split a batched prediction into its rows and apply CFG of each conditional row against the unconditional
-    row last before it (the first row, or a concept's own)."""
+    row last before it (the first row, or a concept's own); concept rows at `concept_scale` when given."""
     guided_rows = []
     for row, chunk in zip(rows, noise_pred.chunk(len(rows))):
         if row == UNCOND:
             uncond = chunk
         else:
-            guided_rows.append(uncond + scale * (chunk - uncond))
+            own = concept_scale if concept_scale is not None and row.startswith("concept:") else scale
+            guided_rows.append(uncond + own * (chunk - uncond))
     return guided_rows
 
 
@@ -471,7 +473,7 @@ class PACGenPipeline:
                     model_in = guide.model_input(model_in)
                 noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
                 if i < regional_steps:
-                    base, *per_concept = guided(noise, rows, settings.guidance_scale)
+                    base, *per_concept = guided(noise, rows, settings.guidance_scale, settings.concept_guidance_scale)
                     eps = blend(base, per_concept, masks)
                 else:
                     (eps,) = guided(noise, rows, settings.guidance_scale)

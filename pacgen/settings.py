@@ -142,6 +142,10 @@ class SampleSettings(_Checked):
         "shared", "what each concept's row is guided against: the unconditional row it shares with the base model, or "
         "its own through the concept's weights, as diffusers guides a loaded LoRA (one more UNet row per concept); "
         "models may set their own", choices=("shared", "own"), label="Concept guidance")
+    concept_guidance_scale: float | None = setting(
+        None, "classifier-free guidance scale of each concept's row inside its box (regional sampling); empty: the "
+        "guidance scale. A concept learnt from a few photos can need more guidance to show its pattern than a phrase "
+        "the model knows; models may set their own", low=0.0, high=30.0, label="Concept guidance scale")
     feather: int = setting(0, "soften box edges over this many latent cells", low=0, high=16, label="Feather")
     grounding_phrase: str = setting("class", "what a concept's box is grounded with: its class noun, or its "
                                     "identifier and class noun", choices=("class", "identifier"),

@@ -4,7 +4,7 @@ import torch
 
 from pacgen.concepts import ConceptLibrary
 from pacgen.mini.bench import __main__ as bench
-from pacgen.mini.bench.methods import METHODS, PLACEMENTS, RECIPES, study
+from pacgen.mini.bench.methods import AFTER, METHODS, PLACEMENTS, RECIPES, Training, quick_rows, study
 from pacgen.models import load_components
 from pacgen.mini.score import train_scorer
 
@@ -35,6 +35,8 @@ def test_bench_study_reports_every_method_and_variant(tmp_path, monkeypatch):
     assert "| identity (corner) |" in report.replace(" | ", " |\n| ") and "keeps colours" in report
     assert "Gates, for the app's default (LoRA (attention) + augmentation + regional)" in report
     assert "--study" in report and (tmp_path / "docs" / "mini_study.png").is_file()
+    assert "| 1. identified, ruby checker star |" in report and "| 2. shape kept (corner) |" in report
+    assert f"| {AFTER} |" in report and (tmp_path / "docs" / "mini_study_pairs.png").is_file()
     assert not (tmp_path / "docs" / "mini_bench.md").exists()  # a study leaves the benchmark's report alone
     assert ConceptLibrary(tmp_path / "work").list() == []  # each concept's LoRAs free their identifier words
     # every method's concept is prompted with the same word, so no method gets a luckier embedding
@@ -52,3 +54,16 @@ def test_caption_modifier_concept_is_asked_for_small_objects_far_away():
     assert method.prompt_words(PLACEMENTS["corner"]) == ", far away"
     assert method.prompt_words(PLACEMENTS["centre"]) == ""
     assert METHODS[-1].prompt_words(PLACEMENTS["corner"]) == ""
+
+
+def test_train_and_sample_flags_change_every_trained_row_and_quick_rows_keep_the_apps_default():
+    args = bench.parse_args(["--train-set", "steps=800", "--train-set", "augment.zoom_out_scale=[0.5,0.9]",
+                             "--sample-set", "concept_guidance_scale=4", "--train-steps", "400"])
+    defaults = load_components("mini", device="cpu").defaults.training
+    augmented = bench.train_settings(defaults, args, Training("full", "pacgen"))
+    plain = bench.train_settings(defaults, args, Training("full", "plain"))
+    assert augmented.steps == plain.steps == 800 and args.sample_changes == {"concept_guidance_scale": 4}
+    assert augmented.augment.zoom_out_scale == (0.5, 0.9) and plain.augment.zoom_out_prob == 0
+    assert [m.name for m in quick_rows("full")] == [METHODS[0].name, "PACGen (full) + augmentation + regional"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--first", "4", "--concepts", "3"])  # past the kit's six

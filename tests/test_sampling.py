@@ -264,3 +264,19 @@ def test_unet_rows_counts_what_a_regional_step_batches_one_row_per_concept_howev
         hook.remove()
     settings = pipe.settings(concept_guidance=guidance)
     assert batches == [2 * settings.unet_rows(2)] and settings.unet_rows(2) == (6 if guidance == "own" else 4)
+
+
+def test_concept_guidance_scale_guides_only_the_concepts_rows(pipe, random_concept):
+    """A concept's row may be guided harder than the prompt (a few photos teach a weaker pattern than a phrase the
+    model knows): unset or equal to the guidance scale it changes nothing, and without a concept nothing either."""
+    pipe.load_concept(random_concept(pipe, strength=0.6))
+    boxes = [Box("<my dog>", (0.0, 0.0, 0.5, 0.5)), Box("a blue circle", (0.5, 0.5, 1.0, 1.0))]
+    kwargs = dict(seed=4, num_inference_steps=2, output_type="np", guidance_scale=3.0)
+    prompt = "a photo of <my dog> and a blue circle"
+    plain = pipe(prompt, boxes=boxes, **kwargs).images[0]
+    assert np.array_equal(pipe(prompt, boxes=boxes, concept_guidance_scale=3.0, **kwargs).images[0], plain)
+    assert np.abs(pipe(prompt, boxes=boxes, concept_guidance_scale=6.0, **kwargs).images[0] - plain).max() > 0.05
+    phrase = [Box("a dog", (0.0, 0.0, 0.5, 0.5))]
+    assert np.array_equal(pipe("a photo of a dog", boxes=phrase, concept_guidance_scale=6.0, **kwargs).images[0],
+                          pipe("a photo of a dog", boxes=phrase, **kwargs).images[0])
+    assert pipe.settings().concept_guidance_scale is None  # tiny keeps one scale for every row

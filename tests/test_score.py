@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pacgen.mini.kit import KIT, kit_layouts, kit_photos
+from pacgen.mini.kit import KIT, kit_layouts, kit_photos, new_concepts
 from pacgen.mini.score.evaluate import held_out_scenes, zoom_out
 from pacgen.mini.score.fit import train_scorer
-from pacgen.mini.score.identity import colour_bleed, truth_identity
+from pacgen.mini.score.identity import class_phrase_drawings, colour_bleed, identified, truth_identity
 from pacgen.mini.score.metrics import artifact_rate, box_iou, crop, iou, localise
 from pacgen.mini.score.net import Scorer
 from pacgen.mini.score.report import sample_sheet
@@ -101,3 +101,29 @@ def test_colour_bleed_counts_the_neighbours_colour_not_a_wrong_layout():
     assert colour_bleed(drawn(replace(concept, colours=(blue, blue))), concept, box, blue) > 0.8
     assert colour_bleed(drawn(swapped), concept, box, blue) == 0.0
     assert truth_identity(drawn(swapped), concept, box) < truth_identity(drawn(concept), concept, box) - 0.3
+
+
+def test_identified_picks_the_concept_out_of_a_lineup_of_other_concepts_and_its_class_phrase():
+    """A concept drawn as itself is identified; the same shape in its main colour only (the pink smudge of issue 25,
+    a plain world star), another concept in its box, or an empty box is not."""
+    concept, box = KIT[0], (0.05, 0.1, 0.5, 0.6)
+    rivals = tuple(c for c in KIT if c != concept) + class_phrase_drawings(concept.class_noun)
+
+    def drawn(obj) -> Image.Image:
+        return render("grass", [PlacedObject(obj, box)], 32, np.random.default_rng(0))[0]
+
+    assert identified(drawn(concept), concept, box, rivals)
+    smudge = replace(concept, colours=(concept.colours[0], concept.colours[0]))
+    assert not identified(drawn(smudge), concept, box, rivals)
+    assert not identified(drawn(KIT[3]), concept, box, rivals)
+    assert not identified(render("grass", [], 32, np.random.default_rng(0))[0], concept, box, rivals)
+    assert len(class_phrase_drawings("star")) == 18 and {d.shape for d in class_phrase_drawings("star")} == {"star"}
+
+
+def test_new_concepts_are_kit_like_objects_outside_the_kit_the_same_for_a_seed():
+    concepts = new_concepts(6)
+    assert concepts == new_concepts(6) and concepts != new_concepts(6, seed=2)
+    assert not set(concepts) & set(KIT) and len({c.name for c in concepts}) == 6
+    for concept in concepts:
+        assert np.linalg.norm(np.subtract(*concept.colours)) >= 150
+        render("sand", [PlacedObject(concept, (0.1, 0.1, 0.9, 0.9))], 32, np.random.default_rng(0))

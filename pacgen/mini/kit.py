@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pacgen.mini.world import BACKGROUNDS, Box, PlacedObject, RGB, article, centred_box, render
+from pacgen.mini.world import BACKGROUNDS, SHAPES, Box, PlacedObject, RGB, article, centred_box, render
 
 KIT_PATTERNS = ("checker", "split", "rings", "bands")
 MARKS = {"dot": (250, 250, 250), "bar": (15, 15, 15)}
@@ -80,6 +80,22 @@ KIT: tuple[KitConcept, ...] = (
     KitConcept("violet split triangle", "triangle", ((120, 40, 190), (240, 230, 40)), "split", "dot"),
     KitConcept("mint checker cross", "cross", ((120, 235, 170), (160, 30, 60)), "checker", "bar"),
 )
+
+
+def new_concepts(n: int, seed: int = 1) -> tuple[KitConcept, ...]:
+    """`n` concepts made like the kit's (a world shape, two colours in a kit pattern, a mark) but drawn at random:
+    concepts outside the kit, to check that defaults chosen on the kit hold for objects nobody tuned them on. The
+    two colours are at least 150 apart in RGB, as the kit's are (a pattern of near colours is no pattern)."""
+    rng = np.random.default_rng([seed, 7727])
+    concepts: list[KitConcept] = []
+    while len(concepts) < n:
+        a, b = (tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(2))
+        if np.linalg.norm(np.subtract(a, b)) < 150:
+            continue
+        shape, pattern = SHAPES[rng.integers(len(SHAPES))], KIT_PATTERNS[rng.integers(len(KIT_PATTERNS))]
+        mark = tuple(MARKS)[rng.integers(len(MARKS))]
+        concepts.append(KitConcept(f"new {pattern} {shape} {len(concepts) + 1}", shape, (a, b), pattern, mark))
+    return tuple(concepts)
 
 
 def kit_layouts(concept: KitConcept, n: int = 5, seed: int = 0) -> list[tuple[str, Box]]:

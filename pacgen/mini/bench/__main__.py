@@ -5,9 +5,12 @@
 Each kit concept is trained six ways, each training method (`lora`, `lora-all`, `full`, with its recipe in
 `methods.RECIPES` on top of the model's defaults) without augmentation (DreamBooth) and with PACGen's, sharing
 cached class images; each is generated at four placements, one image per background per placement (`--seeds`),
-and in two-object scenes beside "a <colour> <shape>" of a colour far from the concept's. Scores come from
+and in two-object scenes at medium placements beside "a <colour> <shape>" of a colour far from the concept's.
+Scores come from
 `pacgen.mini.score`: identity compares the object with the renderer's own drawing of the concept (colours and
-their layout; `score/identity.py`); box IoU localises the object whatever its colours; artifact rate counts
+their layout; `score/identity.py`); "identified" is the share of two-object scenes where the object is nearer that
+drawing than every other concept's and than the class phrase's (the world's objects of that shape); "shape kept"
+is the scorer's shape classifier naming the class noun, at the placement where that is rarest; box IoU localises the object whatever its colours; artifact rate counts
 fill-like or pasted-border pixels outside the box; background match is the background classifier agreeing with
 the prompt; "keeps colours" is the share of two-object scenes where the neighbour's colour took at most 20% of
 the concept. Writes `mini_bench.md` and `mini_bench.png`; reference rows (the renderer's drawing, the same through
@@ -16,7 +19,9 @@ the VAE, another kit concept) calibrate identity, and the class-phrase row is wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,12 +32,13 @@ import torch
 from PIL import Image
 
 from pacgen.concepts import ConceptLibrary
-from pacgen.mini.bench.methods import (AUGMENTATIONS, METHODS, PAIR_BOXES, PLACEMENTS, RECIPES, REFERENCES, Method,
-                                       Training, study)
-from pacgen.mini.bench.report import grid, write_report
+from pacgen.mini.bench.methods import (AFTER, AUGMENTATIONS, METHODS, PAIR_LAYOUTS, PLACEMENTS, RECIPES, REFERENCES,
+                                       Method, Training, paper_rows, quick_rows, sampling_levers, study)
+from pacgen.mini.bench.report import grid, pair_grid, write_report
 from pacgen.mini.bench.scoring import Bench, Scores, contrasting_colour
-from pacgen.mini.kit import KIT, KitConcept, kit_photos
+from pacgen.mini.kit import KIT, KitConcept, kit_photos, new_concepts
 from pacgen.mini.score import load_or_train, scorer_path, texture_floors, vae_roundtrip
+from pacgen.mini.score.identity import class_phrase_drawings
 from pacgen.mini.world import BACKGROUNDS, PlacedObject, render
 from pacgen.sampling import PACGenPipeline
 from pacgen.settings import TrainSettings
@@ -40,6 +46,7 @@ from pacgen.training import train_concept
 
 # Training flags and the TrainSettings fields they set; a flag left out takes the model's default.
 TRAIN_FLAGS = {"train_steps": "steps", "class_images": "num_class_images"}
+ROWS = {"all": lambda default: METHODS, "paper": paper_rows, "quick": quick_rows, "levers": sampling_levers}
 
 
 def log(message: str) -> None:
@@ -49,7 +56,20 @@ def log(message: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pacgen.mini.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mini", help="mini model folder (default: the embedded assets/mini)")
-    p.add_argument("--concepts", type=int, default=3, help=f"first N kit concepts (1-{len(KIT)})")
+    p.add_argument("--concepts", type=int, default=3, help=f"N concepts from --first on (kit: 1-{len(KIT)})")
+    p.add_argument("--first", type=int, default=0, help="index of the first concept (e.g. 3: the kit's last three)")
+    p.add_argument("--new", action="store_true",
+                   help="concepts drawn at random from the world's shapes and the kit's patterns (kit.new_concepts), "
+                        "not the kit's: for checking defaults on objects they were not chosen on")
+    p.add_argument("--rows", choices=tuple(ROWS), default="all",
+                   help="all methods; paper: the class phrase and the default method without and with augmentation "
+                        "and regional sampling; quick: the class phrase and the app's default only; levers: paper and the "
+                        "default concept sampled with other sampling settings")
+    p.add_argument("--train-set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a training setting changed for every trained row (JSON value), e.g. steps=800; "
+                        "augment.zoom_out_scale=[0.5,0.9] changes PACGen's augmentation ranges")
+    p.add_argument("--sample-set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a sampling setting changed for every row (JSON value), e.g. concept_guidance_scale=4")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--seeds", type=int, default=2, help="images per method, concept and placement (backgrounds cycle)")
     p.add_argument("--train-steps", type=int, help="optimisation steps; default: the model's")
@@ -63,9 +83,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--study", action="store_true",
                    help="also score STUDY: variants of the default training and sampling settings, one change each")
     args = p.parse_args(argv)
-    if not 1 <= args.concepts <= len(KIT):
-        p.error(f"--concepts must be between 1 and {len(KIT)}")
+    if not args.new and not (1 <= args.concepts and 0 <= args.first and args.first + args.concepts <= len(KIT)):
+        p.error(f"--first + --concepts must be at most {len(KIT)} kit concepts")
+    try:
+        args.train_changes, args.sample_changes = (dict(map(setting_value, pairs))
+                                                   for pairs in (args.train_set, args.sample_set))
+    except ValueError as error:
+        p.error(str(error))
     return args
+
+
+def setting_value(pair: str) -> tuple[str, object]:
+    """NAME=VALUE with a JSON value (a bare word is text)."""
+    name, sep, text = pair.partition("=")
+    if not sep or not name:
+        raise ValueError(f"expected NAME=VALUE, got {pair!r}")
+    try:
+        return name, json.loads(text)
+    except json.JSONDecodeError:
+        return name, text
+
+
+def bench_concepts(args: argparse.Namespace) -> tuple[KitConcept, ...]:
+    return new_concepts(args.concepts, args.seed + 1) if args.new else KIT[args.first: args.first + args.concepts]
 
 
 def open_bench(args: argparse.Namespace) -> Bench:
@@ -76,15 +116,22 @@ def open_bench(args: argparse.Namespace) -> Bench:
             setattr(args, flag, getattr(pipe.components.defaults.training, name))
     size = pipe.components.default_size
     scorer = load_or_train(args.scorer or scorer_path(pipe), size, args.scorer_minutes, args.seed)
-    return Bench(pipe, scorer, texture_floors(functools.partial(vae_roundtrip, pipe), size), size)
+    return Bench(pipe, scorer, texture_floors(functools.partial(vae_roundtrip, pipe), size), size,
+                 args.sample_changes)
 
 
 def train_settings(defaults: TrainSettings, args: argparse.Namespace, training: Training, **changes) -> TrainSettings:
-    """The model's training defaults, the method's recipe, the benchmark's flags, the augmentation, no previews."""
+    """The model's training defaults, the method's recipe, the benchmark's flags (`--train-set` too), the
+    augmentation, no previews."""
     flags = {name: getattr(args, flag) for flag, name in TRAIN_FLAGS.items()}
-    recipe = {**RECIPES[training.method], **changes}
-    return defaults.override(**recipe, **flags, augment=AUGMENTATIONS[training.augment], seed=args.seed,
-                             preview_every=0)
+    ranges = {k.removeprefix("augment."): tuple(v) if isinstance(v, list) else v
+              for k, v in args.train_changes.items() if k.startswith("augment.")}
+    settings = {k: v for k, v in args.train_changes.items() if not k.startswith("augment.")}
+    augment = AUGMENTATIONS[training.augment]
+    if training.augment == "pacgen":
+        augment = dataclasses.replace(augment, **ranges)
+    recipe = {**RECIPES[training.method], **flags, **settings, **changes}
+    return defaults.override(**recipe, augment=augment, seed=args.seed, preview_every=0)
 
 
 def train(bench: Bench, concept: KitConcept, training: Training, args: argparse.Namespace,
@@ -108,17 +155,26 @@ class Run:
     bench: Bench
     library: ConceptLibrary
     methods: tuple[Method, ...]
+    concepts: tuple[KitConcept, ...]
     results: dict[str, Scores] = field(init=False)
-    by_concept: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    by_concept: dict[str, dict[str, Scores]] = field(default_factory=dict)  # each concept's own scores, per row
     shown: dict[tuple[str, str], Image.Image] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], Image.Image] = field(default_factory=dict)  # (concept, row): first layout, seed
 
     def __post_init__(self) -> None:
-        self.results = {name: Scores() for name in [m.name for m in self.methods] + list(REFERENCES)}
+        self.results = {name: Scores() for name in [m.name for m in self.methods] + list(REFERENCES) + [AFTER]}
+
+    def rivals(self, concept: KitConcept) -> tuple:
+        """What an identified concept must look more like than: every other concept (the kit's and this run's), and
+        the class phrase's drawings."""
+        others = tuple(c for c in dict.fromkeys(KIT + self.concepts) if c != concept)
+        return others + class_phrase_drawings(concept.class_noun)
 
     def bench_concept(self, k: int, concept: KitConcept) -> None:
-        """Every method's images of kit concept `k`, scored."""
-        other = KIT[(k + 1) % len(KIT)]  # drawn in the same box: identity's chance level
-        self.by_concept[concept.name] = {m.name: [] for m in self.methods}
+        """Every method's images of concept `k`, scored."""
+        pool = tuple(dict.fromkeys(self.concepts + KIT))
+        other = pool[(pool.index(concept) + 1) % len(pool)]  # drawn in the same box: identity's chance level
+        self.by_concept[concept.name] = {m.name: Scores() for m in self.methods}
         # One concept at a time, freed before the next: each then gets the same identifier word, whose (untrained)
         # embedding would otherwise differ between methods and move identity by up to 0.1 (docs/mini_study.md).
         for training in dict.fromkeys(m.training for m in self.methods):
@@ -130,7 +186,8 @@ class Run:
         of the methods that use it, then free it."""
         name = train(self.bench, concept, training, self.args, self.library) if training else ""
         log(f"[{k + 1}/{self.args.concepts}] {concept.name}: generating {training.tag if training else 'without'}")
-        colour = contrasting_colour(concept)
+        neighbour = (contrasting_colour(concept), other.class_noun)
+        default = Training(self.bench.pipe.components.defaults.training.method, "pacgen")
         for s in range(self.args.seeds):
             background, seed = BACKGROUNDS[s % len(BACKGROUNDS)], self.args.seed * 1000 + s
             for placement, box in PLACEMENTS.items():
@@ -138,12 +195,19 @@ class Run:
                 for method in group:
                     images[method.name] = self.bench.generate(method, concept, name, box, background, seed,
                                                               self.args.steps)
+                if training == default:  # the base model, with the app's concept trained and loaded beside it
+                    images[AFTER] = self.bench.generate(METHODS[0], concept, name, box, background, seed,
+                                                        self.args.steps)
                 self.score(concept, placement, background, images, show=k == 0 and s == 0)
-            beside = (f"a {colour} {other.class_noun}", PAIR_BOXES[1])
-            for method in group:
-                image = self.bench.generate(method, concept, name, PAIR_BOXES[0], background, seed, self.args.steps,
-                                            beside)
-                self.bench.score_pair(self.results[method.name], image, concept, PAIR_BOXES[0], colour)
+            for layout in PAIR_LAYOUTS:
+                beside = (f"a {' '.join(neighbour)}", layout[1])
+                for method in group:
+                    image = self.bench.generate(method, concept, name, layout[0], background, seed, self.args.steps,
+                                                beside)
+                    for scores in (self.results[method.name], self.by_concept[concept.name][method.name]):
+                        self.bench.score_pair(scores, image, concept, layout, neighbour, self.rivals(concept))
+                    if s == 0 and layout == PAIR_LAYOUTS[0]:
+                        self.pairs[concept.name, method.name] = image
         if training:
             self.bench.pipe.unload_concept(name)
             self.library.delete(name)
@@ -163,7 +227,7 @@ class Run:
         for row, image in images.items():
             self.bench.score(self.results[row], image, concept, placement, background)
             if row in self.by_concept[concept.name]:
-                self.by_concept[concept.name][row].append(self.results[row].identity[placement][-1])
+                self.bench.score(self.by_concept[concept.name][row], image, concept, placement, background)
             if show:
                 self.shown[row, placement] = image
 
@@ -175,21 +239,27 @@ def main(argv: list[str] | None = None) -> None:
     bench = open_bench(args)
     shutil.rmtree(args.work / "concepts", ignore_errors=True)  # stale concepts of an earlier run; class images stay
     default = bench.pipe.components.defaults.training.method
-    run = Run(args, bench, ConceptLibrary(args.work), METHODS + (study(default) if args.study else ()))
-    concepts = KIT[: args.concepts]
+    concepts = bench_concepts(args)
+    run = Run(args, bench, ConceptLibrary(args.work), ROWS[args.rows](default) + (study(default) if args.study else ()),
+              concepts)
+    stem = "mini_study" if args.study else "mini_bench"  # a study never overwrites the benchmark's own report
     for k, concept in enumerate(concepts):
         run.bench_concept(k, concept)
         elapsed = time.perf_counter() - started
         log(f"[{k + 1}/{len(concepts)}] done; {elapsed / 60:.1f} min so far, "
             f"~{elapsed / (k + 1) * (len(concepts) - k - 1) / 60:.1f} min to go")
-    minutes = (time.perf_counter() - started) / 60
-    stem = "mini_study" if args.study else "mini_bench"  # a study never overwrites the benchmark's own report
+        write_outputs(run, concepts[: k + 1], elapsed / 60, stem)  # each concept's results kept as they come
+    log(f"wrote {args.out / stem}.md and .png in {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def write_outputs(run: Run, concepts: tuple[KitConcept, ...], minutes: float, stem: str) -> None:
+    """The report and the two image grids, for the concepts benchmarked so far."""
+    args = run.args
     write_report(args, run, minutes, stem)
     rows = [REFERENCES[0]] + [m.name for m in run.methods]
+    pair_grid(run.pairs, concepts, [m.name for m in run.methods]).save(args.out / f"{stem}_pairs.png")
     grid(run.shown, rows, f"{concepts[0].name}: background {BACKGROUNDS[0]}, seed {args.seed * 1000}").save(
         args.out / f"{stem}.png")
-    log(f"wrote {args.out / stem}.md and .png in {minutes:.1f} min")
-
 
 if __name__ == "__main__":
     main()

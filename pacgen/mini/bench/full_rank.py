@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path("/tmp/pacgen-mini-bench"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(train_changes={}, sample_changes={})  # what the method benchmark's --train-set/--sample-set give
     return p.parse_args(argv)
 
 

@@ -13,8 +13,15 @@ PLACEMENTS: dict[str, Box] = {
     "off-centre right": (0.42, 0.10, 0.92, 0.60),  # medium, top-right
     "off-centre left": (0.06, 0.08, 0.50, 0.52),  # medium, top-left
 }
-# Two-object scenes: the concept in the first box, "a <colour> <shape>" in the second.
-PAIR_BOXES: tuple[Box, Box] = ((0.05, 0.08, 0.50, 0.53), (0.52, 0.47, 0.95, 0.90))
+# Two-object scenes at medium placements (a box of 40-55% of the side, in each quarter in turn): the concept in the
+# first box, "a <colour> <shape>" in the second; the first is the layout a new user tries (the Train tab's example).
+PAIR_LAYOUTS: tuple[tuple[Box, Box], ...] = (
+    ((0.05, 0.10, 0.50, 0.60), (0.55, 0.50, 0.95, 0.90)),
+    ((0.50, 0.05, 0.95, 0.50), (0.05, 0.55, 0.45, 0.95)),
+    ((0.08, 0.48, 0.56, 0.94), (0.60, 0.08, 0.95, 0.45)),
+    ((0.45, 0.42, 0.95, 0.92), (0.05, 0.05, 0.42, 0.42)),
+)
+BESIDE = "medium, beside another"  # the two-object scenes, as a placement of the shape and identity columns
 
 AUGMENTATIONS: dict[str, AugmentConfig] = {
     "plain": AugmentConfig.none(),
@@ -71,6 +78,30 @@ METHODS = (
 )
 
 
+def paper_rows(default: str) -> tuple[Method, ...]:
+    """`--rows paper`: what the paper's three claims and the gates need: the class phrase, and the default method
+    without augmentation, with it, and with regional sampling too."""
+    return tuple(m for m in METHODS if m.training is None or m.training.method == default)
+
+
+def quick_rows(default: str) -> tuple[Method, ...]:
+    """`--rows quick`: the class phrase and the app's default only, for trying a change in minutes."""
+    return tuple(m for m in METHODS if m.training is None
+                 or (m.training == Training(default, "pacgen") and m.regional and not m.options))
+
+
+def sampling_levers(default: str) -> tuple[Method, ...]:
+    """`--rows levers`: the class phrase and the app's default concept, sampled regionally or not, and with one
+    sampling setting changed (no training of its own, so each costs only its images)."""
+    base = Training(default, "pacgen")
+    return tuple(m for m in METHODS if m.training in (None, base)) + (
+        Method("default, concept guidance scale 3", base, regional=True, options=(("concept_guidance_scale", 3.0),)),
+        Method("default, concept guidance scale 5", base, regional=True, options=(("concept_guidance_scale", 5.0),)),
+        Method("default, grounded with the identifier", base, regional=True,
+               options=(("grounding_phrase", "identifier"),)),
+    )
+
+
 def study(default: str) -> tuple[Method, ...]:
     """`--study`: one default changed at a time from the app's default (the model's method, augmented, regional)."""
     base = Training(default, "pacgen")
@@ -85,3 +116,4 @@ def study(default: str) -> tuple[Method, ...]:
 
 
 REFERENCES = ("ground truth (renderer)", "ground truth through the VAE", "another kit concept (identity chance)")
+AFTER = "class phrase, with the default concept trained"  # gate: the base still draws the class noun's shape
