@@ -9,6 +9,7 @@ so the grounding adapters stay exactly as they were trained (the plug-and-play p
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from contextlib import contextmanager
@@ -229,10 +230,25 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def output_limit(dtype: torch.dtype) -> float:
+    """The largest output a layer of a model computing in `dtype` may give: the dtype's largest number, and at most
+    the square root of float32's, because the normalisation layers after it square their inputs (in float32 at most)."""
+    return min(torch.finfo(dtype).max, math.sqrt(torch.finfo(torch.float32).max))
+
+
+def _largest_change(down: torch.Tensor, up: torch.Tensor) -> float:
+    """An upper bound of what `up @ down` adds to a layer's output for inputs no larger than 1: the largest row sum
+    of |up| @ |down|, in float64 (cheap: no product of the two matrices)."""
+    row_sums = down.reshape(down.shape[0], -1).double().abs().sum(dim=1)
+    return float((up.reshape(up.shape[0], -1).double().abs() @ row_sums).max())
+
+
 def check_lora_fits(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) -> None:
     """Refuse a LoRA state dict that would not load cleanly onto this UNet, without loading it: every key must name a
     Linear or Conv2d layer the UNet has (never GLIGEN's fusers or position net) and come as a down/up pair of one
-    rank with the layer's shapes. Takes what `read_lora_file` returns, whose values it has already found finite."""
+    rank with the layer's shapes, whose change the model can compute in its dtype (`output_limit`: finite values
+    scaled by 1e30 are refused here, not turned into a black image). Takes what `read_lora_file` returns, whose
+    values it has already found finite."""
     stray = _stray_key(list(state))
     if stray is not None:
         raise LoraFileError(_stray_message("the LoRA", stray))
@@ -257,6 +273,12 @@ def check_lora_fits(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) 
             if rank < 1 or got != want:
                 raise LoraFileError(f"the LoRA does not fit this model: '{module_name}' ({side}) has shape "
                                     f"{list(got)}, the layer needs {list(want)}")
+        largest, limit = _largest_change(pair["down"], pair["up"]), output_limit(unet.dtype)
+        if not largest <= limit:
+            dtype = str(unet.dtype).removeprefix("torch.")
+            raise LoraFileError(f"the LoRA changes '{module_name}' by far too much for this model to compute in "
+                                f"{dtype}: inputs of 1 would give outputs up to {largest:.1e}, beyond {limit:.1e}; "
+                                "its weights are corrupt or wrongly scaled")
 
 
 def load_adapter(unet: UNet2DConditionModel, state: dict[str, torch.Tensor], name: str) -> None:

@@ -32,6 +32,7 @@ from PIL import Image
 
 from . import lora
 from .concepts import Concept, ConceptError
+from .finite import RowWatch, check_decoded
 from .layout import (
     CONCEPT_REF, MAX_BOXES, Box, LayoutError, boxed_concepts, check_boxes, clamp_box, concept_refs, expand_prompt,
     region_masks, with_concept_refs, without_phrases,
@@ -455,6 +456,10 @@ class PACGenPipeline:
         regional_rows = [row for row, _ in planned]
         row_adapters = [adapter_of[name] if name else lora.BASE_ROW for _, name in planned for _ in range(n)]
         whole_rows = [UNCOND, "all concepts"]
+        # Whose weights each row runs with, to name a concept whose row overflows first (whole-image rows: every one).
+        regional_owners = tuple((name,) if name else () for _, name in planned)
+        whole_owners = (tuple(plan.names),) * len(whole_rows)
+        watch = RowWatch(plan.names, comp.device)
         # Adapter routing is set once per phase: walking the UNet's modules every step costs milliseconds.
         with torch.inference_mode(), ExitStack() as routing:
             if regional_steps:
@@ -472,6 +477,7 @@ class PACGenPipeline:
                 if guide is not None:
                     model_in = guide.model_input(model_in)
                 noise = comp.unet(model_in, t, encoder_hidden_states=hidden, cross_attention_kwargs=kwargs).sample
+                watch.record(noise, regional_owners if i < regional_steps else whole_owners)
                 if i < regional_steps:
                     base, *per_concept = guided(noise, rows, settings.guidance_scale, settings.concept_guidance_scale)
                     eps = blend(base, per_concept, masks)
@@ -482,6 +488,7 @@ class PACGenPipeline:
                     latents = guide.after_step(latents, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None)
                 if callback is not None:
                     callback(i + 1, len(timesteps))
+        watch.check(latents, comp.dtype)
         return latents
 
     @property
@@ -523,6 +530,7 @@ class PACGenPipeline:
     def decode_latents(self, latents: torch.Tensor, output_type: str = "pil") -> list:
         vae = self.components.vae
         decoded = vae.decode(latents / vae.config.scaling_factor).sample
+        check_decoded(decoded)
         return list(self.image_processor.postprocess(decoded.float(), output_type=output_type))
 
     def _grounding_tokens(self, boxes: list[Box], phrase_kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
