@@ -38,6 +38,12 @@ CSS = """
 .example-objects {flex-wrap: wrap; gap: 6px;}
 .example-objects button {white-space: normal; height: auto;}
 .example-objects button img {width: 32px; height: 32px; max-height: none;}
+/* The canvas's label above the drawing, not over it; no rotate buttons (they turned the boxes on the canvas only,
+   not in the table that generation reads). */
+#canvas > label[data-testid="block-label"] {position: static; margin-bottom: 4px;}
+#canvas button[aria-label^="Rotate"] {display: none;}
+/* Room for Generate's wait and step progress while it runs (an error is the toast's to show). */
+#generate-status:has([data-testid="status-tracker"] .progress-text) {min-height: 72px;}
 """
 
 

@@ -63,6 +63,8 @@ def tab(page, name):
 
 def set_setting(page, name, value):
     field = page.locator(f"#setting-{name} input[type=number]")
+    if not field.is_visible():  # in the open tab's closed "Advanced settings"
+        page.locator("text=Advanced settings >> visible=true").click()
     field.fill(str(value))
     field.press("Enter")
 
@@ -161,6 +163,36 @@ def test_6_canvas_and_table_are_one_model(page):
     assert [r[0] for r in rows] == ["a red star", "a blue circle", "a green triangle"]  # drawing order
     assert rows[0][3] == "1" and rows[1][1] == "0.55"  # the edits survived the new box
     shot(page, "6-canvas-table")
+
+
+def test_24_7_11_12_canvas_table_and_prompt_are_whole_at_1400_and_800_px(page):
+    """Issue 24: no rotate buttons (they moved boxes on the canvas only), no label over the drawing area, and at
+    800 px every column of the box table and several lines of the prompt in view."""
+    from playwright.sync_api import expect
+
+    for rotate in page.locator('#canvas button[aria-label^="Rotate"]').all():
+        expect(rotate).to_be_hidden()
+    for width in (1400, 800):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(800)
+        label = page.locator("#canvas [data-testid=block-label]").bounding_box()
+        drawing = page.locator("#canvas canvas").first.bounding_box()
+        assert label["y"] + label["height"] <= drawing["y"] + 1, (label, drawing)  # above the drawing, not on it
+        table = page.evaluate("""() => {
+            const box = document.querySelector('#boxes').getBoundingClientRect();
+            const view = document.querySelector('#boxes .virtual-table-viewport');
+            const cells = [...document.querySelectorAll('#boxes [role=columnheader], #boxes [role=gridcell]')];
+            return {scrolls: view.scrollWidth > view.clientWidth + 1,
+                    cut: cells.filter(c => c.getBoundingClientRect().right > box.right + 1).map(c => c.innerText),
+                    wrapped: cells.filter(c => c.dataset.col !== '0' && c.querySelector('span') &&
+                                          c.querySelector('span').getClientRects().length > 1).map(c => c.innerText)};
+        }""")
+        assert table == {"scrolls": False, "cut": [], "wrapped": []}, (width, table)
+        lines = page.locator("#prompt textarea").evaluate(
+            "t => t.clientHeight / parseFloat(getComputedStyle(t).lineHeight)")
+        assert lines >= 2.5, (width, lines)
+        shot(page, f"24-compose-{width}")
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
 
 def test_7_names_are_visible_at_800_px(page):
@@ -276,3 +308,32 @@ def test_4_a_training_survives_a_reload_and_the_page_shows_it_again(page, studio
     expect(status).to_contain_text("cancelled", timeout=30_000)
     expect(cancel).to_be_disabled(timeout=10_000)
     assert "kept running" not in studio.concept_names()
+
+
+def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page, studio):
+    from playwright.sync_api import expect
+
+    tab(page, "Train")
+    name = page.get_by_label("Concept name").first
+    page.get_by_role("button", name="ruby checker star (star)").click()
+    expect(name).to_have_value("ruby checker star")
+    name.fill("long training")
+    set_setting(page, "steps", 3000)
+    page.get_by_role("button", name="Train", exact=True).click()
+    cancel = page.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_enabled(timeout=30_000)  # the training holds the model from here on
+    tab(page, "Compose")
+    page.get_by_role("button", name="a red star and a blue circle on grass").click()
+    set_setting(page, "num_inference_steps", 20)
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#generate-status")
+    expect(status).to_contain_text("waiting for a training to finish", timeout=30_000)
+    assert status.bounding_box()["height"] > 20  # in view under the button, not a 0-px area
+    shot(page, "24-generate-waiting")
+    tab(page, "Train")
+    cancel.click()
+    expect(page.locator("#train-status")).to_contain_text("cancelled", timeout=60_000)
+    tab(page, "Compose")
+    expect(status).to_contain_text("denoising", timeout=120_000)  # the steps, as they run
+    expect(page.locator("#result-info")).to_contain_text("Steps: 20", timeout=180_000)
+    assert "long training" not in studio.concept_names()

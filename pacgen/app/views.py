@@ -138,7 +138,8 @@ def _size(value: dict) -> tuple[int, int]:
 def rows_from_annotations(value: dict | None) -> list[list]:
     """Canvas boxes (absolute pixels) -> table rows [label, x0, y0, x1, y1] normalised to [0, 1], in drawing order.
 
-    The annotator lists its boxes newest first; the table lists them as they were drawn.
+    The annotator lists its boxes newest first; the table lists them as they were drawn. Three decimals keep every
+    canvas pixel (while `CANVAS_SIDE` is under 1000 px) and fit the table's narrow columns.
     """
     if not value or value.get("image") is None:
         return []
@@ -146,7 +147,7 @@ def rows_from_annotations(value: dict | None) -> list[list]:
     rows = []
     for box in reversed(value.get("boxes") or []):
         rows.append([str(box.get("label") or "").strip(),
-                     *(min(1.0, max(0.0, round(float(box[k]) / d, 4))) for k, d in
+                     *(min(1.0, max(0.0, round(float(box[k]) / d, 3))) for k, d in
                        (("xmin", width), ("ymin", height), ("xmax", width), ("ymax", height)))])
     return rows
 
