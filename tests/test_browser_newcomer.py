@@ -216,32 +216,46 @@ def test_7_names_are_visible_at_800_px(page):
     page.set_viewport_size({"width": 1400, "height": 1000})
 
 
-def test_5_delete_asks_again_for_every_concept_and_an_empty_library_says_what_to_do(page):
+def test_5_delete_asks_again_for_every_concept_and_an_empty_library_says_what_to_do(page, studio, tmp_path):
+    """Issue 24 item 9 too: a click on a card chooses it, and the one message shows the latest outcome only."""
     from playwright.sync_api import expect
 
+    saved = tmp_path / "alpha one.zip"
+    saved.write_bytes(studio.export("alpha one").read_bytes())  # to import it back below
     tab(page, "Library")
     confirm = page.get_by_label("Yes, delete it (cannot be undone)")
+    message = page.locator("#library-status [data-testid=markdown]")
 
     def choose(name):
-        page.get_by_label("Concept", exact=True).click()
-        page.get_by_role("option", name=name, exact=True).click()
+        page.locator(".concept-card").filter(has_text=name).click()
+        expect(page.locator(".concept-card.chosen")).to_contain_text(name, timeout=10_000)
+        expect(page.locator("#library-concept input")).to_have_value(name)
 
     choose("alpha one")
     confirm.check()
     page.get_by_role("button", name="Delete", exact=True).click()
-    expect(page.get_by_text("Deleted 'alpha one'")).to_be_visible(timeout=10_000)
+    expect(message).to_have_text("Deleted 'alpha one'.", timeout=10_000)
     expect(confirm).not_to_be_checked()
+    expect(page.locator(".concept-card.chosen")).to_have_count(0)
     choose("beta two")
     page.get_by_role("button", name="Delete", exact=True).click()
     expect(toast(page)).to_contain_text("tick 'confirm'", timeout=10_000)
+    expect(message).to_have_text("")  # not the earlier "Deleted" beside a card still there
     expect(page.locator(".concept-card").filter(has_text="beta two")).to_be_visible()
-    close_toasts(page)
-    for name in ("beta two", "my teal circle"):
+    page.locator("#library-import input[type=file]").set_input_files(str(saved))
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(message).to_have_text("Imported 'alpha one' (sk0 circle).", timeout=30_000)
+    expect(page.get_by_test_id("toast-body")).to_have_count(0)  # the refused delete's error went with it
+    shot(page, "24-library-one-message")
+    page.get_by_role("button", name="Import LoRA").scroll_into_view_if_needed()
+    expect(message).to_be_in_viewport()  # the one message stays in view beside the last action, far down the tab
+    page.evaluate("window.scrollTo(0, 0)")
+    for name in ("beta two", "my teal circle", "alpha one"):
         choose(name)
         expect(confirm).not_to_be_checked()
         confirm.check()
         page.get_by_role("button", name="Delete", exact=True).click()
-        expect(page.get_by_text(f"Deleted '{name}'")).to_be_visible(timeout=10_000)
+        expect(message).to_have_text(f"Deleted '{name}'.", timeout=10_000)
     expect(page.locator("#library-cards")).to_contain_text("No concepts yet", timeout=10_000)
     expect(page.locator("#library-cards")).to_contain_text("import a concept zip")
     shot(page, "5-library-empty")

@@ -101,6 +101,15 @@ def test_library_cards_show_full_names_or_say_what_to_do(tmp_path):
     assert "not usable: trained on another base model" in html and "<li>junk: no concept.json</li>" in html
 
 
+def test_library_cards_are_buttons_that_carry_their_name_and_mark_the_chosen_one(tmp_path):
+    concepts = [Concept(name, "sks", "dog", "tiny", "f", path=tmp_path) for name in ('my "odd" <dog>', "cat")]
+    html = views.cards(concepts, [], chosen="cat")
+    first, second = html.split("</figure>")[:2]
+    assert 'role="button" tabindex="0"' in first and 'data-concept="my &quot;odd&quot; &lt;dog&gt;"' in first
+    assert 'aria-pressed="false"' in first and 'class="concept-card"' in first
+    assert 'aria-pressed="true"' in second and 'class="concept-card chosen"' in second
+
+
 def test_estimate_in_words_with_its_parts_and_basis():
     estimate = Estimate(95.0, {"class images": 20.0, "training steps": 75.0, "previews": 0.0},
                         "measured here at 32 px: 0.16 s per training step")

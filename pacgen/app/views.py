@@ -343,9 +343,12 @@ def placeholder(model_examples: list[Example]) -> str:
 
 # --------------------------------------------------------------------------------------- library
 
-def cards(concepts: list[Concept], problems: list[tuple[str, str]]) -> str:
+def cards(concepts: list[Concept], problems: list[tuple[str, str]], chosen: str | None = None) -> str:
     """The library as small cards, each a thumbnail above the concept's full name and, for one that cannot be used,
-    why; then the folders skipped as broken; or what to do when it is empty (HTML; all text through `plain`)."""
+    why; then the folders skipped as broken; or what to do when it is empty (HTML; all text through `plain`).
+
+    Each card is a button carrying its concept's name (`data-concept`), so a click chooses it for Delete, Download
+    and Push; the `chosen` one is marked."""
     if not concepts and not problems:
         return ('<div class="empty-library"><b>No concepts yet.</b> Train one in <b>1 · Train</b> '
                 '(pick an example object there to try it), or import a concept zip below.</div>')
@@ -355,7 +358,10 @@ def cards(concepts: list[Concept], problems: list[tuple[str, str]]) -> str:
         created = c.created.replace("T", " ")[:16]
         why = reasons.get(c.name)
         note = f'<span class="card-note">not usable: {plain(why)}</span>' if why else ""
-        out.append(f'<figure class="concept-card">{_thumbnail(c.path / "thumbnail.png")}'
+        picked = c.name == chosen
+        out.append(f'<figure class="concept-card{" chosen" if picked else ""}" role="button" tabindex="0" '
+                   f'aria-pressed="{str(picked).lower()}" data-concept="{html.escape(c.name, quote=True)}">'
+                   f'{_thumbnail(c.path / "thumbnail.png")}'
                    f'<figcaption><b>{plain(c.name)}</b><span>{plain(c.identifier)} {plain(c.class_noun)}</span>'
                    f'<span>{plain(c.base_model)} · {created}</span>{note}</figcaption></figure>')
     named = {c.name for c in concepts}
