@@ -33,7 +33,7 @@ CSS = """
 #results img, #previews img, .example-objects img {image-rendering: pixelated;}
 #path-guide {font-size: 1.05em;}
 .concept-cards {display: flex; flex-wrap: wrap; gap: 12px;}
-.concept-card {width: 132px; margin: 0; border: 1px solid #e4e7ec; border-radius: 8px; padding: 6px;}
+.concept-card {width: 132px; margin: 0; border: 1px solid #e4e7ec; border-radius: 8px; padding: 6px; cursor: pointer;}
 .concept-card .card-thumb {width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated;
                            display: block; margin: 0 auto; background: #f2f4f7;}
 .concept-card figcaption {display: flex; flex-direction: column; font-size: 0.85em; overflow-wrap: anywhere;}
@@ -43,6 +43,20 @@ CSS = """
 .example-objects {flex-wrap: wrap; gap: 6px;}
 .example-objects button {white-space: normal; height: auto;}
 .example-objects button img {width: 32px; height: 32px; max-height: none;}
+.concept-card:hover {border-color: #98a2b3;}
+.concept-card.chosen {border: 2px solid var(--color-accent); padding: 5px; background: var(--color-accent-soft);}
+/* The Library's one message stays in view while the tab scrolls to an import (clip, unlike Gradio's hidden, leaves
+   the page the scroll container that sticky follows). */
+.gradio-container {overflow: clip;}
+#library-status {position: sticky; top: 0; z-index: 10;}
+#library-status .md:not(:empty) {display: block; padding: 4px 12px; border: 1px solid #abefc6; border-radius: 8px;
+                                 background: #ecfdf3;}
+/* The canvas's label above the drawing, not over it; no rotate buttons (they turned the boxes on the canvas only,
+   not in the table that generation reads). */
+#canvas > label[data-testid="block-label"] {position: static; margin-bottom: 4px;}
+#canvas button[aria-label^="Rotate"] {display: none;}
+/* Room for Generate's wait and step progress while it runs (an error is the toast's to show). */
+#generate-status:has([data-testid="status-tracker"] .progress-text) {min-height: 72px;}
 """
 
 

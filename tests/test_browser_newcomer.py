@@ -71,6 +71,8 @@ def tab(page, name):
 
 def set_setting(page, name, value):
     field = page.locator(f"#setting-{name} input[type=number]")
+    if not field.is_visible():  # in the open tab's closed "Advanced settings"
+        page.locator("text=Advanced settings >> visible=true").click()
     field.fill(str(value))
     field.press("Enter")
 
@@ -214,6 +216,36 @@ def test_6_canvas_and_table_are_one_model(page):
     shot(page, "6-canvas-table")
 
 
+def test_24_7_11_12_canvas_table_and_prompt_are_whole_at_1400_and_800_px(page):
+    """Issue 24: no rotate buttons (they moved boxes on the canvas only), no label over the drawing area, and at
+    800 px every column of the box table and several lines of the prompt in view."""
+    from playwright.sync_api import expect
+
+    for rotate in page.locator('#canvas button[aria-label^="Rotate"]').all():
+        expect(rotate).to_be_hidden()
+    for width in (1400, 800):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(800)
+        label = page.locator("#canvas [data-testid=block-label]").bounding_box()
+        drawing = page.locator("#canvas canvas").first.bounding_box()
+        assert label["y"] + label["height"] <= drawing["y"] + 1, (label, drawing)  # above the drawing, not on it
+        table = page.evaluate("""() => {
+            const box = document.querySelector('#boxes').getBoundingClientRect();
+            const view = document.querySelector('#boxes .virtual-table-viewport');
+            const cells = [...document.querySelectorAll('#boxes [role=columnheader], #boxes [role=gridcell]')];
+            return {scrolls: view.scrollWidth > view.clientWidth + 1,
+                    cut: cells.filter(c => c.getBoundingClientRect().right > box.right + 1).map(c => c.innerText),
+                    wrapped: cells.filter(c => c.dataset.col !== '0' && c.querySelector('span') &&
+                                          c.querySelector('span').getClientRects().length > 1).map(c => c.innerText)};
+        }""")
+        assert table == {"scrolls": False, "cut": [], "wrapped": []}, (width, table)
+        lines = page.locator("#prompt textarea").evaluate(
+            "t => t.clientHeight / parseFloat(getComputedStyle(t).lineHeight)")
+        assert lines >= 2.5, (width, lines)
+        shot(page, f"24-compose-{width}")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
 def test_7_names_are_visible_at_800_px(page):
     from playwright.sync_api import expect
 
@@ -235,32 +267,46 @@ def test_7_names_are_visible_at_800_px(page):
     page.set_viewport_size({"width": 1400, "height": 1000})
 
 
-def test_5_delete_asks_again_for_every_concept_and_an_empty_library_says_what_to_do(page):
+def test_5_delete_asks_again_for_every_concept_and_an_empty_library_says_what_to_do(page, studio, tmp_path):
+    """Issue 24 item 9 too: a click on a card chooses it, and the one message shows the latest outcome only."""
     from playwright.sync_api import expect
 
+    saved = tmp_path / "alpha one.zip"
+    saved.write_bytes(studio.export("alpha one").read_bytes())  # to import it back below
     tab(page, "Library")
     confirm = page.get_by_label("Yes, delete it (cannot be undone)")
+    message = page.locator("#library-status [data-testid=markdown]")
 
     def choose(name):
-        page.get_by_label("Concept", exact=True).click()
-        page.get_by_role("option", name=name, exact=True).click()
+        page.locator(".concept-card").filter(has_text=name).click()
+        expect(page.locator(".concept-card.chosen")).to_contain_text(name, timeout=10_000)
+        expect(page.locator("#library-concept input")).to_have_value(name)
 
     choose("alpha one")
     confirm.check()
     page.get_by_role("button", name="Delete", exact=True).click()
-    expect(page.get_by_text("Deleted 'alpha one'")).to_be_visible(timeout=10_000)
+    expect(message).to_have_text("Deleted 'alpha one'.", timeout=10_000)
     expect(confirm).not_to_be_checked()
+    expect(page.locator(".concept-card.chosen")).to_have_count(0)
     choose("beta two")
     page.get_by_role("button", name="Delete", exact=True).click()
     expect(toast(page)).to_contain_text("tick 'confirm'", timeout=10_000)
+    expect(message).to_have_text("")  # not the earlier "Deleted" beside a card still there
     expect(page.locator(".concept-card").filter(has_text="beta two")).to_be_visible()
-    close_toasts(page)
-    for name in ("beta two", "my teal circle"):
+    page.locator("#library-import input[type=file]").set_input_files(str(saved))
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(message).to_have_text("Imported 'alpha one' (sk0 circle).", timeout=30_000)
+    expect(page.get_by_test_id("toast-body")).to_have_count(0)  # the refused delete's error went with it
+    shot(page, "24-library-one-message")
+    page.get_by_role("button", name="Import LoRA").scroll_into_view_if_needed()
+    expect(message).to_be_in_viewport()  # the one message stays in view beside the last action, far down the tab
+    page.evaluate("window.scrollTo(0, 0)")
+    for name in ("beta two", "my teal circle", "alpha one"):
         choose(name)
         expect(confirm).not_to_be_checked()
         confirm.check()
         page.get_by_role("button", name="Delete", exact=True).click()
-        expect(page.get_by_text(f"Deleted '{name}'")).to_be_visible(timeout=10_000)
+        expect(message).to_have_text(f"Deleted '{name}'.", timeout=10_000)
     expect(page.locator("#library-cards")).to_contain_text("No concepts yet", timeout=10_000)
     expect(page.locator("#library-cards")).to_contain_text("import a concept zip")
     shot(page, "5-library-empty")
@@ -367,3 +413,31 @@ def test_4_a_training_survives_a_reload_and_the_page_ends_as_if_it_never_reloade
     page.wait_for_timeout(2000)
     faults = [m for m in console if m.startswith("uncaught") or "Infinite extent" in m]
     assert not faults, faults[:5]
+
+def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page, studio):
+    from playwright.sync_api import expect
+
+    tab(page, "Train")
+    name = page.get_by_label("Concept name").first
+    page.get_by_role("button", name="ruby checker star (star)").click()
+    expect(name).to_have_value("ruby checker star")
+    name.fill("long training")
+    set_setting(page, "steps", 3000)
+    page.get_by_role("button", name="Train", exact=True).click()
+    cancel = page.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_enabled(timeout=30_000)  # the training holds the model from here on
+    tab(page, "Compose")
+    page.get_by_role("button", name="a red star and a blue circle on grass").click()
+    set_setting(page, "num_inference_steps", 20)
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#generate-status")
+    expect(status).to_contain_text("waiting for a training to finish", timeout=30_000)
+    assert status.bounding_box()["height"] > 20  # in view under the button, not a 0-px area
+    shot(page, "24-generate-waiting")
+    tab(page, "Train")
+    cancel.click()
+    expect(page.locator("#train-status")).to_contain_text("cancelled", timeout=60_000)
+    tab(page, "Compose")
+    expect(status).to_contain_text("denoising", timeout=120_000)  # the steps, as they run
+    expect(page.locator("#result-info")).to_contain_text("Steps: 20", timeout=180_000)
+    assert "long training" not in studio.concept_names()

@@ -61,6 +61,19 @@ def test_a_drawn_box_takes_its_overlay_colour_once_labelled():
     assert views.recoloured(value)["boxes"][0]["color"] == "rgb(60, 180, 75)"
 
 
+def test_a_drawn_box_fits_the_narrow_table_and_keeps_every_canvas_pixel():
+    for width, height in ((64, 64), (64, 32), (48, 64)):
+        side = views.canvas(width, height).size
+        for px in range(0, max(side) + 1, 3):
+            x, y = min(px, side[0]), min(px, side[1])
+            value = {"image": views.canvas(width, height), "boxes": [
+                {"label": "a", "xmin": 0, "ymin": 0, "xmax": x, "ymax": y, "color": (1, 2, 3)}]}
+            row = views.rows_from_annotations(value)[0]
+            assert all(len(f"{v:g}") <= 5 for v in row[1:]), row  # "0.137": no wrap in an 18% column at 800 px
+            back = views.annotations_from_rows([row], width, height)["boxes"][0]
+            assert (back["xmax"], back["ymax"]) == (x, y)  # the same pixel the box was drawn at
+
+
 @pytest.mark.parametrize(
     "row, previous, want, message",
     [(["a", 0.1, 0.1, 1.7, 0.5], [], ["a", 0.1, 0.1, 1.0, 0.5], "box 1: x1 = 1.7 is outside [0, 1]; set to 1"),
@@ -86,6 +99,15 @@ def test_library_cards_show_full_names_or_say_what_to_do(tmp_path):
     html = views.cards([concept], [("<odd> name", "trained on another base model, sd"), ("junk", "no concept.json")])
     assert "<b>&lt;odd&gt; name</b>" in html and "data:image/png;base64," in html
     assert "not usable: trained on another base model" in html and "<li>junk: no concept.json</li>" in html
+
+
+def test_library_cards_are_buttons_that_carry_their_name_and_mark_the_chosen_one(tmp_path):
+    concepts = [Concept(name, "sks", "dog", "tiny", "f", path=tmp_path) for name in ('my "odd" <dog>', "cat")]
+    html = views.cards(concepts, [], chosen="cat")
+    first, second = html.split("</figure>")[:2]
+    assert 'role="button" tabindex="0"' in first and 'data-concept="my &quot;odd&quot; &lt;dog&gt;"' in first
+    assert 'aria-pressed="false"' in first and 'class="concept-card"' in first
+    assert 'aria-pressed="true"' in second and 'class="concept-card chosen"' in second
 
 
 def test_estimate_says_how_long_in_a_users_words_with_the_figures_one_click_away():

@@ -91,8 +91,10 @@ def build(studio: Studio) -> ComposeTab:
             )
             table = gr.Dataframe(headers=views.TABLE_HEADERS, datatype=["str"] + ["number"] * 4,
                                  column_count=(5, "fixed"), row_count=(0, "dynamic"), interactive=True,
-                                 elem_id="boxes", label="Boxes, in drawing order (edits show on the canvas at once; "
-                                                        "delete a row to drop a box)")
+                                 # Every column in view in a half-page column at 800 px; long labels wrap.
+                                 column_widths=["28%"] + ["18%"] * 4, wrap=True, elem_id="boxes",
+                                 label="Boxes, in drawing order (edits show on the canvas at once; delete a row to "
+                                       "drop a box)")
             table_message = gr.Markdown(elem_id="box-message")
             examples = list(studio.defaults.examples)
             with gr.Row():
@@ -103,7 +105,7 @@ def build(studio: Studio) -> ComposeTab:
                              type="filepath", sources=["upload"], height=160, elem_id="scene")
         with gr.Column():
             prompt = gr.Textbox(label="Prompt", placeholder=views.placeholder(list(studio.defaults.examples)),
-                                elem_id="prompt",
+                                elem_id="prompt", lines=3,
                                 info="Concepts are written <name>; boxed concepts are added if missing.")
             negative = gr.Textbox("", label="Negative prompt")
             with gr.Accordion("Advanced settings", open=False):

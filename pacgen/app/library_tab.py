@@ -23,28 +23,43 @@ class LibraryTab:
     download: gr.File
     upload: gr.File
     import_button: gr.Button
-    status: gr.Markdown  # next to Delete and Download
-    import_status: gr.Markdown  # next to Import
+    status: gr.Markdown  # the one message of the tab: the latest action's outcome, under the cards
     kohya_file: gr.File
     kohya_name: gr.Textbox
     kohya_class: gr.Textbox
     kohya_trigger: gr.Textbox
     kohya_button: gr.Button
-    kohya_status: gr.Markdown
     hub_repo: gr.Textbox
     hub_token: gr.Textbox
     hub_button: gr.Button
-    hub_status: gr.Markdown
 
 
-def cards(view: LibraryView) -> str:
-    return views.cards(view.listed, view.problems)
+# A click (or Enter/Space) on a card sends its concept's name; the listener sits on the component, so it holds
+# for the cards of every later render.
+CARD_CLICKS = """
+const choose = (event) => {
+    const card = event.target.closest('[data-concept]');
+    if (card) trigger('click', {concept: card.dataset.concept});
+};
+element.addEventListener('click', choose);
+element.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); choose(event); }
+});
+"""
+
+CLOSE_TOASTS = "() => document.querySelectorAll('[data-testid=\"toast-close\"]').forEach((b) => b.click())"
+
+
+def cards(view: LibraryView, chosen: str | None = None) -> str:
+    return views.cards(view.listed, view.problems, chosen)
 
 
 def build(studio: Studio) -> LibraryTab:
     gr.Markdown("Concepts you trained or imported. Each card: name · identifier and class noun · base model · date. "
-                "Use one in **2 · Compose** by labelling a box with its name.")
-    gallery = gr.HTML(cards(studio.library_view()), elem_id="library-cards")
+                "Click a card to choose it for Delete, Download or Push. Use one in **2 · Compose** by labelling a "
+                "box with its name.")
+    gallery = gr.HTML(cards(studio.library_view()), elem_id="library-cards", js_on_load=CARD_CLICKS)
+    status = gr.Markdown(label="Message", elem_id="library-status")  # labels name API outputs
     with gr.Row():
         chosen = concept_choice(studio.concept_names(), label="Concept", value=None,
                              elem_id="library-concept")
@@ -52,13 +67,12 @@ def build(studio: Studio) -> LibraryTab:
     with gr.Row():
         delete_button = gr.Button("Delete", variant="stop")
         export_button = gr.Button("Download as zip")
-    status = gr.Markdown(label="Message", elem_id="library-status")  # labels name API outputs
     with gr.Row():
         download = gr.File(label="Download", interactive=False, height=120)
         with gr.Column():
-            upload = gr.File(label="Import a concept zip", file_types=[".zip"], type="filepath", height=120)
+            upload = gr.File(label="Import a concept zip", file_types=[".zip"], type="filepath", height=120,
+                             elem_id="library-import")
             import_button = gr.Button("Import")
-            import_status = gr.Markdown(label="Import message", elem_id="import-status")
     with gr.Row():
         with gr.Column():
             gr.Markdown("#### Import a kohya/A1111 LoRA\nAn SD-1.x LoRA from kohya's scripts or civitai that changes "
@@ -69,7 +83,6 @@ def build(studio: Studio) -> LibraryTab:
             kohya_class = gr.Textbox(label="Class noun", placeholder="dog", elem_id="kohya-class")
             kohya_trigger = gr.Textbox(label="Trigger word", placeholder="sks", elem_id="kohya-trigger")
             kohya_button = gr.Button("Import LoRA")
-            kohya_status = gr.Markdown(label="Kohya import message", elem_id="kohya-status")
         with gr.Column():
             gr.Markdown("#### Push to the Hub\nUploads the chosen concept (its LoRA, kohya copy, model card and "
                         "thumbnail, which is made from your photos; not the photos themselves) to a private model "
@@ -79,10 +92,8 @@ def build(studio: Studio) -> LibraryTab:
                                    info="Needed on a shared app; on your own machine HF_TOKEN or `hf auth login` "
                                         "is used when this is empty")
             hub_button = gr.Button("Push")
-            hub_status = gr.Markdown(label="Push message", elem_id="hub-status")
     return LibraryTab(gallery, chosen, confirm, delete_button, export_button, download, upload, import_button, status,
-                      import_status, kohya_file, kohya_name, kohya_class, kohya_trigger, kohya_button, kohya_status,
-                      hub_repo, hub_token, hub_button, hub_status)
+                      kohya_file, kohya_name, kohya_class, kohya_trigger, kohya_button, hub_repo, hub_token, hub_button)
 
 
 def wire(tab: LibraryTab, studio: Studio, refresh, refresh_outputs: list) -> None:
@@ -92,21 +103,36 @@ def wire(tab: LibraryTab, studio: Studio, refresh, refresh_outputs: list) -> Non
             return studio.list_concepts()
 
     gr.api(list_concepts, api_name="list_concepts")
+
+    def starting(button: gr.Button):
+        """Each action's outcome replaces the one before it: as the action starts, the message and any error toast
+        still open are cleared (an error shows as a toast, with no older outcome left beside it)."""
+        return button.click(lambda: "", outputs=tab.status, js=CLOSE_TOASTS, queue=False, show_progress="hidden",
+                            **UI_ONLY)
+
     delete = endpoint(lambda name, confirm: views.plain(studio.delete(name, confirm)), ["name", "confirm"])
-    tab.delete_button.click(delete, [tab.chosen, tab.confirm], tab.status, api_name="delete_concept",
-                            ).then(refresh, outputs=refresh_outputs, **UI_ONLY
-                                   ).then(lambda: False, outputs=tab.confirm, queue=False, **UI_ONLY)
-    # The confirmation is for one delete of one concept: cleared after every delete and when the choice changes.
-    tab.chosen.change(lambda: False, outputs=tab.confirm, queue=False, **UI_ONLY)
-    tab.export_button.click(endpoint(lambda name: str(studio.export(name)), ["name"]), tab.chosen,
-                            tab.download, api_name="export_concept")
-    tab.import_button.click(endpoint(lambda path: views.plain(studio.import_zip(path)), ["zip_file"]), tab.upload,
-                            tab.import_status,
-                            api_name="import_concept").then(refresh, outputs=refresh_outputs, **UI_ONLY)
-    tab.kohya_button.click(endpoint(lambda *values: views.plain(studio.import_kohya(*values)),
-                                    ["lora_file", "name", "class_noun", "trigger_word"]),
-                           [tab.kohya_file, tab.kohya_name, tab.kohya_class, tab.kohya_trigger], tab.kohya_status,
-                           api_name="import_kohya").then(refresh, outputs=refresh_outputs, **UI_ONLY)
-    tab.hub_button.click(endpoint(lambda *values: views.plain(studio.push_to_hub(*values)),
-                                  ["name", "repo_id", "token"], optional=("token",)),
-                         [tab.chosen, tab.hub_repo, tab.hub_token], tab.hub_status, api_name="push_to_hub")
+    starting(tab.delete_button).then(delete, [tab.chosen, tab.confirm], tab.status, api_name="delete_concept",
+                                     ).then(refresh, outputs=refresh_outputs, **UI_ONLY
+                                            ).then(lambda: False, outputs=tab.confirm, queue=False, **UI_ONLY)
+    # A card's click chooses its concept. The confirmation is for one delete of one concept: cleared after every
+    # delete and when the choice changes, which the cards show.
+    def card_clicked(event: gr.EventData) -> str | None:
+        return getattr(event, "concept", None)
+
+    tab.cards.click(card_clicked, outputs=tab.chosen, queue=False, **UI_ONLY)
+    tab.chosen.change(endpoint(lambda name: (False, cards(studio.library_view(), name)), ["name"]), tab.chosen,
+                      [tab.confirm, tab.cards], queue=False, **UI_ONLY)
+    starting(tab.export_button).then(endpoint(lambda name: str(studio.export(name)), ["name"]), tab.chosen,
+                                     tab.download, api_name="export_concept").success(
+        lambda name: views.plain(f"'{name}' is ready: save it from Download below."), tab.chosen, tab.status,
+        queue=False, **UI_ONLY)
+    starting(tab.import_button).then(endpoint(lambda path: views.plain(studio.import_zip(path)), ["zip_file"]),
+                                     tab.upload, tab.status, api_name="import_concept",
+                                     ).then(refresh, outputs=refresh_outputs, **UI_ONLY)
+    starting(tab.kohya_button).then(endpoint(lambda *values: views.plain(studio.import_kohya(*values)),
+                                             ["lora_file", "name", "class_noun", "trigger_word"]),
+                                    [tab.kohya_file, tab.kohya_name, tab.kohya_class, tab.kohya_trigger], tab.status,
+                                    api_name="import_kohya").then(refresh, outputs=refresh_outputs, **UI_ONLY)
+    starting(tab.hub_button).then(endpoint(lambda *values: views.plain(studio.push_to_hub(*values)),
+                                           ["name", "repo_id", "token"], optional=("token",)),
+                                  [tab.chosen, tab.hub_repo, tab.hub_token], tab.status, api_name="push_to_hub")

@@ -149,7 +149,8 @@ def _size(value: dict) -> tuple[int, int]:
 def rows_from_annotations(value: dict | None) -> list[list]:
     """Canvas boxes (absolute pixels) -> table rows [label, x0, y0, x1, y1] normalised to [0, 1], in drawing order.
 
-    The annotator lists its boxes newest first; the table lists them as they were drawn.
+    The annotator lists its boxes newest first; the table lists them as they were drawn. Three decimals keep every
+    canvas pixel (while `CANVAS_SIDE` is under 1000 px) and fit the table's narrow columns.
     """
     if not value or value.get("image") is None:
         return []
@@ -157,7 +158,7 @@ def rows_from_annotations(value: dict | None) -> list[list]:
     rows = []
     for box in reversed(value.get("boxes") or []):
         rows.append([str(box.get("label") or "").strip(),
-                     *(min(1.0, max(0.0, round(float(box[k]) / d, 4))) for k, d in
+                     *(min(1.0, max(0.0, round(float(box[k]) / d, 3))) for k, d in
                        (("xmin", width), ("ymin", height), ("xmax", width), ("ymax", height)))])
     return rows
 
@@ -356,9 +357,12 @@ def placeholder(model_examples: list[Example]) -> str:
 
 # --------------------------------------------------------------------------------------- library
 
-def cards(concepts: list[Concept], problems: list[tuple[str, str]]) -> str:
+def cards(concepts: list[Concept], problems: list[tuple[str, str]], chosen: str | None = None) -> str:
     """The library as small cards, each a thumbnail above the concept's full name and, for one that cannot be used,
-    why; then the folders skipped as broken; or what to do when it is empty (HTML; all text through `plain`)."""
+    why; then the folders skipped as broken; or what to do when it is empty (HTML; all text through `plain`).
+
+    Each card is a button carrying its concept's name (`data-concept`), so a click chooses it for Delete, Download
+    and Push; the `chosen` one is marked."""
     if not concepts and not problems:
         return ('<div class="empty-library"><b>No concepts yet.</b> Train one in <b>1 · Train</b> '
                 '(pick an example object there to try it), or import a concept zip below.</div>')
@@ -368,7 +372,10 @@ def cards(concepts: list[Concept], problems: list[tuple[str, str]]) -> str:
         created = c.created.replace("T", " ")[:16]
         why = reasons.get(c.name)
         note = f'<span class="card-note">not usable: {plain(why)}</span>' if why else ""
-        out.append(f'<figure class="concept-card">{_thumbnail(c.path / "thumbnail.png")}'
+        picked = c.name == chosen
+        out.append(f'<figure class="concept-card{" chosen" if picked else ""}" role="button" tabindex="0" '
+                   f'aria-pressed="{str(picked).lower()}" data-concept="{html.escape(c.name, quote=True)}">'
+                   f'{_thumbnail(c.path / "thumbnail.png")}'
                    f'<figcaption><b>{plain(c.name)}</b><span>{plain(c.identifier)} {plain(c.class_noun)}</span>'
                    f'<span>{plain(c.base_model)} · {created}</span>{note}</figcaption></figure>')
     named = {c.name for c in concepts}
