@@ -263,8 +263,8 @@ def test_a_request_is_its_owners_only_on_an_app_with_logins():
 @pytest.mark.slow  # launches a browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 def test_the_page_works_through_the_guard_after_logging_in(served):
-    """The browser's own use of the routes (config, heartbeat, queue, uploads, files) passes the guard once logged
-    in: nothing the page asks for is refused, and the generated image loads."""
+    """The browser's own use of the routes (config, heartbeat, uploads, direct and queued calls, event streams,
+    files) passes the guard once logged in: nothing the page asks for is refused, and the images it is given load."""
     from playwright.sync_api import expect, sync_playwright
 
     refused = []
@@ -277,11 +277,12 @@ def test_the_page_works_through_the_guard_after_logging_in(served):
         page.get_by_label("password").fill(LOGINS[0][1])
         page.get_by_role("button", name="Login").click()
         expect(page.get_by_text("Put your own objects")).to_be_visible(timeout=60_000)
-        page.get_by_role("tab", name="Compose").click()
-        draw_box(page, "a red star", (-150, 80), (160, 200))
-        page.get_by_role("button", name="Generate").click()
-        result = page.locator("#results img").first
-        expect(result).to_be_visible(timeout=90_000)
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=result.element_handle())
+        page.locator("input[type=file]").first.set_input_files([str(p) for p in PHOTOS])  # uploaded, then shown
+        page.get_by_role("button", name="Preview augmentation").click()  # a queued call, its answer streamed
+        shown = page.locator("img[src*='file=']")  # the photos' gallery and the augmented samples
+        expect(shown).to_have_count(len(PHOTOS) + 1, timeout=TIMEOUT * 1000)
+        for image in shown.all():
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
+                                   timeout=TIMEOUT * 1000)
         browser.close()
     assert refused == []
