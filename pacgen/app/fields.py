@@ -32,15 +32,16 @@ def component(f: Field, value: Any, *, low: float | None = None, high: float | N
         return gr.Checkbox(value=value, **common)
     if kind(f) == "str":
         return gr.Dropdown(list(meta["choices"]), value=value, **common)
+    # No `precision` on number boxes: Gradio would round 1.5 to 2 before the settings' check, which refuses it.
     if f.name == "seed":
-        return gr.Number(value=-1 if value is None else value, precision=0, **common)
+        return gr.Number(value=-1 if value is None else value, **common)
     low = meta["low"] if low is None else low
     high = meta["high"] if high is None else high
     integer = kind(f) == "int"
     linear = low is not None and high is not None and (high - low <= 2000 if integer else low == 0 and high <= 50)
     if linear:
         return gr.Slider(low, high, value=value, step=step or (1 if integer else 0.05), **common)
-    return gr.Number(value=value, precision=0 if integer else None, minimum=low, maximum=high, **common)
+    return gr.Number(value=value, minimum=low, maximum=high, **common)
 
 
 def caller_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> Caller:
