@@ -86,6 +86,8 @@ def test_training_streams_progress_and_the_concept_is_usable(served):
         (lambda c: generate(c, "a red ball", table()), "draw at least one box"),
         (lambda c: generate(c, "a <cat>", table(["<cat>", 0.1, 0.1, 0.5, 0.5])), "unknown concept '&lt;cat&gt;'"),  # escaped: Gradio shows errors as HTML
         (lambda c: generate(c, "a ball", table(["a ball", 0.5, 0.5, 1.4, 0.9])), "outside [0, 1]"),
+        (lambda c: generate(c, "a ball", table(["a ball", 0.1, 0.1, 0.5, 0.5]), seed=1.5),
+         "seed must be a whole number, got 1.5"),
     ],
 )
 def test_bad_input_is_an_error_and_the_next_request_still_works(served, call, message):

@@ -51,6 +51,8 @@ def concept_dirs(tmp_path, pipe, random_concept):
         (["--num-inference-steps", "0"], "num_inference_steps must be between 1 and 500"),
         (["--guidance-scale", "-2"], "guidance_scale must be between 0 and 30"),
         (["--box", "dog:0,0,1,1"], "expected LABEL=x0,y0,x1,y1"),
+        (["--seed", "1.5"], "seed must be a whole number, got 1.5"),
+        (["--num-images", "2.5"], "num_images must be a whole number, got 2.5"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, extra, message):

@@ -97,12 +97,29 @@ def test_the_hourly_training_quota_says_when_the_next_one_may_start(shared):
 
 def test_idle_visitors_expire_but_busy_ones_stay(shared):
     for name in ("idle", "busy", "recent"):
+        (shared.root / "visitors" / name).mkdir(parents=True)  # each has stored something
         shared.visitors.seen(name)
     old = time.time() - 25 * 3600
     for name in ("idle", "busy"):
         os.utime(shared.root / "visitors" / name / ".last_seen", (old, old))
     assert shared.visitors.sweep(busy={"busy"}) == ["idle"]
     assert {"busy", "recent"} <= {p.name for p in (shared.root / "visitors").iterdir()}
+
+
+def test_a_visitor_who_only_looks_leaves_nothing_on_disk_until_they_store_something(shared, tmp_path):
+    looker = Caller(session="session-of-a-looker")
+    folder = shared.root / "visitors" / shared.visitors.key(looker)
+    with acting_as(looker):
+        assert [c["name"] for c in shared.list_concepts()] == ["example star"]
+        assert shared.concept_names() == ["example star"]
+    assert not folder.exists()
+    source = ConceptLibrary(tmp_path / "elsewhere")
+    with source.staging() as staged:
+        source.commit(staged, write_random_concept(shared.pipe, staged, "looker's star", "ohwx", "star", seed=3))
+    with acting_as(looker):
+        shared.import_zip(str(source.export_zip("looker's star", tmp_path / "out")))
+        shared.list_concepts()  # the next request notes the visitor as active: their data now expires when idle
+    assert (folder / ".last_seen").is_file()
 
 
 def test_a_training_outlives_the_page_that_started_it(tmp_path):

@@ -51,8 +51,17 @@ def _add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
                                 help=("turn off: " if f.default else "") + f.metadata["help"])
             continue
         shown = "" if f.default is None else f" (default: {f.default})"
-        parser.add_argument(flag, dest=f.name, type={"int": int, "float": float, "str": str}[kind(f)],
+        parser.add_argument(flag, dest=f.name, type={"int": number, "float": float, "str": str}[kind(f)],
                             default=argparse.SUPPRESS, choices=f.metadata["choices"], help=f.metadata["help"] + shown)
+
+
+def number(text: str) -> int | float:
+    """A whole-number flag as typed, for the settings' check to judge: '1.5' is refused there by the setting's name
+    ("seed must be a whole number"), as on every other surface, not by argparse with its usage text."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,6 +61,8 @@ def _named_refusals(box: gr.Number | gr.Slider, name: str) -> gr.Number | gr.Sli
     check = box.preprocess
 
     def preprocess(payload):
+        if isinstance(payload, float) and not payload.is_integer() and box.precision == 0:
+            return payload  # `precision` would round 1.5 to 2: the settings' check refuses it, naming the setting
         try:
             return check(payload)
         except gr.Error as error:

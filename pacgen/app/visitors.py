@@ -217,14 +217,16 @@ class Visitors:
 
     def seen(self, visitor: str, busy: Callable[[], set[str]] = set) -> list[str]:
         """Note activity (for expiry, at most once a minute per visitor) and, as often, remove visitors idle for
-        too long, except those `busy()` names (a training of theirs runs). Returns the visitors removed."""
+        too long, except those `busy()` names (a training of theirs runs). Returns the visitors removed.
+
+        Only a visitor who has stored something has a folder: one who only looks (an API client listing an empty
+        library, say) leaves nothing on disk, and their first store creates it."""
         if not self.policy.isolated or visitor in (LOCAL, NOBODY):
             return []
         now = time.time()
-        if now - self._last_seen.get(visitor, 0) > 60:
+        folder = self.root / "visitors" / visitor
+        if now - self._last_seen.get(visitor, 0) > 60 and folder.is_dir():
             self._last_seen[visitor] = now
-            folder = self.root / "visitors" / visitor
-            folder.mkdir(parents=True, exist_ok=True)
             (folder / LAST_SEEN_FILE).touch()
         return self.sweep(busy()) if now - self._swept > 60 else []
 
