@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README, re.M | re.S)
 SETUP_KEY, CLI_KEY, API_KEY, PYTHON_KEY = "pip install torch", "python -m pacgen", "gradio_client", "PACGenPipeline"
+BATCH_KEY = "pacgen batch"
 
 
 def commands(block: str) -> list[str]:
@@ -36,7 +37,9 @@ def commands(block: str) -> list[str]:
 
 
 def block(lang: str, key: str) -> str:
-    (found,) = [body for language, body in BLOCKS if language == lang and key in body]
+    """The one block of `lang` holding `key` (the command-line examples' key is not the batch block's)."""
+    (found,) = [body for language, body in BLOCKS
+                if language == lang and key in body and (key == BATCH_KEY or BATCH_KEY not in body)]
     return found
 
 
@@ -44,7 +47,28 @@ def test_every_block_is_one_this_module_runs_or_checks():
     checked = {("bash", SETUP_KEY), ("bash", CLI_KEY), ("python", API_KEY), ("python", PYTHON_KEY)}
     for language, body in BLOCKS:
         is_test_command = language == "bash" and all(c.startswith("python -m pytest") for c in commands(body))
-        assert is_test_command or sum(key in body for lang, key in checked if lang == language) == 1, body
+        is_batch = language == "bash" and BATCH_KEY in body
+        assert is_test_command or is_batch or sum(key in body for lang, key in checked if lang == language) == 1, body
+    for lang, key in [*checked, ("bash", BATCH_KEY)]:
+        block(lang, key)  # exactly one of each
+
+
+def test_the_batch_example_is_a_valid_jobs_file_and_its_commands_parse(tmp_path):
+    from pacgen.batch import read_jobs
+
+    lines = [line for line in block("bash", BATCH_KEY).splitlines() if line.startswith("{")]
+    assert lines
+    (tmp_path / "photos").mkdir()
+    kit_photos(KIT[0], n=1, size=64)[0].save(tmp_path / "photos" / "beach.jpg")
+    (tmp_path / "jobs.jsonl").write_text("\n".join(lines) + "\n")
+    jobs, problems = read_jobs(tmp_path / "jobs.jsonl")
+    assert not problems and len(jobs) == len(lines)
+    ran = [c for c in commands(block("bash", BATCH_KEY)) if not c.startswith("{")]
+    assert ran
+    for command in ran:
+        words = shlex.split(command)
+        args = build_parser().parse_args(words[words.index("pacgen") + 1:])  # exactly as written
+        assert args.command == "batch", command
 
 
 def test_ci_runs_the_readmes_setup_and_test_command_word_for_word():
