@@ -71,6 +71,7 @@ class Concept:
     training: dict = field(default_factory=dict)
     duration_s: float = 0.0
     created: str = ""
+    adapters: str = ""  # where the base's grounding adapters came from (its own: the base's name); older: empty
     path: Path | None = None
     # Identifies the files as they were when loaded (inode, size, mtime of concept.json and the LoRA): a sync that
     # sees another version reloads, and a concept deleted and re-imported under its name never keeps old weights.
@@ -173,7 +174,8 @@ def _checked_metadata(data: object, where: str) -> dict:
             datetime.fromisoformat(created)
         except ValueError:
             raise ConceptError(_at(where, f"{META_FILE} field 'created' must be a date and time")) from None
-    return {**values, "training": training, "duration_s": float(duration), "created": created}
+    adapters = check_text(_at(where, f"{META_FILE} field 'adapters'"), data.get("adapters", ""), 500, ConceptError)
+    return {**values, "training": training, "duration_s": float(duration), "created": created, "adapters": adapters}
 
 
 def _json_kind(value: object) -> str:

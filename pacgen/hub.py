@@ -16,6 +16,7 @@ from huggingface_hub.utils import httpx as hub_httpx
 
 from .concepts import Concept
 from .errors import PACGenError
+from .grounding import gligen
 from .kohya import KOHYA_FILE
 
 TAGS = ["text-to-image", "diffusers", "lora", "dreambooth", "pacgen", "gligen", "stable-diffusion",
@@ -54,6 +55,7 @@ def model_card(concept: Concept, photo_count: int, augmented: bool) -> str:
         f"- trigger word: `{concept.identifier}` (prompt `{concept.identifier} {concept.class_noun}`, or "
         f"`<{concept.name}>` in PACGen)\n"
         f"- base model: `{concept.base_model}` (fingerprint `{concept.base_fingerprint}`)\n"
+        f"- box adapters: {gligen.NAME}'s, from `{concept.adapters or concept.base_model}` (never changed by the concept)\n"
         f"- {when}\n"
         "- license: not chosen yet; add a `license:` line to the metadata above before publishing\n\n"
         "Load it in diffusers with `pipe.load_lora_weights(folder)`, or in PACGen with `--concept folder`. "

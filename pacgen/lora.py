@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .errors import PACGenError
+from .grounding.gligen import is_adapter_key
 from .settings import TRAINING_METHODS as METHODS  # one list of the methods; this module says what each trains
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -34,7 +35,6 @@ _TARGETS = {
     "lora-all": re.compile(rf".*({_ATTENTION}|ff\.net\.(0\.proj|2)|proj_in|proj_out|resnets\.\d+\.(conv1|conv2|conv_shortcut))"),
     "full": re.compile(r".+"),
 }
-FROZEN_MODULES = re.compile(r".*(fuser|position_net).*")  # GLIGEN's adapters: never trained, never in a concept file
 # diffusers writes `lora.down/up`; PEFT-style files say `lora_A/B`. Both load.
 _KEY = re.compile(r"^unet\.(.+)\.(lora\.(down|up)|lora_[AB])\.weight$")
 
@@ -59,7 +59,7 @@ def method_modules(unet: UNet2DConditionModel, method: str) -> dict[str, torch.n
         raise PACGenError(f"unknown training method '{method}'; choose one of {', '.join(METHODS)}")
     found = {}
     for name, module in unet.named_modules():
-        if name.endswith(".base_layer") or ".lora_" in name or FROZEN_MODULES.fullmatch(name):
+        if name.endswith(".base_layer") or ".lora_" in name or is_adapter_key(name):
             continue
         base = _weighted(module)
         if base is not None and _TARGETS[method].fullmatch(name):
@@ -177,7 +177,7 @@ def _stray_key(keys: list[str]) -> str | None:
     """The first key that is not a LoRA factor of one of the UNet's own layers (GLIGEN's adapters excluded)."""
     for key in keys:
         match = _KEY.match(key)
-        if not match or FROZEN_MODULES.fullmatch(match.group(1)):
+        if not match or is_adapter_key(match.group(1)):
             return key
     return None
 

@@ -293,7 +293,8 @@ def train_concept(
 
         # 4. Optimise what the method trains (a fresh LoRA, or the UNet's own weights); fusers never called.
         training = {**asdict(config), "augment": asdict(augment), "resolution": resolution, "photos": len(photos)}
-        concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training)
+        concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training,
+                          adapters=comp.adapter_source)
         timed = resumed is not None and resumed["progress"]["previews"] > 0
         preview_guess = _preview_guess(pipe) if config.preview_every and not timed else 0.0  # before the adapter
         run = _Run(cancel, started, budget, checkpoint, key, resumed, preview_guess)

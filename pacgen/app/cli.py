@@ -31,7 +31,10 @@ def quiet_libraries() -> None:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="mini", help="Hub repo id, local diffusers folder, 'mini' or 'tiny'")
+    parser.add_argument("--model", default="mini",
+                        help="Hub repo id, local diffusers folder, one SD-1.x .safetensors file, 'mini' or 'tiny'")
+    parser.add_argument("--grounding", default=os.environ.get("PACGEN_GROUNDING"), metavar="REPO_OR_FOLDER",
+                        help="where a base without GLIGEN adapters gets them (default: GLIGEN's SD-1.4 repo)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--data-dir", default=None, help="concept library folder (default: $PACGEN_HOME)")
 
@@ -103,7 +106,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from ..sampling import PACGenPipeline
 
     boxes = [parse_box(text) for text in args.box]
-    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
+    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device, grounding=args.grounding)
     settings = pipe.settings(**_chosen(args, SampleSettings))
     library = ConceptLibrary(args.data_dir)
     for ref in args.concept:
@@ -126,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..training import train_concept
 
     library = ConceptLibrary(args.data_dir)
-    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
+    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device, grounding=args.grounding)
     config = pipe.components.defaults.training.override(**_chosen(args, TrainSettings)).checked()
     bars: dict[str, tqdm] = {}
     events = train_concept(pipe, args.images, args.name, args.class_noun, config, library)

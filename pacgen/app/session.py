@@ -105,11 +105,11 @@ class Studio:
     """
 
     def __init__(self, model: str = "auto", data_dir: str | Path | None = None, device: str | None = None,
-                 policy: Policy | None = None, shared_dir: str | Path | None = None):
+                 policy: Policy | None = None, shared_dir: str | Path | None = None, grounding: str | None = None):
         source, self.notice = resolve_model(model)
         self.model = ModelThread()  # every torch call, loading included, runs there: off it torch runs at half speed
         try:
-            self.pipe = self.model.call(PACGenPipeline.from_pretrained, source, device=device)
+            self.pipe = self.model.call(PACGenPipeline.from_pretrained, source, device=device, grounding=grounding)
         except ModelLoadError as error:
             if model != "auto":
                 raise
@@ -169,17 +169,20 @@ class Studio:
 
             memory = f"{psutil.Process().memory_info().rss / 2**30:.1f} GiB RAM"
             name = device.type.upper()
-        return {"device": name, "model": comp.model_id, "dtype": str(comp.dtype).replace("torch.", ""),
+        return {"device": name, "model": comp.model_id, "adapters": comp.adapter_source, "dtype": str(comp.dtype).replace("torch.", ""),
                 "memory": memory, "concepts": len((view or self.library_view()).usable), "size": self.size}
 
     def notices(self, view: LibraryView | None = None) -> list[str]:
         """What to expect on this machine and model; empty when running the real model on a GPU."""
         lines = [self.notice] if self.notice else []
+        lines += self.pipe.components.notices
         if self.pipe.components.device.type == "cpu":
             lines.append("Running on CPU: fine for the embedded models; the real SD-1.4 model needs a GPU.")
         if self.defaults.banner:
             lines.append(self.defaults.banner)
-        problems = (view or self.library_view()).problems
+        view = view or self.library_view()
+        lines += [self.pipe.transplanted[name] for name in sorted(view.usable) if name in self.pipe.transplanted]
+        problems = view.problems
         if problems:
             lines.append("Not usable: " + "; ".join(f"'{name}' ({why})" for name, why in problems))
         return lines
@@ -208,9 +211,7 @@ class Studio:
             view.problems += broken
             for concept in concepts:
                 refused = self._refused.get((str(concept.path), concept.version))
-                if concept.base_fingerprint != self.pipe.components.fingerprint:
-                    view.problems.append((concept.name, f"trained on another base model, {concept.base_model}"))
-                elif refused:
+                if refused:
                     view.problems.append((concept.name, refused))
                 else:
                     view.usable[concept.name] = concept

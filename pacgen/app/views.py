@@ -51,7 +51,9 @@ def plain(text: object) -> str:
 # --------------------------------------------------------------------------------------- header and banner
 
 def header(status: dict) -> str:
+    adapters = status.get("adapters", status["model"])
     return (f"**Device** {plain(status['device'])} · **Model** `{plain(status['model'])}` · "
+            f"**Box adapters** `{plain(adapters)}` · "
             f"**dtype** {status['dtype']} · **Memory** {status['memory']} · **Concepts** {status['concepts']} · "
             f"**Image size** {status['size']}px")
 
