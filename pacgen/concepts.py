@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 
 from PIL import Image
 
+from .cards import model_card
 from .errors import PACGenError
 from .kohya import KOHYA_FILE, read_kohya_file, write_kohya_file
 from .lora import LORA_FILE, LoraFileError, check_lora_header, read_lora_file, write_lora_file
@@ -455,8 +456,6 @@ class ConceptLibrary:
         refuses); it is stored in our format at scale 1, with a kohya copy and a model card, and goes through the
         same checks and single rename as a zip import (`check`: e.g. that it fits the loaded model).
         """
-        from .hub import model_card  # hub builds on this module
-
         name, class_noun = self.check_new_name(name), check_class_noun(class_noun)
         identifier = check_identifier(trigger.strip() if isinstance(trigger, str) else trigger)
         path = Path(path)

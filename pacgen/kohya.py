@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 
 from .bases import sd1
 from .grounding.gligen import is_adapter_key
-from .lora import LoraFileError, load_weights, method_modules
+from .lora import LoraFileError, load_weights
+from .methods import ALL_LAYERS
 
 KOHYA_FILE = "kohya_lora.safetensors"
 _PREFIX = "lora_unet_"
@@ -94,7 +95,7 @@ def read_kohya_file(path: str | Path, unet: UNet2DConditionModel | None = None) 
     """
     path = Path(path)
     state = load_weights(path)
-    allowed = set(method_modules(unet, "full")) if unet is not None else None
+    allowed = set(ALL_LAYERS.modules(unet)) if unet is not None else None
     for key in state:
         if key.startswith(("lora_te_", "lora_te1_", "lora_te2_")):
             raise LoraFileError(f"{path.name} also changes the text encoder (e.g. '{key}'); a PACGen concept "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from inspect import signature
 from pathlib import Path
@@ -30,13 +30,14 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from . import lora
+from . import lora, methods
 from .concepts import Concept, ConceptError
 from .grounding import gligen
 from .layout import (
     Box, LayoutError, boxed_concepts, check_boxes, clamp_box, concept_refs, expand_prompt, region_masks,
     with_concept_refs, without_phrases,
 )
+from .methods import TrainableWeights
 from .models import DEFAULT_MODEL, Components, load_components
 from .photos import PhotoSource
 from .scene import BLEND, INPAINT, SceneGuide, check_scene_boxes, composite, latent_mask, load_scene, scene_mask
@@ -85,14 +86,6 @@ def blend(base: torch.Tensor, concepts: list[torch.Tensor], masks: torch.Tensor)
     for prediction, mask in zip(concepts, masks):
         out = out + prediction * mask
     return out
-
-
-@dataclass
-class TrainableWeights:
-    """What a training optimises, and how to write what it learnt as the concept's LoRA file."""
-
-    params: list[torch.nn.Parameter]
-    save: Callable[[Path], float]  # writes the LoRA file; returns the share of the change it leaves out
 
 
 @dataclass
@@ -161,69 +154,26 @@ class PACGenPipeline:
         self.transplanted.pop(name, None)
         lora.delete_adapter(self.components.unet, concept.adapter_name)
 
-    @contextmanager
-    def training(self, concept: Concept, method: str, rank: int, alpha: float, seed: int) -> Iterator[TrainableWeights]:
-        """The weights a training method changes for `concept`, trainable, and a way to save what they learnt.
-
-        `lora`/`lora-all`: a fresh LoRA (its random start follows `seed`), active alone. `full`: the UNet's own
-        weight matrices and kernels, with every adapter off; on exit they are restored bit for bit. Either way the
-        saved file is a LoRA, which training then attaches with `load_concept`, so a concept just trained runs as
-        a reloaded one does. GLIGEN's fusers and position net are never among the weights.
-        """
-        unet = self.components.unet
-        if method == "full":
-            yield from self._finetuning(rank)
-            return
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            lora.add_adapter(unet, concept.adapter_name, rank, alpha, method)
-
-        def save(folder: Path) -> float:
-            lora.save_adapter(unet, concept.adapter_name, folder)
-            return 0.0  # a LoRA is stored as it was trained
-
-        try:
-            params = lora.trainable_parameters(unet, concept.adapter_name)
-            lora.activate(unet, [concept.adapter_name])
-            yield TrainableWeights(params, save)
-        finally:
-            lora.delete_adapter(unet, concept.adapter_name)
-            unet.eval()
-
-    def _finetuning(self, rank: int) -> Iterator[TrainableWeights]:
-        unet = self.components.unet
-        layers = lora.method_modules(unet, "full")
-        original = lora.snapshot(layers)
-        lora.activate(unet, [])
-
-        def save(folder: Path) -> float:
-            state, dropped = lora.extract_lora(layers, original, rank)
-            lora.write_lora_file(state, folder)
-            return dropped
-
-        weights = TrainableWeights([layer.weight for layer in layers.values()], save)
-        try:
-            for param in weights.params:
-                param.requires_grad_(True)
-            yield weights
-        finally:
-            with torch.no_grad():
-                for name, layer in layers.items():
-                    layer.weight.requires_grad_(False)
-                    layer.weight.copy_(original[name])
-            unet.eval()
+    def training(self, concept: Concept, method: str, rank: int, alpha: float,
+                 seed: int) -> AbstractContextManager[TrainableWeights]:
+        """The weights a training method (`pacgen.methods`) changes for `concept`, trainable, and a way to save what
+        they learnt; on exit the UNet is as it was. The saved file is a LoRA, which training then attaches with
+        `load_concept`, so a concept just trained runs as a reloaded one does. The grounding adapters are never
+        among the weights."""
+        return methods.get(method).training(self.components.unet, concept.adapter_name, rank, alpha, seed)
 
     @contextmanager
     def previewing(self, concept: Concept, method: str) -> Iterator[str]:
         """Let a concept that is still training be drawn; yields how a prompt refers to it.
 
-        A LoRA in training is used as any concept (`<name>`, regional), and is afterwards the only active adapter
-        again, as its loop expects. A full finetune has changed the whole UNet, so it is asked for by its words.
+        As the method says: as any loaded concept (`<name>`, regional), after which its adapter is the only active
+        one again, as its loop expects; or by its words, where the method has changed the whole UNet.
         """
         unet = self.components.unet
         unet.eval()
-        if method == "full":
-            yield f"{concept.identifier} {concept.class_noun}"
+        words = methods.get(method).preview_words(concept.identifier, concept.class_noun)
+        if words is not None:
+            yield words
             return
         self.concepts[concept.name] = concept
         try:

@@ -140,4 +140,20 @@ def test_a_base_with_its_own_adapters_is_used_as_it_is_and_the_header_names_both
     plugged = load_components(str(stand_ins["nudged"]), device="cpu", grounding="mini")
     status = {"device": "CPU", "model": plugged.model_id, "adapters": plugged.adapter_source, "dtype": "float32",
               "memory": "1 GiB", "concepts": 0, "size": 64}
-    assert f"**Model** `{stand_ins['nudged']}`" in views.header(status) and "**Box adapters** `mini`" in views.header(status)
+    header = views.header(status)
+    assert f"**Model** `{stand_ins['nudged']}`" in header and "**Box adapters** `mini`" in header
+
+
+def test_the_shipped_sd1_configs_read_offline_and_describe_gligens_sd14_unet():
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    unet_config = UNet2DConditionModel.load_config(str(sd1.CONFIGS), subfolder="unet", local_files_only=True)
+    text = CLIPTextConfig.from_pretrained(str(sd1.CONFIGS), subfolder="text_encoder", local_files_only=True)
+    vae = AutoencoderKL.load_config(str(sd1.CONFIGS), subfolder="vae", local_files_only=True)
+    assert text.hidden_size == unet_config["cross_attention_dim"] == 768 and vae["scaling_factor"] == 0.18215
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config({**unet_config, "attention_type": gligen.ATTENTION_TYPE})
+    assert sum(isinstance(m, gligen.FUSER) for m in unet.modules()) == 16  # GLIGEN's 16 fusers on SD-1.x
+    assert sum(p.numel() for n, p in unet.named_parameters() if not gligen.is_adapter_key(n)) == 859_520_964

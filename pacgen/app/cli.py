@@ -126,7 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from ..concepts import ConceptLibrary
     from ..sampling import PACGenPipeline
-    from ..training import train_concept
+    from ..training import Phase, train_concept
 
     library = ConceptLibrary(args.data_dir)
     pipe = PACGenPipeline.from_pretrained(args.model, device=args.device, grounding=args.grounding)
@@ -135,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     events = train_concept(pipe, args.images, args.name, args.class_noun, config, library)
     try:
         for event in events:
-            if event.phase in ("class-images", "training"):
+            if event.phase in (Phase.CLASS_IMAGES, Phase.TRAINING):
                 if event.phase not in bars:
                     for finished in bars.values():
                         finished.close()

@@ -34,7 +34,8 @@ from ..photos import PhotoSource, load_photos
 from ..sampling import GenerationResult, PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
 from ..text import check_text
-from ..training import Estimate, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
+from ..training import (Estimate, Phase, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates,
+                        train_concept)
 from .jobs import TrainingJob
 from .model_thread import ModelThread
 from .zerogpu import ZERO_GPU_RATES, chunk_runner, max_daily_quota_s, train_in_chunks
@@ -169,7 +170,8 @@ class Studio:
 
             memory = f"{psutil.Process().memory_info().rss / 2**30:.1f} GiB RAM"
             name = device.type.upper()
-        return {"device": name, "model": comp.model_id, "adapters": comp.adapter_source, "dtype": str(comp.dtype).replace("torch.", ""),
+        return {"device": name, "model": comp.model_id, "adapters": comp.adapter_source,
+                "dtype": str(comp.dtype).replace("torch.", ""),
                 "memory": memory, "concepts": len((view or self.library_view()).usable), "size": self.size}
 
     def notices(self, view: LibraryView | None = None) -> list[str]:
@@ -395,7 +397,7 @@ class Studio:
         timed on the idle model cannot see (on mini, 0.15 s a step with Chromium on the 2 cores against 0.11 s)."""
         step_s = None
         for event in events:
-            if event.phase == "training" and event.step_s:
+            if event.phase == Phase.TRAINING and event.step_s:
                 step_s = event.step_s
             if event.concept is not None and step_s:
                 self.trained_step_s[_speed_key(settings.checked(), self.size)] = step_s
@@ -436,7 +438,7 @@ class Studio:
                         with self.model_lock:
                             yield from self._remembering_speed(settings, self.model.stream(synced_training(cancel)))
             except TrainingCancelled:
-                yield TrainEvent("cancelled", 0, settings.steps, message="Training cancelled: nothing was saved.")
+                yield TrainEvent(Phase.CANCELLED, 0, settings.steps, message="Training cancelled: nothing was saved.")
 
         try:
             self.visitors.start_training(visitor)
@@ -455,7 +457,7 @@ class Studio:
         try:
             yield from job.follow()
         except PACGenError as error:
-            yield TrainEvent("failed", 0, 0, message=str(error))
+            yield TrainEvent(Phase.FAILED, 0, 0, message=str(error))
 
     def training_active(self) -> bool:
         job = self.jobs.get(self.visitor())

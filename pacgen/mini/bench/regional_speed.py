@@ -58,7 +58,8 @@ def build_sd14_random() -> Components:
     tokenizer = build_toy_tokenizer()
     text_encoder = toy_text_encoder(tokenizer, hidden=768, layers=12, heads=12)
     vae = AutoencoderKL.from_config(sd1.read_config(sd1.CONFIGS, "vae"))  # SD-1.x's shapes, as the package ships them
-    unet = UNet2DConditionModel.from_config({**sd1.read_config(sd1.CONFIGS, "unet"), "attention_type": gligen.ATTENTION_TYPE})
+    unet = UNet2DConditionModel.from_config({**sd1.read_config(sd1.CONFIGS, "unet"),
+                                             "attention_type": gligen.ATTENTION_TYPE})
     set_gates(unet, 1.0)
     for module in (vae, text_encoder, unet):
         module.eval().requires_grad_(False)

@@ -5,7 +5,7 @@
 How it measures. Each configuration (image size, gradient checkpointing on or off) runs in its own
 subprocess, one after the other, so that at most one ~15 GiB process is alive at a time. The child builds
 the SD-1.4-sized GLIGEN UNet of `regional_speed.build_sd14_random` (random weights, fp32, CPU), makes the
-`full` layers trainable (`pacgen.lora.method_modules(unet, "full")`: every weight matrix and conv kernel,
+`full` layers trainable (`pacgen.methods.method_modules(unet, "full")`: every weight matrix and conv kernel,
 never GLIGEN's fusers or position net, no biases or norm weights), and trains them as `pacgen.training`
 does in fp32 (where the weights are their own masters): `_optimizer` (torch AdamW), the masked loss on one
 instance row plus the prior loss on one class row (batch 2), random (2, 77, 768) text embeddings, no GLIGEN
@@ -72,7 +72,7 @@ def measure(size: int, checkpointing: bool) -> dict:
     from diffusers import DDPMScheduler
 
     from pacgen.grounding.gligen import is_adapter_key
-    from pacgen.lora import method_modules
+    from pacgen.methods import method_modules
     from pacgen.mini.bench.regional_speed import build_sd14_random
     from pacgen.bases import sd1
     from pacgen.settings import TrainSettings
