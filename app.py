@@ -118,7 +118,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on_space = bool(env("SPACE_ID"))
     parser = argparse.ArgumentParser(description="PACGen Studio")
     parser.add_argument("--model", default=env("PACGEN_MODEL", "auto"),
-                        help="auto (Hub model on a GPU, else the embedded one), mini, tiny, a Hub id or a folder")
+                        help="auto (Hub model on a GPU, else the embedded one), mini, tiny, a Hub id, a folder or "
+                             "one SD-1.x .safetensors file")
+    parser.add_argument("--grounding", default=env("PACGEN_GROUNDING"), metavar="REPO_OR_FOLDER",
+                        help="where a base without GLIGEN adapters gets them (default: "
+                             "masterful/gligen-1-4-generation-text-box)")
     parser.add_argument("--data-dir", default=env("PACGEN_HOME"), help="concept library (default ~/.pacgen)")
     parser.add_argument("--host", default=env("PACGEN_HOST", "0.0.0.0" if on_space else "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env("PACGEN_PORT", env("GRADIO_SERVER_PORT", "7860"))))
@@ -153,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {error}") from None
     if threads:
         torch.set_num_threads(threads)
-    studio = Studio(args.model, args.data_dir, policy=policy, shared_dir=args.shared_concepts)
+    studio = Studio(args.model, args.data_dir, policy=policy, shared_dir=args.shared_concepts,
+                    grounding=args.grounding)
     demo = build_ui(studio)
     # One job per endpoint at a time; the session's model lock then orders generation and training. Shared: no
     # queue-bypassing /run routes (every call has a session, so a visitor), and no internal error text on the page.

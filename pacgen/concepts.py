@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 from PIL import Image
 
+from .cards import model_card
 from .errors import PACGenError
 from .kohya import KOHYA_FILE, read_kohya_file, write_kohya_file
 from .lora import LORA_FILE, LoraFileError, check_lora_header, read_lora_file, write_lora_file
@@ -70,6 +71,7 @@ class Concept:
     training: dict = field(default_factory=dict)
     duration_s: float = 0.0
     created: str = ""
+    adapters: str = ""  # where the base's grounding adapters came from (its own: the base's name); older: empty
     path: Path | None = None
     # Identifies the files as they were when loaded (inode, size, mtime of concept.json and the LoRA): a sync that
     # sees another version reloads, and a concept deleted and re-imported under its name never keeps old weights.
@@ -173,7 +175,8 @@ def _checked_metadata(data: object, where: str) -> dict:
             datetime.fromisoformat(created)
         except ValueError:
             raise ConceptError(_at(where, f"{META_FILE} field 'created' must be a date and time")) from None
-    return {**values, "training": training, "duration_s": float(duration), "created": created}
+    adapters = check_text(_at(where, f"{META_FILE} field 'adapters'"), data.get("adapters", ""), 500, ConceptError)
+    return {**values, "training": training, "duration_s": float(duration), "created": created, "adapters": adapters}
 
 
 def _json_kind(value: object) -> str:
@@ -461,8 +464,6 @@ class ConceptLibrary:
         refuses); it is stored in our format at scale 1, with a kohya copy and a model card, and goes through the
         same checks and single rename as a zip import (`check`: e.g. that it fits the loaded model).
         """
-        from .hub import model_card  # hub builds on this module
-
         name, class_noun = self.check_new_name(name), check_class_noun(class_noun)
         identifier = check_identifier(trigger.strip() if isinstance(trigger, str) else trigger)
         path = Path(path)

@@ -1,8 +1,8 @@
 """What a base model asks for by default: sampling and training settings, examples, and what to tell users.
 
 A model folder says it in `pacgen.json` (the embedded `mini` does); a model without one, such as SD-1.4 from
-the Hub, gets `SD14_DEFAULTS`. Nothing downstream compares model names: the app, the CLI and the benchmark
-read these.
+the Hub, gets its family's (`pacgen.bases.sd1.DEFAULTS`). Nothing downstream compares model names: the app, the
+CLI and the benchmark read these.
 
     {"sampling": {"grounding_fraction": 1.0},            # SampleSettings field names
      "training": {"steps": 400, "learning_rate": 2e-4},  # TrainSettings field names
@@ -60,22 +60,12 @@ class ModelDefaults:
         return json.dumps(data, indent=2) + "\n"
 
 
-# SD-1.4 + GLIGEN: GLIGEN's scheduled sampling (0.3) and diffusers' DreamBooth LoRA recipe, i.e. the dataclasses'
-# own defaults, and examples in a real model's vocabulary.
-SD14_DEFAULTS = ModelDefaults(
-    examples=(
-        Example("a dog and a red ball on a beach", (Box("a dog", (0.05, 0.3, 0.5, 0.95)),
-                                                    Box("a red ball", (0.6, 0.7, 0.85, 0.95)))),
-        Example("a teapot on a kitchen table, photo", (Box("a teapot", (0.3, 0.3, 0.7, 0.75)),)),
-    ),
-)
-
-
-def read_defaults(folder: Path) -> ModelDefaults:
-    """A model folder's defaults; SD-1.4's where it has no pacgen.json. Raises PACGenError naming the file."""
+def read_defaults(folder: Path, family: ModelDefaults) -> ModelDefaults:
+    """A model folder's defaults; its family's (`family`, e.g. `pacgen.bases.sd1.DEFAULTS`) where it has no
+    pacgen.json, and the family's examples where the file names none. Raises PACGenError naming the file."""
     path = folder / DEFAULTS_FILE
     if not path.is_file():
-        return replace(SD14_DEFAULTS)
+        return replace(family)
     where = str(path)
     try:
         data = json.loads(path.read_text())
@@ -97,7 +87,7 @@ def read_defaults(folder: Path) -> ModelDefaults:
         sampling=from_mapping(SampleSettings, data.get("sampling", {}), f"{where} (sampling)"),
         training=from_mapping(TrainSettings, data.get("training", {}), f"{where} (training)"),
         banner=banner,
-        examples=SD14_DEFAULTS.examples if examples is None else _examples(examples, where),
+        examples=family.examples if examples is None else _examples(examples, where),
         concept_examples=(folder / concept_examples).resolve() if concept_examples else None,
     )
 

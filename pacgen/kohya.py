@@ -31,15 +31,13 @@ from diffusers import UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_kohya
 from safetensors.torch import save_file
 
-from .lora import FROZEN_MODULES, LoraFileError, load_weights, method_modules
+from .bases import sd1
+from .grounding.gligen import is_adapter_key
+from .lora import LoraFileError, load_weights
+from .methods import ALL_LAYERS
 
 KOHYA_FILE = "kohya_lora.safetensors"
 _PREFIX = "lora_unet_"
-# The parts of diffusers' UNet module names that hold an underscore: kohya's flattened names lose the dots between
-# path parts, so these are put back together after splitting on '_'.
-_JOINED = ("down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
-           "proj_in", "proj_out", "conv_in", "conv_out", "conv_shortcut", "time_emb_proj", "time_embedding",
-           "linear_1", "linear_2")
 _KOHYA_KEY = re.compile(rf"^{_PREFIX}([a-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
 
@@ -75,7 +73,7 @@ def write_kohya_file(state: dict[str, torch.Tensor], folder: str | Path, alpha: 
     if not ranks:
         raise LoraFileError("the LoRA to export holds no lora_A weights")
     shown_alpha = alpha if alpha is not None else ranks[-1]
-    metadata = {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1",
+    metadata = {"ss_network_module": "networks.lora", "ss_base_model_version": sd1.KOHYA_VERSION,
                 "ss_network_dim": str(ranks[-1]), "ss_network_alpha": str(shown_alpha)}
     path = Path(folder) / file_name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +84,7 @@ def write_kohya_file(state: dict[str, torch.Tensor], folder: str | Path, alpha: 
 def module_name(kohya_name: str) -> str:
     """`down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q` -> `down_blocks.0.attentions.0.…attn1.to_q`."""
     dotted = kohya_name.replace("_", ".")
-    for part in _JOINED:
+    for part in sd1.KOHYA_JOINED:
         dotted = re.sub(rf"(^|\.){re.escape(part.replace('_', '.'))}(?=\.|$)", rf"\g<1>{part}", dotted)
     return dotted
 
@@ -102,14 +100,14 @@ def read_kohya_file(path: str | Path, unet: UNet2DConditionModel | None = None) 
     """
     path = Path(path)
     state = load_weights(path)
-    allowed = set(method_modules(unet, "full")) if unet is not None else None
+    allowed = set(ALL_LAYERS.modules(unet)) if unet is not None else None
     for key in state:
         if key.startswith(("lora_te_", "lora_te1_", "lora_te2_")):
             raise LoraFileError(f"{path.name} also changes the text encoder (e.g. '{key}'); a PACGen concept "
                                 "changes only the UNet, so export a UNet-only LoRA from your trainer")
         match = _KOHYA_KEY.match(key)
         name = module_name(match.group(1)) if match else ""
-        if not match or FROZEN_MODULES.fullmatch(name) or (allowed is not None and name not in allowed):
+        if not match or is_adapter_key(name) or (allowed is not None and name not in allowed):
             raise LoraFileError(f"{path.name} is not a kohya SD-1.x UNet LoRA a concept can use: '{key}' is not a "
                                 "LoRA factor of a UNet layer a concept may change")
     out = {}

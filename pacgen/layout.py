@@ -14,9 +14,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import PACGenError
+from .grounding import gligen
+from .grounding.gligen import MAX_BOXES
 from .text import check_text
 
-MAX_BOXES = 30  # GLIGEN's position net has 30 grounding slots
 MAX_LABEL = 500  # characters of a box's phrase (its tokens are limited by the text encoder as well)
 TOLERANCE = 1e-3  # coordinates this far outside [0, 1] are clamped, not refused
 CONCEPT_REF = re.compile(r"<([^<>]+)>")
@@ -66,7 +67,7 @@ def check_boxes(boxes: list[Box], latent_size: tuple[int, int]) -> None:
     A box must cover at least one latent cell, or its mask (and so its concept) would vanish.
     """
     if len(boxes) > MAX_BOXES:
-        raise LayoutError(f"{len(boxes)} boxes given; GLIGEN accepts at most {MAX_BOXES}")
+        raise LayoutError(f"{len(boxes)} boxes given; {gligen.NAME} accepts at most {MAX_BOXES}")
     for index, box in enumerate(boxes, start=1):
         if not isinstance(box.label, str) or not box.label.strip():
             raise LayoutError(f"box {index} has an empty label")

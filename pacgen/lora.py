@@ -1,10 +1,8 @@
-"""Concept weights on the UNet: which layers each training method touches, LoRA files, and per-row routing.
+"""Concept weights on the UNet: LoRA adapters and files, a finetune's change as a LoRA, and per-row routing.
 
-Three methods, all stored and used as a LoRA adapter (so any mix of them can share one regional sampling
-call): `lora` wraps the attention projections; `lora-all` also the feed-forward layers, `proj_in/out` and the
-resnet convolutions; `full` finetunes every weight matrix and convolution kernel (DreamBooth as the paper does
-it) and is stored as the SVD of its weight change. None of them ever touches GLIGEN's fusers or position net,
-so the grounding adapters stay exactly as they were trained (the plug-and-play property).
+Every training method (`pacgen.methods`) stores and uses its concept as a LoRA adapter, so any mix of them can share
+one regional sampling call. None of them ever touches the grounding adapters (GLIGEN's fusers and position net), so
+they stay exactly as they were trained (the plug-and-play property).
 """
 
 from __future__ import annotations
@@ -25,17 +23,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .errors import PACGenError
-from .settings import TRAINING_METHODS as METHODS  # one list of the methods; this module says what each trains
+from .grounding.gligen import is_adapter_key
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 BASE_ROW = "__base__"  # PEFT's name for "no adapter on this row"
-_ATTENTION = r"attn[12]\.(to_q|to_k|to_v|to_out\.0)"
-_TARGETS = {
-    "lora": re.compile(rf".*{_ATTENTION}"),
-    "lora-all": re.compile(rf".*({_ATTENTION}|ff\.net\.(0\.proj|2)|proj_in|proj_out|resnets\.\d+\.(conv1|conv2|conv_shortcut))"),
-    "full": re.compile(r".+"),
-}
-FROZEN_MODULES = re.compile(r".*(fuser|position_net).*")  # GLIGEN's adapters: never trained, never in a concept file
+ATTENTION = r"attn[12]\.(to_q|to_k|to_v|to_out\.0)"  # the attention projections: a LoRA's usual targets
 # diffusers writes `lora.down/up`; PEFT-style files say `lora_A/B`. Both load.
 _KEY = re.compile(r"^unet\.(.+)\.(lora\.(down|up)|lora_[AB])\.weight$")
 
@@ -54,23 +46,20 @@ def _weighted(module: torch.nn.Module) -> torch.nn.Module | None:
     return base if type(base) in (torch.nn.Linear, torch.nn.Conv2d) else None
 
 
-def method_modules(unet: UNet2DConditionModel, method: str) -> dict[str, torch.nn.Module]:
-    """The Linear/Conv2d layers a training method changes, by module name (never the fusers or position net)."""
-    if method not in _TARGETS:
-        raise PACGenError(f"unknown training method '{method}'; choose one of {', '.join(METHODS)}")
+def weighted_modules(unet: UNet2DConditionModel, targets: re.Pattern) -> dict[str, torch.nn.Module]:
+    """The Linear/Conv2d layers whose module names match `targets`, by name (never the grounding adapters)."""
     found = {}
     for name, module in unet.named_modules():
-        if name.endswith(".base_layer") or ".lora_" in name or FROZEN_MODULES.fullmatch(name):
+        if name.endswith(".base_layer") or ".lora_" in name or is_adapter_key(name):
             continue
         base = _weighted(module)
-        if base is not None and _TARGETS[method].fullmatch(name):
+        if base is not None and targets.fullmatch(name):
             found[name] = base
     return found
 
 
-def lora_config(unet: UNet2DConditionModel, method: str, rank: int, alpha: float) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                      target_modules=sorted(method_modules(unet, method)))
+def lora_config(targets: list[str], rank: int, alpha: float) -> LoraConfig:
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
 
 
 @contextmanager
@@ -81,10 +70,13 @@ def _several_adapters_expected() -> Iterator[None]:
         yield
 
 
-def add_adapter(unet: UNet2DConditionModel, name: str, rank: int, alpha: float, method: str = "lora") -> None:
-    """A fresh trainable LoRA on the layers of a LoRA method (its B matrices start at zero)."""
+def add_adapter(unet: UNet2DConditionModel, name: str, rank: int, alpha: float,
+                targets: list[str] | None = None) -> None:
+    """A fresh trainable LoRA on the layers named `targets` (default: the attention projections); its B matrices
+    start at zero."""
+    targets = targets if targets is not None else sorted(weighted_modules(unet, re.compile(rf".*{ATTENTION}")))
     with _several_adapters_expected():
-        unet.add_adapter(lora_config(unet, method, rank, alpha), adapter_name=name)
+        unet.add_adapter(lora_config(targets, rank, alpha), adapter_name=name)
 
 
 def delete_adapter(unet: UNet2DConditionModel, name: str) -> None:
@@ -178,7 +170,7 @@ def _stray_key(keys: list[str]) -> str | None:
     """The first key that is not a LoRA factor of one of the UNet's own layers (GLIGEN's adapters excluded)."""
     for key in keys:
         match = _KEY.match(key)
-        if not match or FROZEN_MODULES.fullmatch(match.group(1)):
+        if not match or is_adapter_key(match.group(1)):
             return key
     return None
 

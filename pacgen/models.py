@@ -1,8 +1,12 @@
-"""Loading the base model: the Hub's SD-1.4 + GLIGEN, a local diffusers folder, the embedded `mini`, or a
-model built in code and registered by name (the toy layer registers `tiny`).
+"""Loading a model: a base (the Hub's SD-1.4 + GLIGEN, any SD-1.x diffusers repo or folder, one single-file
+SD-1.x checkpoint, the embedded `mini`, or a model built in code and registered by name: the toy layer registers
+`tiny`) with its grounding adapters (`pacgen.grounding.gligen`), assembled here into one `Components`.
 
-All arrive as the same `Components`, so everything downstream (sampling, training, the app) runs one code
-path whatever the weights are. A model's own defaults travel with it (`Components.defaults`).
+A base that has GLIGEN's fusers and position net is used as it is; one without gets them from the grounding source
+(`grounding`, GLIGEN's repo by default), plugged in and nothing else of that model's UNet. The base's family
+(`pacgen.bases.sd1`) says what shapes it must have, its noise schedule and defaults, and how a single file is read.
+All arrive as the same `Components`, so everything downstream (sampling, training, the app) runs one code path
+whatever the weights are. A model's own defaults travel with it (`Components.defaults`).
 """
 
 from __future__ import annotations
@@ -17,15 +21,23 @@ from typing import Callable
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from huggingface_hub import snapshot_download
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import httpx as hub_httpx
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .defaults import DEFAULTS_FILE, SD14_DEFAULTS, ModelDefaults, read_defaults
+from .bases import sd1
+from .bases.sd1 import SCHEDULER_CONFIG as SD_SCHEDULER_CONFIG
+from .bases.sd1 import ZERO_SNR_SCHEDULER_CONFIG, scheduler_class_name  # noqa: F401  (where callers look)
+from .defaults import DEFAULTS_FILE, ModelDefaults, read_defaults
 from .errors import PACGenError
+from .grounding import gligen
 
-DEFAULT_MODEL = "masterful/gligen-1-4-generation-text-box"
+DEFAULT_MODEL = gligen.REPO
+DEFAULT_GROUNDING = gligen.REPO  # where a base without adapters gets them
 EMBEDDED_MODEL = "mini"
+SINGLE_FILE_SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)
@@ -80,40 +92,14 @@ def assets_dir() -> Path:
 
 MINI_DIR = assets_dir() / EMBEDDED_MODEL
 
-# SD-1.x noise schedule, shared by every scheduler we build.
-SD_SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "skip_prk_steps": True,
-}
-
-
-# For a model trained from scratch (mini's trainer, `--zero-snr`): the schedule ends in pure noise, so the start of
-# sampling holds no layout that the UNet could learn to read instead of its boxes, and v-prediction keeps that
-# last step well-posed (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed").
-ZERO_SNR_SCHEDULER_CONFIG = {
-    **SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
-    "timestep_spacing": "trailing",
-}
-
-
-def scheduler_class_name(config: dict) -> str:
-    """PNDM, as SD-1.4 ships; DDIM for a zero-SNR schedule, which PNDM cannot rescale."""
-    return "DDIMScheduler" if config.get("rescale_betas_zero_snr") else "PNDMScheduler"
-
-
 class ModelLoadError(PACGenError):
     """The base model could not be loaded; the message says which and what to do instead."""
 
 
 @dataclass
 class Components:
-    """The pieces of a GLIGEN model, plus where they came from and a fingerprint to tie concepts to them."""
+    """The pieces of a grounded model, plus where the base and its adapters came from and a fingerprint to tie
+    concepts to them."""
 
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
@@ -122,12 +108,24 @@ class Components:
     scheduler_config: dict
     model_id: str
     fingerprint: str = field(default="")
-    defaults: ModelDefaults = field(default_factory=lambda: replace(SD14_DEFAULTS))  # what this model asks for
+    defaults: ModelDefaults = field(default_factory=lambda: replace(sd1.DEFAULTS))  # what this model asks for
     folder: Path | None = None  # where it was loaded from, when a local folder (files that travel with a model)
+    adapters: str = ""  # where the grounding adapters came from; empty: the base's own
+    notices: list[str] = field(default_factory=list)  # what a user should know about how it was assembled
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
             self.fingerprint = fingerprint(self.unet, self.text_encoder)
+
+    @property
+    def adapter_source(self) -> str:
+        """Where the grounding adapters came from: the base itself, or the grounding source plugged into it."""
+        return self.adapters or self.model_id
+
+    def describe(self) -> str:
+        """The base and its adapters in words: `base` + `GLIGEN adapters from source`."""
+        own = "its own" if not self.adapters else f"from {self.adapters}"
+        return f"{self.model_id} + {gligen.NAME} adapters {own}"
 
     @property
     def vae_scale_factor(self) -> int:
@@ -208,14 +206,16 @@ def _is_local(source: str) -> bool:
     return os.path.isdir(source)
 
 
-def download_pinned(pin: HubPin) -> Path:
-    """The pinned files in the local Hub cache, fetched where missing; the folder they sit in.
+def download_pinned(pin: HubPin, parts: tuple[str, ...] | None = None) -> Path:
+    """The pinned files in the local Hub cache (those under `parts`, e.g. ("unet", "tokenizer"), or all), fetched
+    where missing; the folder they sit in.
 
     huggingface_hub keeps a partial download as `*.incomplete` and resumes it on the next call (and retries a
     dropped connection a few times itself), so the one thing to tell a user whose link failed is to run again.
     """
+    files = [f for f in pin.files if parts is None or f.split("/")[0] in parts]
     try:
-        return Path(snapshot_download(pin.repo_id, revision=pin.revision, allow_patterns=list(pin.files)))
+        return Path(snapshot_download(pin.repo_id, revision=pin.revision, allow_patterns=files))
     except (OSError, hub_httpx.TransportError) as error:  # HfHubHTTPError, offline, size check, dropped link
         raise ModelLoadError(_download_advice(pin, error)) from error
 
@@ -234,8 +234,24 @@ def _download_advice(pin: HubPin, error: Exception) -> str:
             "(--model /path/to/folder) or use the embedded model: --model mini (the offline default).")
 
 
+@dataclass
+class Adapters:
+    """A grounding source's adapter weights and what a base must be to take them.
+
+    `configs`: the folder whose component configs a single-file base is read with (the shipped SD-1.x configs for
+    a Hub source, so reading a file fetches nothing; a local source's own); `folder`: its files (tokenizer, VAE)."""
+
+    source: str
+    unet_config: dict
+    weights: dict[str, torch.Tensor]
+    family: str  # in words, what a base must be: "SD-1.x", or shaped like a stand-in model's UNet
+    folder: Path | None = None
+    configs: Path | None = None
+    variant: str | None = None
+
+
 def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
-    """Load a diffusers-format GLIGEN model from a folder or the Hub, preferring safetensors and fp16 files."""
+    """Load a diffusers-format model from a folder or the Hub, preferring safetensors and fp16 files."""
     pin = HUB_PINS.get(source)
     if pin is not None:
         return _load_folder(download_pinned(pin), dtype, [pin.variant], model_id=source, own_files=False,
@@ -250,7 +266,7 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> Components:
 def _load_folder(source: str | Path, dtype: torch.dtype, variants: list[str | None], model_id: str,
                  own_files: bool, use_safetensors: bool | None = None) -> Components:
     """Load from a folder or unpinned Hub id; `own_files`: a user's model folder, whose scheduler and pacgen.json
-    travel with it (a pinned Hub download uses SD-1.4's). `use_safetensors`: which weight files to read (None:
+    travel with it (a pinned Hub download uses its family's). `use_safetensors`: which weight files to read (None:
     safetensors where present, as diffusers and transformers choose)."""
     source = str(source)
     local = _is_local(source)
@@ -273,20 +289,145 @@ def _load_folder(source: str | Path, dtype: torch.dtype, variants: list[str | No
             "Without network access, pass a local diffusers folder (--model /path/to/folder), "
             "or use the embedded model: --model mini (the offline default)."
         ) from last_error
-    if getattr(unet, "position_net", None) is None:
-        raise ModelLoadError(f"'{model_id}' is not a GLIGEN model: its UNet has no grounding adapters.")
-    scheduler_config = SD_SCHEDULER_CONFIG
-    scheduler_file = Path(source) / "scheduler" / "scheduler_config.json"
-    if own_files and scheduler_file.is_file():
-        scheduler_config = {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
-    defaults = replace(SD14_DEFAULTS)
+    scheduler_config = _scheduler_config(Path(source)) if own_files else dict(SD_SCHEDULER_CONFIG)
+    defaults = replace(sd1.DEFAULTS)
     if own_files:
-        try:
-            defaults = read_defaults(Path(source))
-        except PACGenError as error:
-            raise ModelLoadError(str(error)) from None
-    return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), dict(scheduler_config), model_id,
+        defaults = _folder_defaults(Path(source))
+    return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(), scheduler_config, model_id,
                       defaults=defaults, folder=Path(source).resolve() if own_files else None)
+
+
+def _scheduler_config(folder: Path) -> dict:
+    """A model folder's own noise schedule, or its family's where it has none."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return dict(SD_SCHEDULER_CONFIG)
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+def _folder_defaults(folder: Path) -> ModelDefaults:
+    try:
+        return read_defaults(folder, sd1.DEFAULTS)
+    except PACGenError as error:
+        raise ModelLoadError(str(error)) from None
+
+
+def is_single_file(source: str) -> bool:
+    return source.lower().endswith(SINGLE_FILE_SUFFIX) and not os.path.isdir(source)
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file; a one-line ModelLoadError for a missing, truncated or corrupt one."""
+    if not path.is_file():
+        raise ModelLoadError(f"'{path}' does not exist: pass an existing .safetensors file, a model folder or a Hub id.")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"'{path.name}' is not a readable .safetensors file (truncated or corrupt?): "
+                             f"{_first_line(error)}") from None
+    if not state:
+        raise ModelLoadError(f"'{path.name}' holds no weights.")
+    return state
+
+
+def _load_single_file(source: str, dtype: torch.dtype, adapters: Adapters) -> Components:  # dtype: of a VAE read apart
+    """An A1111/Civitai single-file SD-1.x checkpoint, read with diffusers' single-file converters into components
+    configured as its adapters' family; tokenizer (and a VAE, when the file has none) from the grounding source."""
+    path = Path(source)
+    state = _read_weights_file(path)
+    if adapters.configs is None or adapters.folder is None:
+        raise ModelLoadError(f"a single-file base needs adapters from a model folder or Hub repo (for its tokenizer "
+                             f"and component configs); '{adapters.source}' is neither.")
+    try:
+        sd1.check_single_file(state, f"'{path.name}'")
+        unet, text_encoder, vae = sd1.load_single_file(state, adapters.configs)
+    except (ValueError, KeyError, RuntimeError, OSError) as error:  # shapes or keys of another family
+        raise ModelLoadError(f"'{path.name}' is not a single-file checkpoint the adapters of '{adapters.source}' "
+                             f"fit ({adapters.family}): "
+                             f"{_first_line(error)}") from None
+    notices = []
+    if vae is None:
+        vae = AutoencoderKL.from_pretrained(str(adapters.folder), subfolder="vae", variant=adapters.variant,
+                                            torch_dtype=dtype)
+        notices.append(f"{path.name} has no VAE of its own: using the VAE of {adapters.source}.")
+    tokenizer = CLIPTokenizer.from_pretrained(str(adapters.folder), subfolder="tokenizer")
+    own = adapters.configs != sd1.CONFIGS  # a stand-in family's folder: its schedule and defaults too
+    return Components(vae.eval(), text_encoder.eval(), tokenizer, unet.eval(),
+                      _scheduler_config(adapters.configs) if own else dict(SD_SCHEDULER_CONFIG), source,
+                      defaults=_folder_defaults(adapters.configs) if own else replace(sd1.DEFAULTS), notices=notices)
+
+
+_UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+
+
+def load_adapters(source: str = DEFAULT_GROUNDING) -> Adapters:
+    """The grounding adapters (fusers and position net) of a GLIGEN model: a registered name, `mini`, a local
+    diffusers folder or a Hub repo (the pinned default downloads only its UNet, VAE and tokenizer files)."""
+    if source in _BUILDERS:
+        unet = _BUILDERS[source]().unet
+        weights = {k: v for k, v in unet.state_dict().items() if gligen.is_adapter_key(k)}
+        return Adapters(source, dict(unet.config), weights, _family(dict(unet.config), source))
+    pin = HUB_PINS.get(source)
+    if source == EMBEDDED_MODEL:
+        folder = MINI_DIR
+    elif _is_local(source):
+        folder = Path(source)
+    elif pin is not None:
+        folder = download_pinned(pin, ("unet", "vae", "tokenizer"))
+    else:
+        try:
+            folder = Path(snapshot_download(source, allow_patterns=["unet/*", "vae/*", "tokenizer/*"]))
+        except (OSError, hub_httpx.TransportError) as error:
+            raise ModelLoadError(f"Could not fetch the grounding adapters from '{source}': {_first_line(error)}") \
+                from None
+    config_file = folder / "unet" / "config.json"
+    weights_file = next((folder / "unet" / name for name in _UNET_WEIGHTS if (folder / "unet" / name).is_file()), None)
+    if not config_file.is_file() or weights_file is None:
+        raise ModelLoadError(f"'{source}' has no UNet in diffusers' safetensors format (unet/config.json and "
+                             f"unet/{_UNET_WEIGHTS[0]}) to take grounding adapters from.")
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            weights = {k: handle.get_tensor(k) for k in handle.keys() if gligen.is_adapter_key(k)}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"'{weights_file}' is not a readable .safetensors file: {_first_line(error)}") from None
+    if not weights:
+        raise ModelLoadError(f"'{source}' is not a {gligen.NAME} model: its UNet has no grounding adapters "
+                             "(fusers and position net) to plug into a base.")
+    config = json.loads(config_file.read_text())
+    hub = pin is not None or not (source == EMBEDDED_MODEL or _is_local(source))
+    return Adapters(source, config, weights, _family(config, source), folder,
+                    configs=sd1.CONFIGS if hub else folder, variant=pin.variant if pin else None)
+
+
+def _family(unet_config: dict, source: str) -> str:
+    """What a base must be to take adapters trained with this UNet: SD-1.x, or a stand-in's own shapes."""
+    try:
+        sd1.check_unet_fits(unet_config, sd1.read_config(sd1.CONFIGS, "unet"), source, sd1.NAME)
+        return sd1.NAME
+    except sd1.BaseFitError:
+        return f"shaped like the UNet of '{source}'"
+
+
+def _assemble(base: Components, grounding: str | None, adapters: Adapters | None = None) -> Components:
+    """The one place a base and its grounding adapters become a model: a base with its own adapters is used as it
+    is; one without gets them from `grounding` (default: GLIGEN's repo; `adapters`: already loaded from there) after
+    its UNet's shapes are checked, and its fingerprint is then the grounded model's."""
+    if gligen.has_adapters(base.unet):
+        if grounding and grounding != base.model_id:
+            base.notices.append(f"{base.model_id} has its own {gligen.NAME} adapters: the grounding source "
+                                f"{grounding} is not used.")
+        return base
+    adapters = adapters or load_adapters(grounding or DEFAULT_GROUNDING)
+    return replace(base, unet=_plug(base, adapters), fingerprint="", adapters=adapters.source)
+
+
+def _plug(base: Components, adapters: Adapters) -> UNet2DConditionModel:
+    try:
+        sd1.check_unet_fits(dict(base.unet.config), adapters.unet_config, base.model_id, adapters.family)
+        return gligen.plug(base.unet, adapters.weights)
+    except (sd1.BaseFitError, gligen.AdapterFitError) as error:
+        raise ModelLoadError(f"{gligen.NAME} adapters from '{adapters.source}' do not fit '{base.model_id}': "
+                             f"{error}") from None
 
 
 def _first_line(error: Exception | None) -> str:
@@ -308,10 +449,12 @@ def model_names() -> list[str]:
 
 
 def load_components(
-    source: str = DEFAULT_MODEL, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    source: str = DEFAULT_MODEL, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+    grounding: str | None = None,
 ) -> Components:
-    """Load a registered model (`tiny`), `mini`, a local diffusers folder or a Hub repo id, on a sensible device
-    and dtype."""
+    """Load a registered model (`tiny`), `mini`, a local diffusers folder, a Hub repo id or one single-file SD-1.x
+    checkpoint (`.safetensors`), with grounding adapters from `grounding` where the base has none of its own
+    (default: GLIGEN's repo), on a sensible device and dtype."""
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     if source in _BUILDERS:
@@ -320,10 +463,14 @@ def load_components(
         if not (MINI_DIR / "unet").is_dir():
             raise ModelLoadError(f"The embedded model is missing (looked in {MINI_DIR}); reinstall PACGen Studio "
                                  "or pass a model folder.")
-        components = _load_pretrained(str(MINI_DIR), torch.float32)
-        components.model_id = EMBEDDED_MODEL
+        base = _load_pretrained(str(MINI_DIR), torch.float32)
+        base.model_id = EMBEDDED_MODEL
+        components = _assemble(base, grounding)
+    elif is_single_file(source):
+        adapters = load_adapters(grounding or DEFAULT_GROUNDING)
+        components = _assemble(_load_single_file(source, dtype, adapters), adapters.source, adapters)
     else:
-        components = _load_pretrained(source, dtype)
+        components = _assemble(_load_pretrained(source, dtype), grounding)
     for module in (components.vae, components.text_encoder, components.unet):
         if module.dtype != dtype:  # skip a no-op cast: diffusers warns on every `.to(dtype)`
             module.to(dtype=dtype)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from inspect import signature
 from pathlib import Path
@@ -30,13 +30,15 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from . import lora
+from . import lora, methods
 from .concepts import Concept, ConceptError
 from .finite import RowWatch, check_decoded
+from .grounding import gligen
 from .layout import (
-    CONCEPT_REF, MAX_BOXES, Box, LayoutError, boxed_concepts, check_boxes, clamp_box, concept_refs, expand_prompt,
+    CONCEPT_REF, Box, LayoutError, boxed_concepts, check_boxes, clamp_box, concept_refs, expand_prompt,
     region_masks, with_concept_refs, without_phrases,
 )
+from .methods import TrainableWeights
 from .models import DEFAULT_MODEL, Components, load_components
 from .photos import PhotoSource
 from .scene import BLEND, INPAINT, SceneGuide, check_scene_boxes, composite, latent_mask, load_scene, scene_mask
@@ -91,14 +93,6 @@ def blend(base: torch.Tensor, concepts: list[torch.Tensor], masks: torch.Tensor)
 
 
 @dataclass
-class TrainableWeights:
-    """What a training optimises, and how to write what it learnt as the concept's LoRA file."""
-
-    params: list[torch.nn.Parameter]
-    save: Callable[[Path], float]  # writes the LoRA file; returns the share of the change it leaves out
-
-
-@dataclass
 class _Plan:
     """What one request needs beyond its settings: the concepts it uses and whether it samples regionally."""
 
@@ -115,105 +109,75 @@ class PACGenPipeline:
     def __init__(self, components: Components):
         self.components = components
         self.concepts: dict[str, Concept] = {}
+        self.transplanted: dict[str, str] = {}  # concept name -> the notice that it was trained on another base
         self.image_processor = VaeImageProcessor(vae_scale_factor=components.vae_scale_factor)
 
     @classmethod
     def from_pretrained(
-        cls, source: str = DEFAULT_MODEL, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls, source: str = DEFAULT_MODEL, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+        grounding: str | None = None,
     ) -> PACGenPipeline:
-        return cls(load_components(source, device, dtype))
+        """A base (`source`) with grounding adapters from `grounding` where it has none (`models.load_components`)."""
+        return cls(load_components(source, device, dtype, grounding))
 
     # ----------------------------------------------------------------------------------- concepts
 
     def load_concept(self, source: Concept | str | Path) -> Concept:
-        """Attach a concept's LoRA under its own adapter name, in the model's dtype; refuse one trained on another
-        base model or whose weights do not fit this UNet. Loading a name again replaces the earlier weights."""
+        """Attach a concept's LoRA under its own adapter name, in the model's dtype; refuse one whose weights do not
+        fit this UNet. One trained on another base whose shapes fit loads with a notice (`transplanted`, and in the
+        warnings of every generation that uses it): LoRAs commonly carry over between finetunes of one base.
+        Loading a name again replaces the earlier weights."""
         concept = source if isinstance(source, Concept) else Concept.load(Path(source).expanduser())
         own = self.components
-        if concept.base_fingerprint != own.fingerprint:
+        state = lora.read_lora_file(concept.lora_path)
+        other_base = concept.base_fingerprint != own.fingerprint
+        try:
+            lora.check_lora_fits(own.unet, state)  # a clear refusal, before anything half-loads onto the UNet
+        except lora.LoraFileError as error:
+            if not other_base:
+                raise
             raise ConceptError(
                 f"concept '{concept.name}' was trained on '{concept.base_model}' (fingerprint "
-                f"{concept.base_fingerprint}), not on the loaded model '{own.model_id}' ({own.fingerprint}); "
-                "retrain it on this model"
-            )
-        state = lora.read_lora_file(concept.lora_path)
-        lora.check_lora_fits(own.unet, state)  # a clear refusal, before anything half-loads onto the UNet
+                f"{concept.base_fingerprint}), whose shapes differ from the loaded model '{own.model_id}' "
+                f"({own.fingerprint}): {error}; retrain it on this model"
+            ) from None
         state = {k: v.to(own.dtype) for k, v in state.items()}
         if concept.name in self.concepts:
             self.unload_concept(concept.name)
         lora.load_adapter(own.unet, state, concept.adapter_name)
         self.concepts[concept.name] = concept
+        if other_base:
+            self.transplanted[concept.name] = (f"concept '{concept.name}' was trained on {concept.base_model}, used "
+                                               f"on {own.model_id}: its look may differ")
         return concept
 
     def unload_concept(self, name: str) -> None:
         if name not in self.concepts:
             raise ConceptError(f"concept '{name}' is not loaded")
         concept = self.concepts.pop(name)
+        self.transplanted.pop(name, None)
         lora.delete_adapter(self.components.unet, concept.adapter_name)
 
-    @contextmanager
-    def training(self, concept: Concept, method: str, rank: int, alpha: float, seed: int) -> Iterator[TrainableWeights]:
-        """The weights a training method changes for `concept`, trainable, and a way to save what they learnt.
-
-        `lora`/`lora-all`: a fresh LoRA (its random start follows `seed`), active alone. `full`: the UNet's own
-        weight matrices and kernels, with every adapter off; on exit they are restored bit for bit. Either way the
-        saved file is a LoRA, which training then attaches with `load_concept`, so a concept just trained runs as
-        a reloaded one does. GLIGEN's fusers and position net are never among the weights.
-        """
-        unet = self.components.unet
-        if method == "full":
-            yield from self._finetuning(rank)
-            return
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            lora.add_adapter(unet, concept.adapter_name, rank, alpha, method)
-
-        def save(folder: Path) -> float:
-            lora.save_adapter(unet, concept.adapter_name, folder)
-            return 0.0  # a LoRA is stored as it was trained
-
-        try:
-            params = lora.trainable_parameters(unet, concept.adapter_name)
-            lora.activate(unet, [concept.adapter_name])
-            yield TrainableWeights(params, save)
-        finally:
-            lora.delete_adapter(unet, concept.adapter_name)
-            unet.eval()
-
-    def _finetuning(self, rank: int) -> Iterator[TrainableWeights]:
-        unet = self.components.unet
-        layers = lora.method_modules(unet, "full")
-        original = lora.snapshot(layers)
-        lora.activate(unet, [])
-
-        def save(folder: Path) -> float:
-            state, dropped = lora.extract_lora(layers, original, rank)
-            lora.write_lora_file(state, folder)
-            return dropped
-
-        weights = TrainableWeights([layer.weight for layer in layers.values()], save)
-        try:
-            for param in weights.params:
-                param.requires_grad_(True)
-            yield weights
-        finally:
-            with torch.no_grad():
-                for name, layer in layers.items():
-                    layer.weight.requires_grad_(False)
-                    layer.weight.copy_(original[name])
-            unet.eval()
+    def training(self, concept: Concept, method: str, rank: int, alpha: float,
+                 seed: int) -> AbstractContextManager[TrainableWeights]:
+        """The weights a training method (`pacgen.methods`) changes for `concept`, trainable, and a way to save what
+        they learnt; on exit the UNet is as it was. The saved file is a LoRA, which training then attaches with
+        `load_concept`, so a concept just trained runs as a reloaded one does. The grounding adapters are never
+        among the weights."""
+        return methods.get(method).training(self.components.unet, concept.adapter_name, rank, alpha, seed)
 
     @contextmanager
     def previewing(self, concept: Concept, method: str) -> Iterator[str]:
         """Let a concept that is still training be drawn; yields how a prompt refers to it.
 
-        A LoRA in training is used as any concept (`<name>`, regional), and is afterwards the only active adapter
-        again, as its loop expects. A full finetune has changed the whole UNet, so it is asked for by its words.
+        As the method says: as any loaded concept (`<name>`, regional), after which its adapter is the only active
+        one again, as its loop expects; or by its words, where the method has changed the whole UNet.
         """
         unet = self.components.unet
         unet.eval()
-        if method == "full":
-            yield f"{concept.identifier} {concept.class_noun}"
+        words = methods.get(method).preview_words(concept.identifier, concept.class_noun)
+        if words is not None:
+            yield words
             return
         self.concepts[concept.name] = concept
         try:
@@ -405,6 +369,7 @@ class PACGenPipeline:
         if self.token_count(prompt) > limit:
             warnings.append(f"the prompt is {self.token_count(prompt)} tokens long; the text encoder reads only the "
                             f"first {limit}")
+        warnings += [self.transplanted[n] for n in names if n in self.transplanted]
         return _Plan(prompt, names, regional, warnings, [b.label for b in boxes if not b.concept])
 
     def _branch_prompts(self, plan: _Plan, negative_prompt: str) -> dict[str, str]:
@@ -470,7 +435,8 @@ class PACGenPipeline:
                     lora.activate(comp.unet, adapters)
                 rows = regional_rows if i < regional_steps else whole_rows
                 hidden = torch.cat([embeds[r].expand(n, -1, -1) for r in rows])
-                kwargs = {"gligen": self._gligen_kwargs(grounding, rows, n)} if i < grounded_steps else None
+                kwargs = (gligen.cross_attention_kwargs(grounding, [r == UNCOND for r in rows], n)
+                          if i < grounded_steps else None)
                 if guide is not None:
                     latents = guide.before_step(latents, scheduler, t)
                 model_in = scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
@@ -494,8 +460,7 @@ class PACGenPipeline:
     @property
     def inpainting(self) -> bool:
         """Whether the UNet is GLIGEN's inpainting one: its input carries the photo's latents and a mask as well."""
-        unet, vae = self.components.unet, self.components.vae
-        return unet.config.in_channels == 2 * vae.config.latent_channels + 1
+        return gligen.is_inpainting(self.components.unet.config, self.components.vae.config.latent_channels)
 
     @torch.no_grad()  # not inference mode: training feeds these latents to a UNet that records gradients
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
@@ -533,42 +498,21 @@ class PACGenPipeline:
         check_decoded(decoded)
         return list(self.image_processor.postprocess(decoded.float(), output_type=output_type))
 
-    def _grounding_tokens(self, boxes: list[Box], phrase_kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Boxes, phrase features and validity masks for GLIGEN's 30 grounding slots (one image's worth)."""
+    def _grounding_tokens(self, boxes: list[Box], phrase_kind: str) -> gligen.Grounding:
+        """The grounding adapter's tokens for one image: each box with its phrase (a concept's class noun, or its
+        identifier phrase under `phrase_kind="identifier"`)."""
         comp = self.components
-        dim = comp.unet.config.cross_attention_dim
-        coords = torch.zeros(MAX_BOXES, 4, device=comp.device, dtype=comp.dtype)
-        features = torch.zeros(MAX_BOXES, dim, device=comp.device, dtype=comp.dtype)
-        valid = torch.zeros(MAX_BOXES, device=comp.device, dtype=comp.dtype)
-        if boxes:
-            phrases = []
-            for box in boxes:
-                concept = self.concepts.get(box.concept) if box.concept else None
-                if concept is None:
-                    phrases.append(box.label)
-                elif phrase_kind == "identifier":
-                    phrases.append(f"{concept.identifier} {concept.class_noun}")
-                else:
-                    phrases.append(concept.class_noun)
-            coords[: len(boxes)] = torch.tensor([b.xyxy for b in boxes], dtype=comp.dtype)
-            features[: len(boxes)] = self.encode_phrases(phrases)
-            valid[: len(boxes)] = 1
-        return coords, features, valid
-
-    @staticmethod
-    def _gligen_kwargs(grounding: tuple, rows: list[str], num_images: int) -> dict[str, torch.Tensor]:
-        """Repeat one image's grounding over every row; the unconditional rows get null tokens."""
-        coords, features, valid = grounding
-        batch = len(rows) * num_images
-        masks = valid.expand(batch, -1).clone()
-        for k, row in enumerate(rows):
-            if row == UNCOND:
-                masks[k * num_images:(k + 1) * num_images] = 0
-        return {
-            "boxes": coords.expand(batch, -1, -1),
-            "positive_embeddings": features.expand(batch, -1, -1),
-            "masks": masks,
-        }
+        phrases = []
+        for box in boxes:
+            concept = self.concepts.get(box.concept) if box.concept else None
+            if concept is None:
+                phrases.append(box.label)
+            elif phrase_kind == "identifier":
+                phrases.append(f"{concept.identifier} {concept.class_noun}")
+            else:
+                phrases.append(concept.class_noun)
+        return gligen.grounding_tokens([b.xyxy for b in boxes], phrases, self.encode_phrases,
+                                       comp.unet.config.cross_attention_dim, comp.device, comp.dtype)
 
     def _concept_masks(self, boxes: list[Box], names: list[str], height: int, width: int, feather: int) -> torch.Tensor:
         """One latent mask per concept: the union of its boxes, after resolving overlaps between all boxes."""

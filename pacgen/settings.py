@@ -13,11 +13,12 @@ from typing import Any
 
 from .augment import AugmentConfig
 from .errors import PACGenError
+from .methods import METHODS
 
 UNCOND = "negative"  # the name of an unconditional row in a batch of UNet rows
 
 SCHEDULER_NAMES = ("dpm++", "ddim", "euler", "pndm")
-TRAINING_METHODS = ("lora", "lora-all", "full")  # what each trains: pacgen.lora
+TRAINING_METHODS = tuple(METHODS)  # one module each: pacgen.methods
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; image k of a batch uses seed + k
 
 

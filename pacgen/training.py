@@ -24,6 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable, Generator, Iterator
 
@@ -37,9 +38,10 @@ from .augment import Sample, augment_many, square
 from .checkpoints import SAVE_SHARE, checkpoint_dir, read_state, save_job, settings_json, write_state
 from .concepts import THUMBNAIL_FILE, Concept, ConceptError, ConceptLibrary, check_class_noun, check_name
 from .errors import PACGenError
-from .hub import model_card
+from .cards import model_card
 from .kohya import write_kohya_file
 from .layout import Box
+from . import methods
 from .lora import LORA_FILE, read_lora_file
 from .photos import PhotoSource, load_photos
 from .sampling import PACGenPipeline
@@ -60,12 +62,26 @@ class TrainingCancelled(PACGenError):
     """Training was stopped on request; nothing was saved."""
 
 
+class Phase(StrEnum):
+    """Where a training stands, as its events say. PAUSED: the call's time budget ran out (the checkpoint holds
+    everything up to the event's step, and the next call goes on from there); CANCELLED and FAILED: the app's
+    ending of a training it runs (`pacgen.app.session`)."""
+
+    CLASS_IMAGES = "class-images"
+    PREPARING = "preparing"
+    TRAINING = "training"
+    SAVING = "saving"
+    DONE = "done"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
 @dataclass
 class TrainEvent:
-    """One progress report. `phase`: class-images, preparing, training, saving, done; or paused (the call's time
-    budget ran out: the checkpoint holds everything up to `step`, and the next call goes on from there)."""
+    """One progress report, in one of the `Phase`s."""
 
-    phase: str
+    phase: Phase
     step: int
     total: int
     loss: float | None = None
@@ -142,7 +158,7 @@ def _class_images(
         if cancel.is_set():
             raise TrainingCancelled("training cancelled")
         if not budget.allows((time.perf_counter() - started) / made if made else 0.0):
-            yield TrainEvent("paused", 0, config.steps, elapsed_s=time.perf_counter() - started,
+            yield TrainEvent(Phase.PAUSED, 0, config.steps, elapsed_s=time.perf_counter() - started,
                              message=f"paused after class image {k}/{config.num_class_images}: the next call goes on")
             return
         result = pipe(prompt, num_inference_steps=config.class_image_steps, seed=k, height=resolution, width=resolution)
@@ -151,7 +167,7 @@ def _class_images(
         temp.rename(path)  # a half-written image never enters the cache
         made += 1
         budget.units += 1
-        yield TrainEvent("class-images", k + 1, config.num_class_images, elapsed_s=time.perf_counter() - started,
+        yield TrainEvent(Phase.CLASS_IMAGES, k + 1, config.num_class_images, elapsed_s=time.perf_counter() - started,
                          message=f"class image {k + 1}/{config.num_class_images}")
     yield [Image.open(folder / f"{k:04d}.png").convert("RGB") for k in range(config.num_class_images)]
 
@@ -283,15 +299,15 @@ def train_concept(
                     class_images = item
                     continue
                 yield item
-                if item.phase == "paused":
+                if item.phase == Phase.PAUSED:
                     return
         if not budget.allows(0.0):
-            yield TrainEvent("paused", 0, config.steps, elapsed_s=time.perf_counter() - started,
+            yield TrainEvent(Phase.PAUSED, 0, config.steps, elapsed_s=time.perf_counter() - started,
                              message="paused after the class images: the next call goes on")
             return
 
         # 3. Augmented samples, latents and text embeddings, computed once per call (the same in every call).
-        yield TrainEvent("preparing", 0, config.steps, elapsed_s=time.perf_counter() - started,
+        yield TrainEvent(Phase.PREPARING, 0, config.steps, elapsed_s=time.perf_counter() - started,
                          message="encoding augmented photos")
         augment = config.augmentation()
         samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, augment, config.seed)
@@ -300,7 +316,8 @@ def train_concept(
 
         # 4. Optimise what the method trains (a fresh LoRA, or the UNet's own weights); fusers never called.
         training = {**asdict(config), "augment": asdict(augment), "resolution": resolution, "photos": len(photos)}
-        concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training)
+        concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training,
+                          adapters=comp.adapter_source)
         timed = resumed is not None and resumed["progress"]["previews"] > 0
         preview_guess = _preview_guess(pipe) if config.preview_every and not timed else 0.0  # before the adapter
         run = _Run(cancel, started, budget, checkpoint, key, resumed, preview_guess, config.checkpoint_minutes * 60,
@@ -309,15 +326,14 @@ def train_concept(
             finished = yield from _optimize(pipe, concept, weights.params, data, config, run)
             if not finished:
                 return
-            yield TrainEvent("saving", config.steps, config.steps, elapsed_s=time.perf_counter() - started,
+            yield TrainEvent(Phase.SAVING, config.steps, config.steps, elapsed_s=time.perf_counter() - started,
                              message="saving the concept")
             with library.staging() as staged:
                 dropped = weights.save(staged)
                 # The same change for A1111/Forge/ComfyUI: our file holds scale 1, the kohya copy the trained alpha.
                 write_kohya_file(read_lora_file(staged / LORA_FILE), staged,
-                                 alpha=None if config.method == "full" else config.alpha or config.rank)
-                if config.method == "full":
-                    concept.training["stored_error"] = round(dropped, 6)  # share of the change the rank leaves out
+                                 alpha=methods.get(config.method).kohya_alpha(config.rank, config.alpha))
+                concept.training.update(methods.get(config.method).saved_notes(dropped))
                 concept.duration_s = time.perf_counter() - started
                 concept.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 _write_card(staged, concept, photos, augmented=augment.zoom_out_prob + augment.zoom_in_prob > 0)
@@ -327,7 +343,7 @@ def train_concept(
 
     # 5. Attach the saved concept as any reload would: from its file, in the model's dtype.
     pipe.load_concept(saved)
-    yield TrainEvent("done", config.steps, config.steps, elapsed_s=concept.duration_s,
+    yield TrainEvent(Phase.DONE, config.steps, config.steps, elapsed_s=concept.duration_s,
                      message=f"saved '{saved.name}' ({identifier} {class_noun})", concept=saved)
 
 
@@ -538,7 +554,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
             preview_s = progress.per_preview_s(preview_guess) if _previews_at(config, step) else 0.0
             if not run.budget.allows(progress.step_s() + preview_s):
                 run.save(concept, progress, stepper, config.steps)
-                yield TrainEvent("paused", progress.step, config.steps, loss_smoothed=progress.smoothed,
+                yield TrainEvent(Phase.PAUSED, progress.step, config.steps, loss_smoothed=progress.smoothed,
                                  elapsed_s=time.perf_counter() - run.started, eta_s=progress.eta(config, preview_guess),
                                  message=f"paused after step {progress.step}/{config.steps}: the next call resumes "
                                          "from the checkpoint")
@@ -558,7 +574,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
                 progress.previews += 1
             if run.save_due():
                 run.save(concept, progress, stepper, config.steps)
-            yield TrainEvent("training", step, config.steps, value, progress.smoothed, config.learning_rate,
+            yield TrainEvent(Phase.TRAINING, step, config.steps, value, progress.smoothed, config.learning_rate,
                              time.perf_counter() - run.started, progress.eta(config, preview_guess), preview,
                              f"step {step}/{config.steps} loss {progress.smoothed:.4f}", step_s=progress.step_s())
     return True

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from pacgen import lora
 from pacgen.concepts import ConceptError
 from pacgen.kohya import KOHYA_FILE, module_name, read_kohya_file, write_kohya_file
+from pacgen.methods import method_modules
 from pacgen.models import load_components
 
 
@@ -32,7 +33,7 @@ def _predict(unet, adapter: str | None) -> torch.Tensor:
 def _trained_adapter(unet, name: str, method: str, rank: int, alpha: float) -> dict[str, torch.Tensor]:
     """A LoRA as training leaves it (random non-zero factors at scale alpha/rank), and its change at scale 1 in our
     file's naming: what a concept file holds."""
-    lora.add_adapter(unet, name, rank=rank, alpha=alpha, method=method)
+    lora.add_adapter(unet, name, rank=rank, alpha=alpha, targets=sorted(method_modules(unet, method)))
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for layer in lora.lora_layers(unet):
@@ -48,7 +49,7 @@ def _load(unet, state: dict[str, torch.Tensor], name: str) -> str:
 
 
 def test_module_names_round_trip_for_every_layer_a_concept_may_change(comp):
-    names = lora.method_modules(comp.unet, "full")
+    names = method_modules(comp.unet, "full")
     assert all(module_name(name.replace(".", "_")) == name for name in names)
 
 

@@ -9,6 +9,7 @@ from diffusers import StableDiffusionPipeline
 from pacgen import lora
 from pacgen.concepts import Concept
 from pacgen.layout import Box
+from pacgen.methods import method_modules
 from pacgen.sampling import PACGenPipeline
 from pacgen.settings import TrainSettings
 from pacgen.training import train_concept
@@ -38,7 +39,7 @@ def test_each_method_trains_saves_reloads_and_generates_without_touching_the_bas
     assert all(torch.equal(before_gligen[k], after_gligen[k]) for k in before_gligen)  # fusers, position net
     assert all(torch.equal(before_base[k], after_base[k]) for k in before_base)  # a full finetune is undone too
     touched = {key[len("unet."):].split(".lora")[0] for key in lora.read_lora_file(concept.lora_path)}
-    assert touched == set(lora.method_modules(pipe.components.unet, method))
+    assert touched == set(method_modules(pipe.components.unet, method))
     request = dict(prompt="<my star> on grass", boxes=[Box("<my star>", (0.2, 0.2, 0.7, 0.7))], num_inference_steps=3,
                    seed=1, output_type="np")
     just_trained = pipe(**request).images[0]

@@ -174,11 +174,12 @@ def test_regional_sampling_keeps_the_concept_inside_its_box(pipe, random_concept
     assert np.abs(regional - plain)[:32, :32].mean() > 0.01
 
 
-def test_concept_on_another_base_model_is_refused(pipe, random_concept):
+def test_concept_on_another_base_model_of_the_same_shapes_loads_with_a_notice(pipe, random_concept):
     concept = random_concept(pipe)
-    concept.base_fingerprint = "0123456789abcdef"
-    with pytest.raises(ConceptError, match="retrain it on this model"):
-        pipe.load_concept(concept)
+    concept.base_model, concept.base_fingerprint = "sd15-finetune", "0123456789abcdef"
+    pipe.load_concept(concept)
+    assert pipe.transplanted == {"my dog": "concept 'my dog' was trained on sd15-finetune, used on tiny: its look "
+                                           "may differ"}
 
 
 def test_unknown_concept_and_unboxed_concept_are_refused(pipe, random_concept):

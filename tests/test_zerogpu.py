@@ -182,7 +182,7 @@ def test_full_trains_in_chunks_on_a_small_model_and_is_refused_where_its_checkpo
                                            threading.Event(), **SHORT))[-1].concept
     assert len(spaces.calls) > 1 and same_lora(whole, chunked, atol=1e-6)
     assert all(torch.equal(before[k], v) for k, v in pipe.components.unet.state_dict().items())  # workers' changes
-    monkeypatch.setattr(zerogpu, "FULL_CHECKPOINT_LIMIT", zerogpu.full_checkpoint_bytes(pipe) - 1)
+    monkeypatch.setattr(zerogpu, "CHECKPOINT_LIMIT", zerogpu.checkpoint_bytes(pipe, config) - 1)
     with pytest.raises(zerogpu.ZeroGPUError, match=r"'full' method cannot train on ZeroGPU with this model.*GB\); "
                                                    "choose 'lora-all'"):
         list(zerogpu.train_in_chunks(pipe, library, library.root, photos, "my other star", "star", config,

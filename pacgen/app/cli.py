@@ -35,7 +35,10 @@ def quiet_libraries() -> None:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="mini", help="Hub repo id, local diffusers folder, 'mini' or 'tiny'")
+    parser.add_argument("--model", default="mini",
+                        help="Hub repo id, local diffusers folder, one SD-1.x .safetensors file, 'mini' or 'tiny'")
+    parser.add_argument("--grounding", default=os.environ.get("PACGEN_GROUNDING"), metavar="REPO_OR_FOLDER",
+                        help="where a base without GLIGEN adapters gets them (default: GLIGEN's SD-1.4 repo)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--data-dir", default=None, help="concept library folder (default: $PACGEN_HOME)")
 
@@ -128,7 +131,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from ..sampling import PACGenPipeline
 
     boxes = [parse_box(text) for text in args.box]
-    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
+    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device, grounding=args.grounding)
     settings = pipe.settings(**_chosen(args, SampleSettings))
     library = ConceptLibrary(args.data_dir)
     for ref in args.concept:
@@ -150,11 +153,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     concept is committed, so no folder has to exist beforehand and nothing after the commit can cost the concept."""
     from ..concepts import ConceptLibrary
     from ..sampling import PACGenPipeline
-    from ..training import train_concept
+    from ..training import Phase, train_concept
 
     library = ConceptLibrary(args.data_dir)
     images, class_noun, stopped = args.images, args.class_noun, _stopped(library, args)
-    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device)
+    pipe = PACGenPipeline.from_pretrained(args.model, device=args.device, grounding=args.grounding)
     config = pipe.components.defaults.training.override(**_chosen(args, TrainSettings)).checked()
     if stopped is not None:
         print(f"resuming {stopped}", file=sys.stderr)
@@ -171,8 +174,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     events = train_concept(pipe, images, args.name, class_noun, config, library)
     try:
         for event in events:
-            saving = saving or event.phase == "saving"
-            if event.phase in ("class-images", "training"):
+            saving = saving or event.phase == Phase.SAVING
+            if event.phase in (Phase.CLASS_IMAGES, Phase.TRAINING):
                 if event.phase not in bars:
                     close_bars()
                     bars[event.phase] = tqdm(total=event.total, desc=event.phase, unit="step")

@@ -35,7 +35,7 @@ from ..sampling import GenerationResult, PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
 from ..text import check_text, name_key
 from ..checkpoints import StoppedTraining, discard, find_stopped, stopped_trainings
-from ..training import Estimate, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
+from ..training import Estimate, Phase, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
 from .jobs import TrainingJob
 from .model_thread import ModelThread
 from .zerogpu import ZERO_GPU_RATES, chunk_runner, max_daily_quota_s, train_in_chunks
@@ -106,11 +106,11 @@ class Studio:
     """
 
     def __init__(self, model: str = "auto", data_dir: str | Path | None = None, device: str | None = None,
-                 policy: Policy | None = None, shared_dir: str | Path | None = None):
+                 policy: Policy | None = None, shared_dir: str | Path | None = None, grounding: str | None = None):
         source, self.notice = resolve_model(model)
         self.model = ModelThread()  # every torch call, loading included, runs there: off it torch runs at half speed
         try:
-            self.pipe = self.model.call(PACGenPipeline.from_pretrained, source, device=device)
+            self.pipe = self.model.call(PACGenPipeline.from_pretrained, source, device=device, grounding=grounding)
         except ModelLoadError as error:
             if model != "auto":
                 raise
@@ -171,17 +171,21 @@ class Studio:
 
             memory = f"{psutil.Process().memory_info().rss / 2**30:.1f} GiB RAM"
             name = device.type.upper()
-        return {"device": name, "model": comp.model_id, "dtype": str(comp.dtype).replace("torch.", ""),
+        return {"device": name, "model": comp.model_id, "adapters": comp.adapter_source,
+                "dtype": str(comp.dtype).replace("torch.", ""),
                 "memory": memory, "concepts": len((view or self.library_view()).usable), "size": self.size}
 
     def notices(self, view: LibraryView | None = None) -> list[str]:
         """What to expect on this machine and model; empty when running the real model on a GPU."""
         lines = [self.notice] if self.notice else []
+        lines += self.pipe.components.notices
         if self.pipe.components.device.type == "cpu":
             lines.append("Running on CPU: fine for the embedded models; the real SD-1.4 model needs a GPU.")
         if self.defaults.banner:
             lines.append(self.defaults.banner)
-        problems = (view or self.library_view()).problems
+        view = view or self.library_view()
+        lines += [self.pipe.transplanted[name] for name in sorted(view.usable) if name in self.pipe.transplanted]
+        problems = view.problems
         if problems:
             lines.append("Not usable: " + "; ".join(f"'{name}' ({why})" for name, why in problems))
         return lines
@@ -210,9 +214,7 @@ class Studio:
             view.problems += broken
             for concept in concepts:
                 refused = self._refused.get((str(concept.path), concept.version))
-                if concept.base_fingerprint != self.pipe.components.fingerprint:
-                    view.problems.append((concept.name, f"trained on another base model, {concept.base_model}"))
-                elif refused:
+                if refused:
                     view.problems.append((concept.name, refused))
                 else:
                     view.usable[concept.name] = concept
@@ -396,7 +398,7 @@ class Studio:
         timed on the idle model cannot see (on mini, 0.15 s a step with Chromium on the 2 cores against 0.11 s)."""
         step_s = None
         for event in events:
-            if event.phase == "training" and event.step_s:
+            if event.phase == Phase.TRAINING and event.step_s:
                 step_s = event.step_s
             if event.concept is not None and step_s:
                 self.trained_step_s[_speed_key(settings.checked(), self.size)] = step_s
@@ -437,7 +439,7 @@ class Studio:
                         with self.model_lock:
                             yield from self._remembering_speed(settings, self.model.stream(synced_training(cancel)))
             except TrainingCancelled:
-                yield TrainEvent("cancelled", 0, settings.steps, message="Training cancelled: nothing was saved.")
+                yield TrainEvent(Phase.CANCELLED, 0, settings.steps, message="Training cancelled: nothing was saved.")
 
         try:
             self.visitors.start_training(visitor)
@@ -477,7 +479,7 @@ class Studio:
         try:
             yield from job.follow()
         except PACGenError as error:
-            yield TrainEvent("failed", 0, 0, message=str(error))
+            yield TrainEvent(Phase.FAILED, 0, 0, message=str(error))
 
     def training_active(self) -> bool:
         job = self.jobs.get(self.visitor())

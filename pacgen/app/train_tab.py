@@ -13,6 +13,7 @@ import pandas as pd
 from ..errors import PACGenError
 from ..layout import enlarge
 from ..settings import TrainSettings, surfaced
+from ..training import Phase
 from . import views
 from .fields import UI_ONLY, component, endpoint
 from .session import Studio
@@ -113,7 +114,7 @@ def shown(events, every_s: float = UPDATE_EVERY_S) -> Iterator[tuple]:
     view, last = views.TrainView(), -math.inf
     for event in events:
         view.add(event)
-        plain_step = event.phase == "training" and event.preview is None
+        plain_step = event.phase == Phase.TRAINING and event.preview is None
         if plain_step and time.monotonic() - last < every_s:
             continue
         last = time.monotonic()

@@ -23,7 +23,7 @@ from ..errors import PACGenError
 from ..layout import Box, draw_boxes, enlarge
 from ..sampling import GenerationResult
 from ..text import name_key
-from ..training import Estimate, TrainEvent
+from ..training import Estimate, Phase, TrainEvent
 
 BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 TABLE_HEADERS = ["label", "x0", "y0", "x1", "y1"]
@@ -433,22 +433,22 @@ class TrainView:
         return "  \n".join(filter(None, [self.status, self.next_step]))
 
     def add(self, event: TrainEvent) -> None:
-        if event.phase == "class-images":
+        if event.phase == Phase.CLASS_IMAGES:
             self.status = f"Generating class images for prior preservation: {event.step}/{event.total}"
             self.progress = 0.25 * event.step / event.total
-        elif event.phase == "training":
+        elif event.phase == Phase.TRAINING:
             eta = f", about {duration(event.eta_s)} left" if event.eta_s else ""
             self.status = f"Training step {event.step}/{event.total} · loss {event.loss_smoothed:.4f}{eta}"
             self.progress = 0.25 + 0.75 * event.step / event.total
             self.losses.append((event.step, event.loss_smoothed if event.loss_smoothed is not None else event.loss))
         else:
             self.status = plain(event.message)
-        if event.phase == "cancelled":
+        if event.phase == Phase.CANCELLED:
             self.log.append(event.message)
         if event.preview is not None:
             self.previews.append(enlarge(event.preview, PREVIEW_SIDE))  # pixels as they are, not smoothed
             self.log.append(f"step {event.step}: preview at a random box")
-        if event.phase == "training" and (event.step % max(1, event.total // 10) == 0 or event.step == event.total):
+        if event.phase == Phase.TRAINING and (event.step % max(1, event.total // 10) == 0 or event.step == event.total):
             self.log.append(f"step {event.step}/{event.total} · loss {event.loss_smoothed:.4f} · "
                             f"{event.elapsed_s:.0f}s elapsed")
         if event.concept is not None:

@@ -23,14 +23,14 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .. import lora
+from .. import methods
 from ..checkpoints import checkpoint_dir
 from ..concepts import ConceptLibrary, check_name
 from ..errors import PACGenError
 from ..photos import PhotoSource
 from ..sampling import PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
-from ..training import Rates, TrainEvent, TrainingCancelled, estimate_seconds, train_concept
+from ..training import Phase, Rates, TrainEvent, TrainingCancelled, estimate_seconds, train_concept
 
 MAX_CALL_S = 300  # the most one call may declare (logged-in visitors)
 DAILY_QUOTA_S = {"anonymous": 120, "free": 210, "pro": 1500}
@@ -42,7 +42,7 @@ ZERO_GPU_RATES = Rates(sample_step_s=0.05, image_s=0.3, encode_s=0.02, train_ste
                        source="nominal for SD-1.4 on a ZeroGPU H200 slice (not measured)")
 ELSEWHERE = "duplicate this Space on a dedicated GPU, or run it locally (python app.py)"
 # What a `full` training may save between two calls (mini: 63 MiB; SD-1.4: about 10 GiB, refused).
-FULL_CHECKPOINT_LIMIT = 1 << 30
+CHECKPOINT_LIMIT = 1 << 30
 
 
 class ZeroGPUError(PACGenError):
@@ -122,9 +122,9 @@ def chunk_runner(pipe: PACGenPipeline) -> Callable[..., Iterator[TrainEvent]]:
     return chunk
 
 
-def full_checkpoint_bytes(pipe: PACGenPipeline) -> int:
-    """What a `full` training saves between calls: every trained weight as an fp32 master and AdamW's two moments."""
-    return 12 * sum(layer.weight.numel() for layer in lora.method_modules(pipe.components.unet, "full").values())
+def checkpoint_bytes(pipe: PACGenPipeline, settings: TrainSettings) -> int:
+    """What a training by these settings saves between calls (its method says: a `full` one, the whole UNet)."""
+    return methods.get(settings.method).checkpoint_bytes(pipe.components.unet, settings.rank)
 
 
 def train_in_chunks(
@@ -143,9 +143,10 @@ def train_in_chunks(
     """
     settings = settings.checked()
     name = library.check_new_name(check_name(name))
-    if settings.method == "full" and (size := full_checkpoint_bytes(pipe)) > FULL_CHECKPOINT_LIMIT:
-        raise ZeroGPUError(f"the 'full' method cannot train on ZeroGPU with this model: between calls it would save "
-                           f"the whole UNet and its optimizer state ({size / 2**30:.1f} GB); choose 'lora-all', or "
+    if (size := checkpoint_bytes(pipe, settings)) > CHECKPOINT_LIMIT:
+        raise ZeroGPUError(f"the '{settings.method}' method cannot train on ZeroGPU with this model: between calls it "
+                           f"would save its trained weights and their optimizer state ({size / 2**30:.1f} GB); "
+                           "choose 'lora-all', or "
                            f"{ELSEWHERE}")
     estimate = estimate_seconds(pipe, cache_dir, class_noun, settings, rates, photos=len(files))
     budget = call_s - margin_s
@@ -173,7 +174,7 @@ def train_in_chunks(
                     if cancel.is_set():  # the worker sees the file at its next step
                         flag.parent.mkdir(parents=True, exist_ok=True)
                         flag.touch()
-                    step = max(step, last.step if last.phase in ("training", "paused") else 0)
+                    step = max(step, last.step if last.phase in (Phase.TRAINING, Phase.PAUSED) else 0)
                     yield last
             except PACGenError:
                 raise
@@ -181,7 +182,7 @@ def train_in_chunks(
                 raise ZeroGPUError(f"a training call on the GPU stopped before its end ({type(error).__name__}); "
                                    f"the progress up to step {step} is kept: train again with the same name and "
                                    "settings to resume") from error
-            if last is not None and last.phase == "done":
+            if last is not None and last.phase == Phase.DONE:
                 return
             remaining = last.eta_s if last is not None and last.eta_s else max(remaining - chunk_budget, budget / 10)
     finally:

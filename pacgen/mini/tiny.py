@@ -10,13 +10,14 @@ from dataclasses import replace
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.models.attention import GatedSelfAttentionDense
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from pacgen.bases import sd1
 from pacgen.defaults import Example, ModelDefaults
+from pacgen.grounding import gligen
 from pacgen.layout import Box
-from pacgen.models import SD_SCHEDULER_CONFIG, Components
+from pacgen.models import Components
 from pacgen.settings import TrainSettings
 from pacgen.training import IDENTIFIER_CANDIDATES
 
@@ -95,15 +96,6 @@ def toy_text_encoder(tokenizer: CLIPTokenizer, hidden: int, layers: int, heads: 
     return CLIPTextModel(config)
 
 
-def open_gates(unet: UNet2DConditionModel, value: float = 1.0) -> None:
-    """diffusers initialises GLIGEN gates at 0, which makes fresh fusers inert and untrainable."""
-    with torch.no_grad():
-        for module in unet.modules():
-            if isinstance(module, GatedSelfAttentionDense):
-                module.alpha_attn.fill_(value)
-                module.alpha_dense.fill_(value)
-
-
 def build_tiny(seed: int = 0, in_channels: int = 4) -> Components:
     """Random weights from a fixed seed, identical in every process. `in_channels=9` gives a UNet shaped like GLIGEN's
     inpainting one (noisy latents, the photo's masked latents, the mask)."""
@@ -131,8 +123,8 @@ def build_tiny(seed: int = 0, in_channels: int = 4) -> Components:
             cross_attention_dim=32,
             attention_head_dim=4,
             norm_num_groups=8,
-            attention_type="gated",
+            attention_type=gligen.ATTENTION_TYPE,
         )
-        open_gates(unet)
-    return Components(vae, text_encoder.eval(), tokenizer, unet.eval(), dict(SD_SCHEDULER_CONFIG), "tiny",
+        gligen.set_gates(unet, 1.0)  # fresh fusers have closed gates
+    return Components(vae, text_encoder.eval(), tokenizer, unet.eval(), dict(sd1.SCHEDULER_CONFIG), "tiny",
                       defaults=replace(TINY_DEFAULTS))

@@ -36,11 +36,12 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from pacgen.layout import MAX_BOXES
+from pacgen.grounding.gligen import ATTENTION_TYPE, MAX_BOXES, set_gates
+from pacgen.bases import sd1
 from pacgen.defaults import ModelDefaults, read_defaults
-from pacgen.mini.tiny import build_toy_tokenizer, open_gates, toy_text_encoder
+from pacgen.mini.tiny import build_toy_tokenizer, toy_text_encoder
 from pacgen.mini.world import caption, sample_scene
-from pacgen.models import MINI_DIR, SD_SCHEDULER_CONFIG, ZERO_SNR_SCHEDULER_CONFIG, Components, ModelLoadError, load_components
+from pacgen.models import MINI_DIR, Components, ModelLoadError, load_components
 from pacgen.training import training_target
 
 KL_WEIGHT = 1e-6  # just enough to keep latents bounded; the VAE is a near-autoencoder as in SD
@@ -204,9 +205,9 @@ def build_models(cfg: Config, tokenizer: CLIPTokenizer) -> tuple[AutoencoderKL, 
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 3, 4),  # diffusers' name for the head count: 32 channels per head
-        cross_attention_dim=cfg.text_hidden, norm_num_groups=16, attention_type="gated",
+        cross_attention_dim=cfg.text_hidden, norm_num_groups=16, attention_type=ATTENTION_TYPE,
     )
-    open_gates(unet, 1.0)  # closed gates pass no gradient into freshly initialised fusers
+    set_gates(unet, 1.0)  # closed gates pass no gradient into freshly initialised fusers
     return vae, text_encoder, unet
 
 
@@ -356,7 +357,7 @@ def encode_scenes(vae: AutoencoderKL, images: torch.Tensor, device: torch.device
 
 def scheduler_config(cfg: Config) -> dict:
     """The schedule the UNet stages train for; the saved model samples with the same one."""
-    return dict(ZERO_SNR_SCHEDULER_CONFIG if cfg.zero_snr else SD_SCHEDULER_CONFIG)
+    return dict(sd1.ZERO_SNR_SCHEDULER_CONFIG if cfg.zero_snr else sd1.SCHEDULER_CONFIG)
 
 
 def unet_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, data: dict, latents: torch.Tensor,
@@ -464,7 +465,7 @@ def model_defaults(cfg: Config) -> ModelDefaults:
     """What the new model asks for (pacgen.json): the --init model's, else the shipped mini's, whose boxes steer
     every step, as this trainer teaches them to (docs/mini_study.md)."""
     source = cfg.init or MINI_DIR
-    return read_defaults(source) if source.is_dir() else ModelDefaults()
+    return read_defaults(source, sd1.DEFAULTS) if source.is_dir() else ModelDefaults()
 
 
 def log(message: str) -> None:

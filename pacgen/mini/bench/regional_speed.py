@@ -36,10 +36,13 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.profiler import ProfilerActivity, profile
 
+from pacgen.bases import sd1
+from pacgen.grounding import gligen
+from pacgen.grounding.gligen import set_gates
 from pacgen.layout import Box
 from pacgen.mini.stand_ins import write_random_concept
-from pacgen.mini.tiny import build_toy_tokenizer, open_gates, toy_text_encoder
-from pacgen.models import SD_SCHEDULER_CONFIG, Components
+from pacgen.mini.tiny import build_toy_tokenizer, toy_text_encoder
+from pacgen.models import Components
 from pacgen.sampling import PACGenPipeline
 from pacgen.training import IDENTIFIER_CANDIDATES
 
@@ -54,26 +57,13 @@ def build_sd14_random() -> Components:
     torch.manual_seed(0)
     tokenizer = build_toy_tokenizer()
     text_encoder = toy_text_encoder(tokenizer, hidden=768, layers=12, heads=12)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    unet = UNet2DConditionModel(  # diffusers' defaults are SD-1.x's block types
-        sample_size=64,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        attention_type="gated",
-    )
-    open_gates(unet)
+    vae = AutoencoderKL.from_config(sd1.read_config(sd1.CONFIGS, "vae"))  # SD-1.x's shapes, as the package ships them
+    unet = UNet2DConditionModel.from_config({**sd1.read_config(sd1.CONFIGS, "unet"),
+                                             "attention_type": gligen.ATTENTION_TYPE})
+    set_gates(unet, 1.0)
     for module in (vae, text_encoder, unet):
         module.eval().requires_grad_(False)
-    return Components(vae, text_encoder, tokenizer, unet, dict(SD_SCHEDULER_CONFIG), "sd14-random")
+    return Components(vae, text_encoder, tokenizer, unet, dict(sd1.SCHEDULER_CONFIG), "sd14-random")
 
 
 def load(model: str) -> PACGenPipeline:

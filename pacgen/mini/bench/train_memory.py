@@ -5,7 +5,7 @@
 How it measures. Each configuration (image size, gradient checkpointing on or off) runs in its own
 subprocess, one after the other, so that at most one ~15 GiB process is alive at a time. The child builds
 the SD-1.4-sized GLIGEN UNet of `regional_speed.build_sd14_random` (random weights, fp32, CPU), makes the
-`full` layers trainable (`pacgen.lora.method_modules(unet, "full")`: every weight matrix and conv kernel,
+`full` layers trainable (`pacgen.methods.method_modules(unet, "full")`: every weight matrix and conv kernel,
 never GLIGEN's fusers or position net, no biases or norm weights), and trains them as `pacgen.training`
 does in fp32 (where the weights are their own masters): `_optimizer` (torch AdamW), the masked loss on one
 instance row plus the prior loss on one class row (batch 2), random (2, 77, 768) text embeddings, no GLIGEN
@@ -71,9 +71,10 @@ def measure(size: int, checkpointing: bool) -> dict:
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
-    from pacgen.lora import FROZEN_MODULES, method_modules
+    from pacgen.grounding.gligen import is_adapter_key
+    from pacgen.methods import method_modules
     from pacgen.mini.bench.regional_speed import build_sd14_random
-    from pacgen.models import SD_SCHEDULER_CONFIG
+    from pacgen.bases import sd1
     from pacgen.settings import TrainSettings
     from pacgen.training import _optimizer, masked_mse
 
@@ -92,7 +93,7 @@ def measure(size: int, checkpointing: bool) -> dict:
     latents = torch.randn(2, 4, side, side)  # row 0: an instance image, row 1: a class image
     text = torch.randn(2, 77, 768)
     mask = torch.ones(1, 1, side, side)
-    scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
+    scheduler = DDPMScheduler.from_config(sd1.SCHEDULER_CONFIG)
     optimizer = _optimizer(params, TrainSettings(method="full"))  # fp32 here: the weights are their own masters
     if checkpointing:
         unet.enable_gradient_checkpointing()
@@ -123,8 +124,8 @@ def measure(size: int, checkpointing: bool) -> dict:
         "size": size, "latent": side, "checkpointing": checkpointing, "threads": torch.get_num_threads(),
         "unet_params": sum(p.numel() for p in named.values()),
         "trained_params": sum(p.numel() for p in params),
-        "gligen_params": sum(p.numel() for n, p in named.items() if FROZEN_MODULES.fullmatch(n)),
-        "gligen_trained": sum(p.numel() for n, p in named.items() if FROZEN_MODULES.fullmatch(n) and p.requires_grad),
+        "gligen_params": sum(p.numel() for n, p in named.items() if is_adapter_key(n)),
+        "gligen_trained": sum(p.numel() for n, p in named.items() if is_adapter_key(n) and p.requires_grad),
         "linear_layers": sum(isinstance(layer, torch.nn.Linear) for layer in layers.values()),
         "conv_layers": sum(isinstance(layer, torch.nn.Conv2d) for layer in layers.values()),
         "vae_params": vae_params,
