@@ -31,6 +31,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_kohya
 from safetensors.torch import save_file
 
+from .disk import writing_weights
 from .lora import FROZEN_MODULES, LoraFileError, load_weights, method_modules
 
 KOHYA_FILE = "kohya_lora.safetensors"
@@ -78,8 +79,9 @@ def write_kohya_file(state: dict[str, torch.Tensor], folder: str | Path, alpha: 
     metadata = {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1",
                 "ss_network_dim": str(ranks[-1]), "ss_network_alpha": str(shown_alpha)}
     path = Path(folder) / file_name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(path), metadata=metadata)
+    with writing_weights(path.parent, sum(v.numel() * v.element_size() for v in out.values())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(out, str(path), metadata=metadata)
     return path
 
 
