@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from .cards import model_card
+from .disk import DiskFullError, StorageError, full_message, is_full, os_error_message
 from .errors import PACGenError
 from .kohya import KOHYA_FILE, read_kohya_file, write_kohya_file
 from .lora import LORA_FILE, LoraFileError, check_lora_header, read_lora_file, write_lora_file
@@ -368,11 +369,23 @@ class ConceptLibrary:
     @contextmanager
     def staging(self) -> Iterator[Path]:
         """A private temporary folder, named for this process; it is always removed, whether the work succeeds
-        or not (and by the next library opened, should the process be killed)."""
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f"concept-{os.getpid()}-", dir=self.staging_dir))
+        or not (and by the next library opened, should the process be killed).
+
+        A data folder that cannot be made, or a disk that fills up meanwhile, is a one-line StorageError naming the
+        data folder (and for a full disk, DiskFullError: the room left and about what the concept needs)."""
+        try:
+            self.staging_dir.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=f"concept-{os.getpid()}-", dir=self.staging_dir))
+        except OSError as error:
+            raise (DiskFullError if is_full(error) else StorageError)(os_error_message(error, self.root)) from None
         try:
             yield folder
+        except (OSError, DiskFullError) as error:
+            if not is_full(error):
+                raise
+            written = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            needed = getattr(error, "needed_bytes", 0) or written + 2**20  # from the weights' writer, else a guess
+            raise DiskFullError(full_message(self.root, needed), needed) from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

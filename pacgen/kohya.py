@@ -32,6 +32,7 @@ from diffusers.utils import convert_state_dict_to_kohya
 from safetensors.torch import save_file
 
 from .bases import sd1
+from .disk import writing_weights
 from .grounding.gligen import is_adapter_key
 from .lora import LoraFileError, load_weights
 from .methods import ALL_LAYERS
@@ -76,8 +77,9 @@ def write_kohya_file(state: dict[str, torch.Tensor], folder: str | Path, alpha: 
     metadata = {"ss_network_module": "networks.lora", "ss_base_model_version": sd1.KOHYA_VERSION,
                 "ss_network_dim": str(ranks[-1]), "ss_network_alpha": str(shown_alpha)}
     path = Path(folder) / file_name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(path), metadata=metadata)
+    with writing_weights(path.parent, sum(v.numel() * v.element_size() for v in out.values())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(out, str(path), metadata=metadata)
     return path
 
 

@@ -22,6 +22,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from .disk import writing_weights
 from .errors import PACGenError
 from .grounding.gligen import is_adapter_key
 
@@ -109,7 +110,8 @@ def write_lora_file(state: dict[str, torch.Tensor], folder: str | Path) -> Path:
     state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise LoraFileError(DIVERGED)
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=state, weight_name=LORA_FILE)
+    with writing_weights(Path(folder), sum(v.numel() * v.element_size() for v in state.values())):
+        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=state, weight_name=LORA_FILE)
     return Path(folder) / LORA_FILE
 
 

@@ -1,8 +1,8 @@
 """Command line: `python -m pacgen generate ...` and `python -m pacgen train ...`.
 
 Setting flags are made from the settings dataclasses (`--num-inference-steps` is `num_inference_steps`), and
-a flag left out keeps the loaded model's default. Bad input exits with status 2 and one line on stderr;
-everything else is a real failure.
+a flag left out keeps the loaded model's default. Bad input exits with status 2 and one line on stderr; a full
+disk or a data folder that cannot be made exits with status 1 and one line; everything else is a real failure.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ hide_torchvision_fallback_notice()  # before the imports below bring in diffuser
 
 import pacgen.mini  # noqa: E402,F401  (registers the `tiny` test model for --model tiny)
 
+from ..disk import StorageError, os_error_message  # noqa: E402
 from ..errors import PACGenError  # noqa: E402
 from ..settings import SampleSettings, TrainSettings, kind, surfaced  # noqa: E402
 
@@ -288,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         COMMANDS[args.command](args)
+    except (StorageError, OSError) as error:  # the machine, not the input: what is wrong, in one line
+        from ..concepts import default_home
+
+        print("error: " + os_error_message(error, Path(args.data_dir) if args.data_dir else default_home()),
+              file=sys.stderr)
+        return 1
     except PACGenError as error:  # bad input: one line, whatever text (a file name, a library's note) it quotes
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 2

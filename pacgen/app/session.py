@@ -25,6 +25,7 @@ from ..concepts import (
     Concept, ConceptError, ConceptLibrary, ExampleObject, check_class_noun, check_name, example_objects,
 )
 from ..defaults import ModelDefaults
+from ..disk import StorageError, os_error_message
 from ..errors import PACGenError
 from ..hub import HubError, push_concept
 from ..layout import Box, boxed_concepts
@@ -440,6 +441,9 @@ class Studio:
                             yield from self._remembering_speed(settings, self.model.stream(synced_training(cancel)))
             except TrainingCancelled:
                 yield TrainEvent(Phase.CANCELLED, 0, settings.steps, message="Training cancelled: nothing was saved.")
+            except (StorageError, OSError) as error:  # the server's disk, not the visitor's input: say what is wrong
+                shown = "this app's data folder" if self.policy.isolated else None  # no server paths for strangers
+                raise PACGenError(os_error_message(error, self.root, shown)) from None
 
         try:
             self.visitors.start_training(visitor)
