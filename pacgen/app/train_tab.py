@@ -53,7 +53,8 @@ def build(studio: Studio) -> TrainTab:
         resume_button = gr.Button("Resume", variant="primary", scale=0, min_width=100)
         discard_button = gr.Button("Discard", variant="stop", scale=0, min_width=100)
     # Left, in the order a user acts: photos (or an example object, for a newcomer without any), name, Train; all in
-    # view at 1400×1000 without scrolling. Right: what a training shows. Narrower than two columns fit, they stack.
+    # view at 1400×1000 without scrolling, before and after photos are chosen. Right: the chosen photos and what a
+    # training shows. Narrower than two columns fit, they stack.
     with gr.Row():
         with gr.Column(min_width=COLUMN_MIN_PX):
             photos = gr.File(label="3–5 photos of your object", file_count="multiple", file_types=["image"],
@@ -67,7 +68,6 @@ def build(studio: Studio) -> TrainTab:
                         button = gr.Button(views.example_label(obj), icon=str(obj.photos[0]), size="sm",
                                            scale=0, min_width=140)
                         example_buttons.append((button, obj))
-            photo_gallery = gr.Gallery(label="Your photos", columns=5, height=110, allow_preview=False, visible=False)
             with gr.Row():
                 name = gr.Textbox(label="Concept name", placeholder="my dog", max_length=40)
                 noun = gr.Textbox(label="Class noun (what it is)", placeholder="dog")
@@ -75,13 +75,15 @@ def build(studio: Studio) -> TrainTab:
             with gr.Row():
                 train_button = gr.Button("Train", variant="primary")
                 aug_button = gr.Button("Preview augmentation")
-                cancel_button = gr.Button("Cancel", variant="stop", interactive=False)  # only while one runs
+                cancel_button = gr.Button("Cancel", variant="stop", interactive=False,  # only while one runs
+                                          scale=0, min_width=110)
             status = gr.Markdown(label="Status", elem_id="train-status")  # labels name API outputs
             newest = studio.newest_concept()
             use_button = gr.Button(use_label(newest), variant="primary", visible=bool(newest), elem_id="use-in-compose")
             with gr.Accordion("Advanced settings", open=False):
                 settings = [component(f, getattr(defaults, f.name)) for f in FIELDS]
         with gr.Column(min_width=COLUMN_MIN_PX):
+            photo_gallery = gr.Gallery(label="Your photos", columns=5, height=120, allow_preview=False, visible=False)
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
             # Hidden until there is a loss to draw: an empty plot has no extent (Vega warns on every redraw).
             loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
