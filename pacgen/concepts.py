@@ -487,6 +487,8 @@ class ConceptLibrary:
             try:
                 state = read_kohya_file(path)
                 write_lora_file({k.removeprefix("unet."): v for k, v in state.items()}, staged)  # it adds "unet."
+            except StorageError:
+                raise  # the disk, not the file: `staging` says so
             except PACGenError as error:
                 raise ConceptError(str(error)) from None
             ranks = {v.shape[0] for k, v in state.items() if k.endswith(".lora_A.weight")}
@@ -514,6 +516,8 @@ class ConceptLibrary:
             if check is not None:
                 check(concept, state)  # the weights as read above: never read twice
             return self.commit(staged, concept)
+        except StorageError:
+            raise  # the disk, not the import: `staging` says so
         except PACGenError as error:
             raise ConceptError(f"{where}: {error}") from None
 

@@ -76,3 +76,22 @@ def test_the_app_says_the_disk_is_full_not_failed_unexpectedly(tmp_path, full_di
         list(studio.train(PHOTOS, "my star", "star", settings))
     assert studio.concept_names() == []
     assert_nothing_kept(tmp_path / "home")
+
+
+
+def test_a_shared_app_says_the_disk_is_full_on_import_without_its_path(tmp_path, monkeypatch, request):
+    from pacgen.app.session import Studio
+    from pacgen.app.visitors import Caller, Policy, acting_as
+    from pacgen.kohya import write_kohya_file
+    from pacgen.lora import read_lora_file
+    from pacgen.mini.stand_ins import write_random_concept
+
+    studio = Studio("tiny", tmp_path / "home", device="cpu", policy=Policy.public())
+    made = write_random_concept(studio.pipe, tmp_path / "elsewhere", "my star", "sks", seed=1)
+    kohya = write_kohya_file(read_lora_file(made.lora_path), tmp_path / "civitai")  # made before the disk filled up
+    request.getfixturevalue("full_disk")
+    with acting_as(Caller(session="a visitor")), pytest.raises(PACGenError) as caught:
+        studio.import_kohya(str(kohya), "my star", "star", "sks")
+    assert str(caught.value).startswith("the disk holding this app's data folder is full: 5 MB free, the concept "
+                                        "needs about")
+    assert str(tmp_path) not in str(caught.value)

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -298,7 +299,8 @@ class Studio:
             raise ConceptError("choose a .zip file exported from PACGen Studio")
         visitor = self.visitor()
         self.visitors.check_can_add(visitor, len(self.library.list()))  # disk: once unpacked, in _check_import
-        concept = self.library.import_zip(path, self.pipe.components.fingerprint, check=self._check_import)
+        with self._storage_said():
+            concept = self.library.import_zip(path, self.pipe.components.fingerprint, check=self._check_import)
         self.sync_library()
         return f"Imported '{concept.name}' ({concept.identifier} {concept.class_noun})."
 
@@ -310,10 +312,21 @@ class Studio:
         visitor = self.visitor()
         self.visitors.check_can_add(visitor, len(self.library.list()))  # disk: once unpacked, in _check_import
         comp = self.pipe.components
-        concept = self.library.import_kohya(path, name, class_noun, trigger, comp.fingerprint, comp.model_id,
-                                            check=self._check_import)
+        with self._storage_said():
+            concept = self.library.import_kohya(path, name, class_noun, trigger, comp.fingerprint, comp.model_id,
+                                                check=self._check_import)
         self.sync_library()
         return f"Imported '{concept.name}' ({concept.identifier} {concept.class_noun})."
+
+    @contextmanager
+    def _storage_said(self) -> Iterator[None]:
+        """The server's disk, not the visitor's input: a full disk or a data folder that cannot be written, in one
+        line, naming "this app's data folder" rather than its path where strangers share the app."""
+        try:
+            yield
+        except (StorageError, OSError) as error:
+            shown = "this app's data folder" if self.policy.isolated else None
+            raise PACGenError(os_error_message(error, self.root, shown)) from None
 
     def _check_import(self, concept: Concept, state: dict) -> None:
         """What an import must pass before it enters the visitor's library: a name no shared example has, and
@@ -431,7 +444,7 @@ class Studio:
 
         def run(cancel: threading.Event) -> Iterator[TrainEvent]:
             try:  # on the job's own thread, still as the visitor who started it
-                with acting_as(Caller(visitor=visitor)):
+                with acting_as(Caller(visitor=visitor)), self._storage_said():
                     if zero_gpu:  # GPU calls in forked workers, resumable; this process's model stays free
                         yield from self._remembering_speed(settings, train_in_chunks(
                             self.pipe, library, self.root, files, name, class_noun, settings, cancel,

@@ -52,12 +52,14 @@ def plain(text: object) -> str:
 # --------------------------------------------------------------------------------------- header and banner
 
 def header(status: dict) -> str:
-    """The model, where it runs, the concepts ready to use and the picture size, in a user's words; the technical
-    figures (device, number format, memory) one click away."""
+    """The model (and its box adapters, where they come from elsewhere), where it runs, the concepts ready to use
+    and the picture size, in a user's words; the technical figures (device, number format, memory) one click away."""
     device, size, count = plain(status["device"]), status["size"], status["concepts"]
     runs_on = "the CPU" if device == "CPU" else f"the GPU ({device})"
     technical = f"Device {device} · dtype {status['dtype']} · memory {plain(status['memory'])}"
-    return (f"Model **{plain(status['model'])}** on {runs_on} · **{count} concept{'' if count == 1 else 's'}** "
+    model, adapters = plain(status["model"]), plain(status.get("adapters", status["model"]))
+    model = f"**{model}**" if adapters == model else f"**{model}** with box adapters from **{adapters}**"
+    return (f"Model {model} on {runs_on} · **{count} concept{'' if count == 1 else 's'}** "
             f"ready to use · pictures of {size}×{size} px\n\n{details(technical)}")
 
 
