@@ -276,3 +276,16 @@ def test_4_a_training_survives_a_reload_and_the_page_shows_it_again(page, studio
     expect(status).to_contain_text("cancelled", timeout=30_000)
     expect(cancel).to_be_disabled(timeout=10_000)
     assert "kept running" not in studio.concept_names()
+
+
+def test_9_the_train_tab_shows_what_the_first_example_gives(page):
+    """Under the example objects, the first example's photos beside images composed with it at the defaults
+    (`python -m pacgen.mini.bench.first_example`): what a newcomer can expect before training anything."""
+    from playwright.sync_api import expect
+
+    tab(page, "Train")
+    picture = page.locator("#example-composed img")
+    expect(picture).to_be_visible(timeout=10_000)
+    page.wait_for_function("() => document.querySelector('#example-composed img').naturalWidth > 600")
+    expect(page.locator("#example-composed")).to_contain_text("ruby checker star")
+    shot(page, "9-first-example")

@@ -67,6 +67,11 @@ def build(studio: Studio) -> TrainTab:
                         button = gr.Button(views.example_label(obj), icon=str(obj.photos[0]), size="sm",
                                            scale=0, min_width=140)
                         example_buttons.append((button, obj))
+                shown = next((obj for obj in objects if obj.composed), None)
+                if shown:
+                    gr.Image(str(shown.composed), label=f"What '{shown.name}' gives, trained with the defaults",
+                             interactive=False, elem_id="example-composed",
+                             alt_text=f"the photos of {shown.name}, and four images composed with it")
         with gr.Column():
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
             loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
