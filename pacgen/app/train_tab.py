@@ -70,7 +70,7 @@ def build(studio: Studio) -> TrainTab:
                 shown = next((obj for obj in objects if obj.composed), None)
                 if shown:
                     gr.Image(str(shown.composed), label=f"What '{shown.name}' gives, trained with the defaults",
-                             interactive=False, elem_id="example-composed",
+                             show_label=False, interactive=False, elem_id="example-composed",  # titled inside
                              alt_text=f"the photos of {shown.name}, and four images composed with it")
         with gr.Column():
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
