@@ -597,10 +597,15 @@ class ExampleObject:
     name: str
     class_noun: str
     photos: tuple[Path, ...]
+    composed: Path | None = None  # what it gives: its photos beside images composed at the model's defaults
+
+
+COMPOSED_FILE = "composed.png"  # written by `python -m pacgen.mini.bench.first_example`
 
 
 def example_objects(folder: Path | None) -> list[ExampleObject]:
-    """Every `<folder>/<object>/` with `photo_*.png` and a `concept.txt` of `name:` and `class_noun:` lines."""
+    """Every `<folder>/<object>/` with `photo_*.png` and a `concept.txt` of `name:` and `class_noun:` lines (and,
+    when it has one, `composed.png`: what training it with the defaults gives)."""
     if folder is None or not folder.is_dir():
         return []
     found = []
@@ -610,5 +615,7 @@ def example_objects(folder: Path | None) -> list[ExampleObject]:
         if not info_file.is_file() or not photos:
             continue
         info = dict(line.split(":", 1) for line in info_file.read_text().splitlines() if ":" in line)
-        found.append(ExampleObject(info.get("name", sub.name).strip(), info.get("class_noun", "").strip(), photos))
+        composed = sub / COMPOSED_FILE
+        found.append(ExampleObject(info.get("name", sub.name).strip(), info.get("class_noun", "").strip(), photos,
+                                   composed if composed.is_file() else None))
     return found

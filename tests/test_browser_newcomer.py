@@ -421,6 +421,7 @@ def test_4_a_training_survives_a_reload_and_the_page_ends_as_if_it_never_reloade
     faults = [m for m in console if m.startswith("uncaught") or "Infinite extent" in m]
     assert not faults, faults[:5]
 
+
 def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page, studio):
     from playwright.sync_api import expect
 
@@ -448,3 +449,15 @@ def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page
     expect(status).to_contain_text("denoising", timeout=120_000)  # the steps, as they run
     expect(page.locator("#result-info")).to_contain_text("Steps: 20", timeout=180_000)
     assert "long training" not in studio.concept_names()
+
+def test_9_the_train_tab_shows_what_the_first_example_gives(page):
+    """Under the example objects, the first example's photos beside images composed with it at the defaults
+    (`python -m pacgen.mini.bench.first_example`): what a newcomer can expect before training anything."""
+    from playwright.sync_api import expect
+
+    tab(page, "Train")
+    picture = page.locator("#example-composed img")
+    expect(picture).to_be_visible(timeout=10_000)
+    page.wait_for_function("() => document.querySelector('#example-composed img').naturalWidth > 600")
+    assert "ruby checker star" in picture.get_attribute("alt")
+    shot(page, "9-first-example")

@@ -2,11 +2,12 @@ import io
 import logging
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from pacgen.concepts import ConceptError
+from pacgen.concepts import COMPOSED_FILE, ConceptError, example_objects
 from pacgen.errors import PACGenError
 from pacgen.mini.kit import KIT, kit_photos
 from pacgen.photos import load_photo
@@ -129,3 +130,18 @@ def test_corrupt_folder_is_skipped_with_a_warning(pipe, library, photo_files, ca
     with caplog.at_level(logging.WARNING):
         assert [c.name for c in library.list()] == ["my circle"]
     assert "broken" in caplog.text and "no-lora" in caplog.text
+
+
+def test_an_example_object_shows_what_it_gives_when_its_folder_has_a_composed_picture(tmp_path):
+    for name, composed in (("ruby", True), ("teal", False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        Image.new("RGB", (8, 8)).save(folder / "photo_0.png")
+        (folder / "concept.txt").write_text(f"name: {name} thing\nclass_noun: star\n")
+        if composed:
+            Image.new("RGB", (8, 8)).save(folder / COMPOSED_FILE)
+    ruby, teal = example_objects(tmp_path)
+    assert ruby.composed == tmp_path / "ruby" / COMPOSED_FILE and teal.composed is None
+    assert ruby.photos == (tmp_path / "ruby" / "photo_0.png",)  # the picture is not one of its photos
+    shipped = {e.name: e for e in example_objects(Path(__file__).resolve().parent.parent / "assets" / "concepts")}
+    assert shipped["ruby checker star"].composed is not None  # `python -m pacgen.mini.bench.first_example`

@@ -83,6 +83,11 @@ def build(studio: Studio) -> TrainTab:
             with gr.Accordion("Advanced settings", open=False):
                 settings = [component(f, getattr(defaults, f.name)) for f in FIELDS]
         with gr.Column(min_width=COLUMN_MIN_PX):
+            shown = next((obj for obj in objects if obj.composed), None)
+            if shown:
+                gr.Image(str(shown.composed), label=f"What '{shown.name}' gives, trained with the defaults",
+                         show_label=False, interactive=False, elem_id="example-composed",  # titled inside
+                         alt_text=f"the photos of {shown.name}, and four images composed with it")
             photo_gallery = gr.Gallery(label="Your photos", columns=5, height=120, allow_preview=False, visible=False)
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
             # Hidden until there is a loss to draw: an empty plot has no extent (Vega warns on every redraw).

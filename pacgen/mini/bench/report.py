@@ -128,8 +128,9 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
         "requested box. The row `" + AFTER + "` draws the class phrase with the default concept trained and "
         "loaded: training must leave the base model as it was.",
         "- Identity: the generated object (found colour-blind near its box) resampled to an 8x8 grid over its own "
-        "extent and compared cell by cell with the renderer's drawing of the concept (its face, outline left out); "
-        "1 minus the mean colour distance, each capped at 150 (`pacgen/mini/score/identity.py`).",
+        "extent and compared cell by cell with the renderer's drawing of the concept (its face, outline left out), "
+        "at the best of the alignments that move each edge of the found extent by up to a pixel; 1 minus the mean "
+        "colour distance, each capped at 150 (`pacgen/mini/score/identity.py`).",
         "- Box IoU: the object localised whatever its colours (largest component of non-background pixels touching "
         "the box), so it measures placement apart from identity.",
         "- Artifact rate: share of pixels outside the box that are flatter than 99% of VAE-reconstructed "
