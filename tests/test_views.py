@@ -111,8 +111,8 @@ def test_library_cards_are_buttons_that_carry_their_name_and_mark_the_chosen_one
 
 
 def test_estimate_says_how_long_in_a_users_words_with_the_figures_one_click_away():
-    estimate = Estimate(95.0, {"class images": 20.0, "training steps": 75.0, "previews": 0.0},
-                        "measured here at 32 px: 0.16 s per training step, 84 ms per sampling step; 72 images to encode")
+    basis = "measured here at 32 px: 0.16 s per training step, 84 ms per sampling step; 72 images to encode"
+    estimate = Estimate(95.0, {"class images": 20.0, "training steps": 75.0, "previews": 0.0}, basis)
     headline, folded = views.estimate(estimate, 400, 3).split("\n\n")
     assert headline == "Training takes about **2 min**."
     assert folded == ("<details><summary>How this is estimated</summary>400 steps, 3 photos: class images 20 s, "
@@ -152,7 +152,7 @@ def test_plain_steps_update_the_train_tab_at_most_so_often_but_every_loss_reache
     assert [view.progress for view, _ in updates][-1] == 1.0
     assert len(updates) == 3  # the first step, the preview and the end; no plain step in between
     _, (_, plot, previews, _) = updates[-1]
-    assert set(plot["value"]["step"]) == set(range(1, 51)) and len(previews) == 1 and plot["visible"]
+    assert set(plot["step"]) == set(range(1, 51)) and len(previews) == 1
     assert updates[0][1][2] == gr.skip()  # a plain step leaves the previews as they are
     _, (_, plot, _, _) = next(shown(iter([TrainEvent("class-images", 1, 2)])))
-    assert not plot["visible"]  # no loss yet, no plot: an empty one has no extent to draw
+    assert plot is None  # no loss yet, no data: an empty table has no extent to draw

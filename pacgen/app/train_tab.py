@@ -90,9 +90,9 @@ def build(studio: Studio) -> TrainTab:
                          alt_text=f"the photos of {shown.name}, and four images composed with it")
             photo_gallery = gr.Gallery(label="Your photos", columns=5, height=120, allow_preview=False, visible=False)
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
-            # Hidden until there is a loss to draw: an empty plot has no extent (Vega warns on every redraw).
-            loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
-                                    label="Training loss (smoothed)", height=220, visible=False)
+            # No data (None) until there is a loss to draw, rather than an empty table (hiding the plot instead left
+            # its resize observer reading a removed element). Vega's "Infinite extent" warnings remain (issue 24/15).
+            loss_plot = gr.LinePlot(None, x="step", y="loss", label="Training loss (smoothed)", height=220)
             # Shown at their own pixels (enlarged by whole pixels, never scaled by the gallery).
             previews = gr.Gallery(label="Previews at random boxes", columns=4, height="auto", object_fit="none",
                                   elem_id="previews")
@@ -117,7 +117,7 @@ def shown(events, every_s: float = UPDATE_EVERY_S) -> Iterator[tuple]:
     """The tab's outputs (status, loss plot, previews, log) after each training event that changes more than the
     step count, and after plain steps at most every `every_s` seconds; every event still reaches the view. After a
     plain step the previews are left as they are (re-encoding every image for each update cost the training); the
-    other updates, the last one included, carry them all. The loss plot shows once it has a point."""
+    other updates, the last one included, carry them all. The loss plot has no data until it has a point."""
     view, last = views.TrainView(), -math.inf
     for event in events:
         view.add(event)
@@ -126,7 +126,7 @@ def shown(events, every_s: float = UPDATE_EVERY_S) -> Iterator[tuple]:
             continue
         last = time.monotonic()
         previews = gr.skip() if plain_step else view.previews
-        plot = gr.update(value=pd.DataFrame(view.losses, columns=["step", "loss"]), visible=bool(view.losses))
+        plot = pd.DataFrame(view.losses, columns=["step", "loss"]) if view.losses else None
         yield view, (view.markdown(), plot, previews, "\n".join(view.log))
 
 
