@@ -4,7 +4,6 @@ unless asked for: they are the user's, not the concept's.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token

@@ -319,7 +319,8 @@ def is_single_file(source: str) -> bool:
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a .safetensors file; a one-line ModelLoadError for a missing, truncated or corrupt one."""
     if not path.is_file():
-        raise ModelLoadError(f"'{path}' does not exist: pass an existing .safetensors file, a model folder or a Hub id.")
+        raise ModelLoadError(f"'{path}' does not exist: pass an existing .safetensors file, a model folder or a Hub "
+                             "id.")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:

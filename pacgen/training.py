@@ -34,14 +34,14 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from PIL import Image
 
+from . import methods
 from .augment import Sample, augment_many, square
 from .checkpoints import SAVE_SHARE, checkpoint_dir, read_state, save_job, settings_json, write_state
 from .concepts import THUMBNAIL_FILE, Concept, ConceptError, ConceptLibrary, check_class_noun, check_name
-from .errors import PACGenError
 from .cards import model_card
+from .errors import PACGenError
 from .kohya import write_kohya_file
 from .layout import Box
-from . import methods
 from .lora import LORA_FILE, read_lora_file
 from .photos import PhotoSource, load_photos
 from .sampling import PACGenPipeline

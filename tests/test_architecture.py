@@ -62,3 +62,24 @@ def test_imports_point_from_the_app_and_toy_layers_to_the_core(path):
 def test_the_check_sees_a_lazy_relative_import_against_the_direction():
     source = "def f():\n    from .app.session import Studio\n    import pacgen.mini.kit\n"
     assert {"pacgen.app.session", "pacgen.mini.kit"} <= imports(source, "pacgen.sampling")
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The core modules a core module imports when it runs (imports only a type checker reads left out)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            node.body = [ast.Pass()]
+    own = module_name(path)
+    modules = {module_name(p) for p in SOURCES if layer(module_name(p)) == "core"}
+    found = imports(ast.unparse(tree), own, path.name == "__init__.py")
+    return {max((m for m in modules if name == m or name.startswith(m + ".")), key=len) for name in found
+            if any(name == m or name.startswith(m + ".") for m in modules)} - {own, "pacgen"}
+
+
+def test_no_two_core_modules_import_each_other():
+    core = {module_name(p): p for p in SOURCES if layer(module_name(p)) == "core"}
+    deps = {name: runtime_imports(path) for name, path in core.items()}
+    pairs = sorted({tuple(sorted((a, b))) for a in deps for b in deps[a] if a in deps.get(b, set())
+                    and not (a.startswith(b + ".") or b.startswith(a + "."))})  # a package and its own modules
+    assert pairs == [], f"core modules that import each other: {pairs}"

@@ -6,6 +6,7 @@ single-file machinery.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..defaults import Example, ModelDefaults
 from ..layout import Box
 
 NAME = "SD-1.x"
-CONFIGS = Path(__file__).resolve().parent / "sd1_configs"  # unet/, vae/, text_encoder/, scheduler/ as diffusers has them
+CONFIGS = Path(__file__).resolve().parent / "sd1_configs"  # unet/, vae/, text_encoder/, scheduler/, as in diffusers
 
 # SD-1.x noise schedule, shared by every scheduler we build.
 SCHEDULER_CONFIG = {
@@ -87,20 +88,25 @@ def check_unet_fits(config: dict, expected: dict, base: str, family: str) -> Non
     """Refuse, in one line, a base UNet whose shapes differ from the UNet its adapters were trained with."""
     defaults = _unet_defaults()
     for key in SHAPE_KEYS:
-        got, want = (_normalised(c.get(key, defaults.get(key))) for c in (config, expected))
+        got, want = (_normalised(c.get(key, defaults.get(key)), key, c) for c in (config, expected))
         if got != want:
             raise BaseFitError(f"the UNet of '{base}' is not {family}: its {key} is {got}, the grounding adapters need "
                                f"{want}")
 
 
-def _normalised(value):
+PER_BLOCK_KEYS = ("attention_head_dim", "num_attention_heads", "transformer_layers_per_block", "only_cross_attention")
+
+
+def _normalised(value: object, key: str, config: dict) -> object:
+    """A config value as the UNet reads it: a list, and one value per down block where one value stands for all
+    (SD-1.5's `attention_head_dim: 8` is `[8, 8, 8, 8]`)."""
+    if key in PER_BLOCK_KEYS and value is not None and not isinstance(value, (list, tuple)):
+        return [value] * len(config.get("down_block_types", ()))
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _unet_defaults() -> dict:
     """The values UNet2DConditionModel takes for config keys a config file leaves out."""
-    import inspect
-
     return {name: p.default for name, p in inspect.signature(UNet2DConditionModel.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty}
 
@@ -119,10 +125,12 @@ def has_vae(state: dict[str, torch.Tensor]) -> bool:
     return any(key.startswith(LDM_VAE) for key in state)
 
 
-def load_single_file(state: dict[str, torch.Tensor], configs: Path) -> tuple[UNet2DConditionModel, CLIPTextModel, AutoencoderKL | None]:
+def load_single_file(state: dict[str, torch.Tensor],
+                     configs: Path) -> tuple[UNet2DConditionModel, CLIPTextModel, AutoencoderKL | None]:
     """The UNet (without adapters), text encoder and, where the file has one, VAE of a single-file checkpoint's
     weights, read by diffusers' single-file converters into components configured by the folder `configs` (the
-    shipped SD-1.x configs, or a stand-in model's own). Raises ValueError (or diffusers' errors) when they do not fit."""
+    shipped SD-1.x configs, or a stand-in model's own). Raises ValueError (or diffusers' errors) when they do not
+    fit."""
     where = dict(config=str(configs), local_files_only=True)  # in the file's dtype: the loader casts once, after
     unet = UNet2DConditionModel.from_single_file(state, subfolder="unet", attention_type="default", **where)
     text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, state, subfolder="text_encoder",
