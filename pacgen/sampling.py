@@ -147,8 +147,11 @@ class PACGenPipeline:
         lora.load_adapter(own.unet, state, concept.adapter_name)
         self.concepts[concept.name] = concept
         if other_base:
-            self.transplanted[concept.name] = (f"concept '{concept.name}' was trained on {concept.base_model}, used "
-                                               f"on {own.model_id}: its look may differ")
+            trained, used = concept.base_model, own.model_id
+            if trained == used:  # one name, other weights (a retrained or inpainting sibling): tell them apart
+                trained, used = f"{trained} ({concept.base_fingerprint})", f"{used} ({own.fingerprint})"
+            self.transplanted[concept.name] = (f"concept '{concept.name}' was trained on {trained}, used "
+                                               f"on {used}: its look may differ")
         return concept
 
     def unload_concept(self, name: str) -> None:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README, re.M | re.S)
 SETUP_KEY, CLI_KEY, API_KEY, PYTHON_KEY = "pip install torch", "python -m pacgen", "gradio_client", "PACGenPipeline"
-BATCH_KEY = "pacgen batch"
+BATCH_KEY, BASE_KEY = "pacgen batch", "--grounding"  # blocks of their own beside the command-line examples
 
 
 def commands(block: str) -> list[str]:
@@ -39,7 +39,8 @@ def commands(block: str) -> list[str]:
 def block(lang: str, key: str) -> str:
     """The one block of `lang` holding `key` (the command-line examples' key is not the batch block's)."""
     (found,) = [body for language, body in BLOCKS
-                if language == lang and key in body and (key == BATCH_KEY or BATCH_KEY not in body)]
+                if language == lang and key in body
+                and all(key == own or own not in body for own in (BATCH_KEY, BASE_KEY))]
     return found
 
 
@@ -47,10 +48,24 @@ def test_every_block_is_one_this_module_runs_or_checks():
     checked = {("bash", SETUP_KEY), ("bash", CLI_KEY), ("python", API_KEY), ("python", PYTHON_KEY)}
     for language, body in BLOCKS:
         is_test_command = language == "bash" and all(c.startswith("python -m pytest") for c in commands(body))
-        is_batch = language == "bash" and BATCH_KEY in body
-        assert is_test_command or is_batch or sum(key in body for lang, key in checked if lang == language) == 1, body
-    for lang, key in [*checked, ("bash", BATCH_KEY)]:
+        is_own = language == "bash" and (BATCH_KEY in body or BASE_KEY in body)
+        assert is_test_command or is_own or sum(key in body for lang, key in checked if lang == language) == 1, body
+    for lang, key in [*checked, ("bash", BATCH_KEY), ("bash", BASE_KEY)]:
         block(lang, key)  # exactly one of each
+
+
+def test_the_own_base_examples_parse_as_written():
+    import app
+
+    ran = commands(block("bash", BASE_KEY))
+    assert any(c.startswith("python app.py") for c in ran) and any(CLI_KEY in c for c in ran)
+    for command in ran:
+        words = shlex.split(command)
+        if words[:2] == ["python", "app.py"]:
+            assert app.parse_args(words[2:]).model, command
+        else:
+            assert words[:3] == ["python", "-m", "pacgen"], command
+            build_parser().parse_args(words[3:])
 
 
 def test_the_batch_example_is_a_valid_jobs_file_and_its_commands_parse(tmp_path):
