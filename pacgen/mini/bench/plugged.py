@@ -48,19 +48,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
     mini = load_components("mini", device="cpu")
-    rows = {"mini (its own adapters)": placement_iou(PACGenPipeline(mini), args.seeds, args.steps)}
+    print(f"Box IoU by placement ({len(COLOURS)} colours x {args.seeds} seed(s), {args.steps} steps):\n")
+    print("| model | " + " | ".join(PLACEMENTS) + " | mean |")
+    print("|---|" + "---|" * (len(PLACEMENTS) + 1), flush=True)
+    _row("mini (its own adapters)", placement_iou(PACGenPipeline(mini), args.seeds, args.steps))
     with tempfile.TemporaryDirectory() as folder:
         for nudge in args.nudge:
             base = write_plain_base(mini, Path(folder) / f"nudged-{nudge}", nudge=nudge)
             plugged = PACGenPipeline.from_pretrained(str(base), device="cpu", grounding="mini")
-            rows[f"sibling, nudge {nudge}, mini's adapters plugged in"] = placement_iou(plugged, args.seeds,
-                                                                                        args.steps)
-    print(f"Box IoU by placement ({len(COLOURS)} colours x {args.seeds} seed(s), {args.steps} steps):\n")
-    print("| model | " + " | ".join(PLACEMENTS) + " | mean |")
-    print("|---|" + "---|" * (len(PLACEMENTS) + 1))
-    for name, scores in rows.items():
-        cells = [f"{scores[p]:.2f}" for p in PLACEMENTS] + [f"{np.mean(list(scores.values())):.2f}"]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+            _row(f"sibling, nudge {nudge}, mini's adapters plugged in", placement_iou(plugged, args.seeds, args.steps))
+
+
+def _row(name: str, scores: dict[str, float]) -> None:
+    cells = [f"{scores[p]:.2f}" for p in PLACEMENTS] + [f"{np.mean(list(scores.values())):.2f}"]
+    print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
