@@ -58,3 +58,15 @@ def test_the_readme_documents_every_setting_once():
     for cls in (SampleSettings, TrainSettings):
         for f in surfaced(cls):
             assert sum(f"`{f.name}`" in row for row in rows) >= 1, f.name
+
+
+def test_an_optional_setting_left_unset_stays_unset_in_the_app():
+    """A slider is never empty: an unset optional setting (the concept guidance scale, whose unset means 'the
+    guidance scale') would read as its minimum, 0, and concept rows would lose all guidance."""
+    from pacgen.app.fields import component
+    from pacgen.settings import kind, optional
+
+    for f in surfaced(SampleSettings):
+        if optional(f) and kind(f) in ("int", "float") and f.name != "seed":
+            box = component(f, None)
+            assert box.value is None and box.preprocess(None) is None, f.name

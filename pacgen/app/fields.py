@@ -15,7 +15,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..errors import PACGenError
-from ..settings import kind, label
+from ..settings import kind, label, optional
 from .views import plain
 from .visitors import Caller, acting_as
 
@@ -48,7 +48,7 @@ def component(f: Field, value: Any, *, low: float | None = None, high: float | N
     integer = kind(f) == "int"
     precision = 0 if integer else None  # whole numbers arrive as int, and the API types them so
     linear = low is not None and high is not None and (high - low <= 2000 if integer else low == 0 and high <= 50)
-    if linear:
+    if linear and not optional(f):  # a slider is never empty: an optional setting left unset would read its minimum
         box = gr.Slider(low, high, value=value, step=step or (1 if integer else 0.05), precision=precision, **common)
     else:
         box = gr.Number(value=value, precision=precision, minimum=low, maximum=high, **common)
