@@ -180,8 +180,17 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
             return studio.generate(prompt, negative_prompt, boxes, settings, steps, waiting=waiting,
                                    scene=scene or None)
 
+    # Settings with no value of their own (unset: the model decides) are optional for API clients, so they come
+    # last, with the scene photo; the handler puts the values back in the settings' order.
+    unset = [i for i, box in enumerate(tab.settings) if box.value is None]
+    kept = [i for i in range(len(FIELDS)) if i not in unset]
+
     def generate(prompt, negative_prompt, boxes, *values, progress=gr.Progress()):
-        *values, show_boxes, scene = values
+        values = list(values)
+        scene = values.pop()
+        show_boxes = values[len(kept)]
+        by_field = dict(zip(kept + unset, values[:len(kept)] + values[len(kept) + 1:]))
+        values = [by_field[i] for i in range(len(FIELDS))]
         boxes = views.boxes_from_rows(boxes, studio.concept_names())
         settings = settings_of(values)
         # Before any GPU call: refuse what is over the limits, and resolve the visitor here (a worker's copy of the
@@ -191,10 +200,12 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
                      None if os.environ.get("SPACES_ZERO_GPU") else progress)
         return views.gallery(result, show_boxes), views.describe(result), result, result.seeds[0]
 
-    names = ["prompt", "negative_prompt", "boxes", *[f.name for f in FIELDS], "show_boxes", "scene"]
+    optional = (*[FIELDS[i].name for i in unset], "scene")
+    names = ["prompt", "negative_prompt", "boxes", *[FIELDS[i].name for i in kept], "show_boxes", *optional]
     tab.generate_button.click(
-        endpoint(generate, names, optional=("scene",)),
-        [tab.prompt, tab.negative, tab.table, *tab.settings, tab.show_boxes, tab.scene],
+        endpoint(generate, names, optional=optional),
+        [tab.prompt, tab.negative, tab.table, *[tab.settings[i] for i in kept], tab.show_boxes,
+         *[tab.settings[i] for i in unset], tab.scene],
         [tab.results, tab.info, tab.last, tab.last_seed], api_name="generate",
         # Progress, waiting and errors show next to the button; the previous results stay in view meanwhile.
         show_progress_on=[tab.generate_status],
