@@ -63,9 +63,12 @@ def tab(page, name):
 
 
 def set_setting(page, name, value):
+    from playwright.sync_api import expect
+
     field = page.locator(f"#setting-{name} input[type=number]")
     if not field.is_visible():  # in the open tab's closed "Advanced settings"
         page.locator("text=Advanced settings >> visible=true").click()
+        expect(field).to_be_visible(timeout=10_000)  # the accordion opens with an animation
     field.fill(str(value))
     field.press("Enter")
 
@@ -354,7 +357,6 @@ def start_training(page, name, steps):
     page.get_by_role("button", name="ruby checker star (star)").click()
     expect(field).to_have_value("ruby checker star")  # the example's fill has come, so ours replaces it
     field.fill(name)
-    page.get_by_text("Advanced settings").first.click()
     set_setting(page, "steps", steps)
     page.get_by_role("button", name="Train", exact=True).click()
 
@@ -425,7 +427,7 @@ def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page
     expect(cancel).to_be_enabled(timeout=30_000)  # the training holds the model from here on
     tab(page, "Compose")
     page.get_by_role("button", name="a red star and a blue circle on grass").click()
-    set_setting(page, "num_inference_steps", 20)
+    set_setting(page, "num_inference_steps", 500)  # long enough on tiny to watch its steps go by
     page.get_by_role("button", name="Generate").click()
     status = page.locator("#generate-status")
     expect(status).to_contain_text("waiting for a training to finish", timeout=30_000)
@@ -436,7 +438,7 @@ def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page
     expect(page.locator("#train-status")).to_contain_text("cancelled", timeout=60_000)
     tab(page, "Compose")
     expect(status).to_contain_text("denoising", timeout=120_000)  # the steps, as they run
-    expect(page.locator("#result-info")).to_contain_text("Steps: 20", timeout=180_000)
+    expect(page.locator("#result-info")).to_contain_text("Steps: 500", timeout=180_000)
     assert "long training" not in studio.concept_names()
 
 
