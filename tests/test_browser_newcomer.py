@@ -371,6 +371,14 @@ def reload(page):
 def test_4_a_training_survives_a_reload_and_the_page_ends_as_if_it_never_reloaded(page, studio):
     from playwright.sync_api import expect
 
+    # Issue 24/15: the console stays clean through trainings and reloads (the loss plot got data without its column
+    # types on each load after a training: an uncaught "reading 'step'"; an empty plot warned "Infinite extent").
+    faults = []
+    on_error = lambda error: faults.append(f"uncaught {error}")  # noqa: E731
+    on_console = lambda message: faults.append(message.text) if (  # noqa: E731
+        "Infinite extent" in message.text or "Uncaught" in message.text) else None
+    page.on("pageerror", on_error)
+    page.on("console", on_console)
     tab(page, "Train")
     start_training(page, "kept running", 3000)
     status = page.locator("#train-status")
@@ -411,6 +419,12 @@ def test_4_a_training_survives_a_reload_and_the_page_ends_as_if_it_never_reloade
     shot(page, "4-compose-after-reload")
     reload(page)  # a page opened after the training shows it again
     expect(page.locator("#train-status")).to_contain_text("saved 'after reload'", timeout=30_000)
+    for width in (800, 1400):  # and is redrawn at another width
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(1000)
+    page.remove_listener("pageerror", on_error)
+    page.remove_listener("console", on_console)
+    assert not faults, faults
 
 
 def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page, studio):

@@ -90,8 +90,8 @@ def build(studio: Studio) -> TrainTab:
                          alt_text=f"the photos of {shown.name}, and four images composed with it")
             photo_gallery = gr.Gallery(label="Your photos", columns=5, height=120, allow_preview=False, visible=False)
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
-            # No data (None) until there is a loss to draw, rather than an empty table (hiding the plot instead left
-            # its resize observer reading a removed element). Vega's "Infinite extent" warnings remain (issue 24/15).
+            # No data (None) until there is a loss to draw: an empty table made Vega warn "Infinite extent", and
+            # hiding the plot instead left its resize observer reading a removed element (issue 24/15).
             loss_plot = gr.LinePlot(None, x="step", y="loss", label="Training loss (smoothed)", height=220)
             # Shown at their own pixels (enlarged by whole pixels, never scaled by the gallery).
             previews = gr.Gallery(label="Previews at random boxes", columns=4, height="auto", object_fit="none",
@@ -245,11 +245,16 @@ def cancel_state(studio: Studio):
 def reattach(tab: TrainTab, studio: Studio) -> tuple[object, list]:
     """A page-load handler and its outputs: the visitor's running or last training, replayed from its first event
     then live, so a reloaded or reopened tab shows it again; nothing changes when there is none."""
+    # The plot gets a value (None, then the replayed losses) in every update, never gr.update(): Gradio streams a
+    # generator's outputs as diffs from its previous one, and a diff between an update and the plot's data reached
+    # the page as data without its column types (an uncaught "reading 'step'" on each load after a training).
     def follow():
-        yield cancel_state(studio), *[gr.update()] * 4, *stopped_state(studio)
+        plot = None
+        yield cancel_state(studio), gr.update(), plot, *[gr.update()] * 2, *stopped_state(studio)
         for _, outputs in shown(studio.follow_training()):
+            plot = outputs[1]
             yield gr.update(), *outputs, gr.update(), gr.update()
-        yield cancel_state(studio), *[gr.update()] * 4, *stopped_state(studio)
+        yield cancel_state(studio), gr.update(), plot, *[gr.update()] * 2, *stopped_state(studio)
 
     return endpoint(follow, []), [tab.cancel_button, tab.status, tab.loss_plot, tab.previews, tab.log,
                                   tab.stopped_row, tab.stopped_text]
