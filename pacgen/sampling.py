@@ -69,13 +69,14 @@ class GenerationResult:
 def guided(noise_pred: torch.Tensor, rows: list[str], scale: float, concept_scale: float | None = None
            ) -> list[torch.Tensor]:
     """Split a batched prediction into its rows and apply CFG of each conditional row against the unconditional
-    row last before it (the first row, or a concept's own); concept rows at `concept_scale` when given."""
+    row last before it (the first row, or a concept's own); concept rows at `concept_scale` when given (0 is
+    unset, as an empty number box sends it: no guidance would leave the concept out of its box)."""
     guided_rows = []
     for row, chunk in zip(rows, noise_pred.chunk(len(rows))):
         if row == UNCOND:
             uncond = chunk
         else:
-            own = concept_scale if concept_scale is not None and row.startswith("concept:") else scale
+            own = concept_scale if concept_scale and row.startswith("concept:") else scale  # 0 or None: unset
             guided_rows.append(uncond + own * (chunk - uncond))
     return guided_rows
 

@@ -144,7 +144,7 @@ class SampleSettings(_Checked):
         "its own through the concept's weights, as diffusers guides a loaded LoRA (one more UNet row per concept); "
         "models may set their own", choices=("shared", "own"), label="Concept guidance")
     concept_guidance_scale: float | None = setting(
-        None, "classifier-free guidance scale of each concept's row inside its box (regional sampling); empty: the "
+        None, "classifier-free guidance scale of each concept's row inside its box (regional sampling); empty or 0: the "
         "guidance scale. A concept learnt from a few photos can need more guidance to show its pattern than a phrase "
         "the model knows; models may set their own", low=0.0, high=30.0, label="Concept guidance scale")
     feather: int = setting(0, "soften box edges over this many latent cells", low=0, high=16, label="Feather")

@@ -276,6 +276,8 @@ def test_concept_guidance_scale_guides_only_the_concepts_rows(pipe, random_conce
     prompt = "a photo of <my dog> and a blue circle"
     plain = pipe(prompt, boxes=boxes, **kwargs).images[0]
     assert np.array_equal(pipe(prompt, boxes=boxes, concept_guidance_scale=3.0, **kwargs).images[0], plain)
+    # 0 is unset, as the app's empty number box sends it: no guidance would leave the concept out of its box
+    assert np.array_equal(pipe(prompt, boxes=boxes, concept_guidance_scale=0.0, **kwargs).images[0], plain)
     assert np.abs(pipe(prompt, boxes=boxes, concept_guidance_scale=6.0, **kwargs).images[0] - plain).max() > 0.05
     phrase = [Box("a dog", (0.0, 0.0, 0.5, 0.5))]
     assert np.array_equal(pipe("a photo of a dog", boxes=phrase, concept_guidance_scale=6.0, **kwargs).images[0],
