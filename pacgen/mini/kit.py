@@ -82,20 +82,23 @@ KIT: tuple[KitConcept, ...] = (
 )
 
 
-def new_concepts(n: int, seed: int = 1) -> tuple[KitConcept, ...]:
-    """`n` concepts made like the kit's (a world shape, two colours in a kit pattern, a mark) but drawn at random:
-    concepts outside the kit, to check that defaults chosen on the kit hold for objects nobody tuned them on. The
+def random_concept(rng: np.random.Generator, name: str = "a kit-like object") -> KitConcept:
+    """A concept made like the kit's (a world shape, two colours in a kit pattern, a mark) but drawn at random. The
     two colours are at least 150 apart in RGB, as the kit's are (a pattern of near colours is no pattern)."""
-    rng = np.random.default_rng([seed, 7727])
-    concepts: list[KitConcept] = []
-    while len(concepts) < n:
+    while True:
         a, b = (tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(2))
-        if np.linalg.norm(np.subtract(a, b)) < 150:
-            continue
-        shape, pattern = SHAPES[rng.integers(len(SHAPES))], KIT_PATTERNS[rng.integers(len(KIT_PATTERNS))]
-        mark = tuple(MARKS)[rng.integers(len(MARKS))]
-        concepts.append(KitConcept(f"new {pattern} {shape} {len(concepts) + 1}", shape, (a, b), pattern, mark))
-    return tuple(concepts)
+        if np.linalg.norm(np.subtract(a, b)) >= 150:
+            break
+    shape, pattern = SHAPES[rng.integers(len(SHAPES))], KIT_PATTERNS[rng.integers(len(KIT_PATTERNS))]
+    mark = tuple(MARKS)[rng.integers(len(MARKS))]
+    return KitConcept(name.format(pattern=pattern, shape=shape), shape, (a, b), pattern, mark)
+
+
+def new_concepts(n: int, seed: int = 1) -> tuple[KitConcept, ...]:
+    """`n` random kit-like concepts: concepts outside the kit, to check that defaults chosen on the kit hold for
+    objects nobody tuned them on."""
+    rng = np.random.default_rng([seed, 7727])
+    return tuple(random_concept(rng, f"new {{pattern}} {{shape}} {k + 1}") for k in range(n))
 
 
 def kit_layouts(concept: KitConcept, n: int = 5, seed: int = 0) -> list[tuple[str, Box]]:

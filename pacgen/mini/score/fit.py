@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pacgen.mini.kit import random_concept
 from pacgen.mini.score.metrics import CROP, TRAIN_STREAM, crop
 from pacgen.mini.score.net import HEADS, Net, Scorer
-from pacgen.mini.world import BACKGROUNDS, Box, sample_scene
+from pacgen.mini.world import BACKGROUNDS, Box, PlacedObject, random_box, render, sample_scene
 
 JITTER = 0.12  # box edges move by up to this share of the side in training crops: generated objects are not exact
+UNLABELLED = -100  # cross_entropy's ignore_index: a kit-like object has a shape, but no world colour or pattern
 
 
 def _jitter(box: Box, rng: np.random.Generator) -> Box:
@@ -28,7 +30,10 @@ def _uint8(images: list[Image.Image]) -> torch.Tensor:
 
 
 def training_set(scenes: int, size: int, seed: int) -> dict[str, torch.Tensor]:
-    """Jittered object crops with (shape, colour, pattern) labels, and downscaled scenes with background labels."""
+    """Jittered object crops with (shape, colour, pattern) labels, and downscaled scenes with background labels.
+    Each scene also gives a kit-like object (two random colours in a kit pattern, a mark: `kit.random_concept`) with
+    its shape label only: a shape classifier that has seen one-colour objects alone misreads a two-colour concept's
+    shape, even the renderer's own drawing of it, and "shape kept" would measure the classifier, not the concept."""
     crops, labels, wholes, backgrounds = [], [], [], []
     for i in range(scenes):
         rng = np.random.default_rng([seed, TRAIN_STREAM, i])
@@ -39,6 +44,10 @@ def training_set(scenes: int, size: int, seed: int) -> dict[str, torch.Tensor]:
             for _ in range(2):
                 crops.append(crop(scene.image, _jitter(obj.box, rng)))
                 labels.append([HEADS[name].index(getattr(obj.spec, name)) for name in HEADS])
+        concept = PlacedObject(random_concept(rng), random_box(rng, 0.2, 0.85))
+        image = render(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], [concept], size, rng)[0]
+        crops.append(crop(image, _jitter(concept.box, rng)))
+        labels.append([HEADS["shape"].index(concept.spec.shape)] + [UNLABELLED] * (len(HEADS) - 1))
     return {"crops": _uint8(crops), "labels": torch.tensor(labels), "wholes": _uint8(wholes),
             "backgrounds": torch.tensor(backgrounds)}
 
@@ -73,7 +82,8 @@ def train_scorer(size: int = 32, minutes: float = 3.0, seed: int = 0, scenes: in
         whole_rows = torch.randint(len(data["wholes"]), (64,), generator=gen)
         _, logits = crop_net(_augment(data["crops"][rows], gen))
         _, bg_logits = background_net(_augment(data["wholes"][whole_rows], gen))
-        loss = sum(F.cross_entropy(logits[name], data["labels"][rows, k]) for k, name in enumerate(HEADS))
+        loss = sum(F.cross_entropy(logits[name], data["labels"][rows, k], ignore_index=UNLABELLED)
+                   for k, name in enumerate(HEADS))
         loss = loss + F.cross_entropy(bg_logits["background"], data["backgrounds"][whole_rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
