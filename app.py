@@ -22,6 +22,7 @@ hide_torchvision_fallback_notice()  # before the imports below bring in diffuser
 import pacgen.mini  # noqa: E402,F401  (registers the `tiny` test model for --model tiny)
 from pacgen.app import compose_tab, library_tab, train_tab, views
 from pacgen.app.fields import UI_ONLY, endpoint
+from pacgen.app.gradio_files import own_gradio_files
 from pacgen.app.guard import launch_options
 from pacgen.app.model_thread import app_threads
 from pacgen.app.session import Studio
@@ -61,7 +62,9 @@ CSS = """
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
-    # Gradio's cache (uploads, results) is emptied of files older than the policy says, every hour.
+    # Gradio's cache (uploads, results) is emptied of files older than the policy says, every hour: this process's
+    # own cache, so that no other app's clean-up removes what this one serves.
+    own_gradio_files()
     with gr.Blocks(title="PACGen Studio", delete_cache=(3600, int(studio.policy.cache_hours * 3600))) as demo:
         gr.Markdown("# PACGen Studio\nPut *your own* objects into generated images, exactly where you want them.")
         header = gr.Markdown(views.header(studio.status()), elem_id="header")
