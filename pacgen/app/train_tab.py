@@ -89,7 +89,9 @@ def build(studio: Studio) -> TrainTab:
                          alt_text=f"the photos of {shown.name}, and four images composed with it")
             photo_gallery = gr.Gallery(label="Your photos", columns=5, height=120, allow_preview=False, visible=False)
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
-            loss_plot = gr.HTML("", elem_id="loss-plot")  # views.TrainView.loss_html: why not a gr.LinePlot
+            # Not a gr.LinePlot: views.TrainView.loss_html says why.
+            loss_plot = gr.HTML("", label="Training loss (smoothed)", show_label=True, container=True,
+                                elem_id="loss-plot")
             # Shown at their own pixels (enlarged by whole pixels, never scaled by the gallery).
             previews = gr.Gallery(label="Previews at random boxes", columns=4, height="auto", object_fit="none",
                                   elem_id="previews")

@@ -435,24 +435,23 @@ class TrainView:
         return "  \n".join(filter(None, [self.status, self.next_step]))
 
     def loss_html(self) -> str:
-        """The smoothed loss as an inline SVG line, empty before the first step. Not a LinePlot: emptied or refilled
-        between trainings it threw in the browser and made Vega warn "Infinite extent" (issue 24/15)."""
+        """The smoothed loss as a line in a box (an inline SVG stretched to the column, its stroke not), its highest
+        and lowest values and its first and last steps written beside it as page text, legible at any width; empty
+        before the first step. Not a LinePlot: emptied or refilled between trainings it threw in the browser and
+        made Vega warn "Infinite extent" (issue 24/15)."""
         if not self.losses:
             return ""
         steps, values = zip(*self.losses)
         low, high = min(values), max(values)
         span_x, span_y = max(steps[-1] - steps[0], 1), (high - low) or 1.0
-        points = " ".join(f"{60 + (step - steps[0]) / span_x * 530:.1f},{10 + (1 - (value - low) / span_y) * 130:.1f}"
-                          for step, value in self.losses)
-        return (f'<div class="loss-plot"><b>Training loss (smoothed)</b>'
-                f'<svg viewBox="0 0 600 160" width="100%" height="160" role="img" aria-label="smoothed loss from '
-                f'{values[0]:.4f} at step {steps[0]} to {values[-1]:.4f} at step {steps[-1]}">'
-                f'<polyline points="{points}" fill="none" stroke="var(--color-accent)" stroke-width="2"/>'
-                f'<text x="0" y="16" font-size="12" fill="currentColor">{high:.4f}</text>'
-                f'<text x="0" y="140" font-size="12" fill="currentColor">{low:.4f}</text>'
-                f'<text x="60" y="158" font-size="12" fill="currentColor">step {steps[0]}</text>'
-                f'<text x="590" y="158" font-size="12" fill="currentColor" text-anchor="end">step {steps[-1]}</text>'
-                f'</svg></div>')
+        points = [f"{(step - steps[0]) / span_x * 100:.2f},{(high - value) / span_y * 100:.2f}"
+                  for step, value in self.losses]
+        line = " ".join(points * 2 if len(points) == 1 else points)  # one point: a dot
+        said = f"smoothed loss from {values[0]:.4f} at step {steps[0]} to {values[-1]:.4f} at step {steps[-1]}"
+        return (f'<figure class="loss-plot"><span class="loss-y"><span>{high:.4f}</span><span>{low:.4f}</span></span>'
+                f'<svg viewBox="0 0 100 100" preserveAspectRatio="none" role="img" aria-label="{said}">'
+                f'<polyline points="{line}" fill="none" stroke="currentColor"/></svg>'
+                f'<span class="loss-x"><span>step {steps[0]}</span><span>step {steps[-1]}</span></span></figure>')
 
     def add(self, event: TrainEvent) -> None:
         if event.phase == Phase.CLASS_IMAGES:
