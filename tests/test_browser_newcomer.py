@@ -451,7 +451,7 @@ def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page
     expect(cancel).to_be_enabled(timeout=30_000)  # the training holds the model from here on
     tab(page, "Compose")
     page.get_by_role("button", name="a red star and a blue circle on grass").click()
-    set_setting(page, "num_inference_steps", 500)  # long enough on tiny to watch its steps go by
+    set_setting(page, "num_inference_steps", 100)  # long enough on tiny to watch its steps go by (20 were not)
     page.get_by_role("button", name="Generate").click()
     status = page.locator("#generate-status")
     expect(status).to_contain_text("waiting for a training to finish", timeout=30_000)
@@ -462,7 +462,7 @@ def test_24_6_generate_shows_that_it_waits_behind_a_training_then_its_steps(page
     expect(page.locator("#train-status")).to_contain_text("cancelled", timeout=60_000)
     tab(page, "Compose")
     expect(status).to_contain_text("denoising", timeout=120_000)  # the steps, as they run
-    expect(page.locator("#result-info")).to_contain_text("Steps: 500", timeout=180_000)
+    expect(page.locator("#result-info")).to_contain_text("Steps: 100", timeout=180_000)
     assert "long training" not in studio.concept_names()
 
 
