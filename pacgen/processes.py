@@ -33,5 +33,11 @@ def process_folder(parent: Path, prefix: str) -> Path:
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-", dir=parent))
-    atexit.register(shutil.rmtree, folder, True)
+    atexit.register(_remove, folder, os.getpid())
     return folder
+
+
+def _remove(folder: Path, owner: int) -> None:
+    """At exit, by the process that made it: a forked child (ZeroGPU's workers) inherits the exit handlers."""
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)

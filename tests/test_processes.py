@@ -33,3 +33,12 @@ def test_the_folder_of_a_killed_process_is_swept_and_a_running_ones_kept(tmp_pat
     mine = process_folder(tmp_path, "pacgen-files")
     assert sorted(tmp_path.iterdir()) == sorted([mine, running, other])
     assert mine.name.startswith(f"pacgen-files-{os.getpid()}-")
+
+
+def test_a_forked_child_leaves_its_parents_folder_at_its_exit(tmp_path):
+    code = ("import os, sys; from pathlib import Path; from pacgen.processes import process_folder; "
+            "folder = process_folder(Path(sys.argv[1]), 'pacgen-files'); pid = os.fork(); "
+            "(sys.exit(0) if pid == 0 else os.waitpid(pid, 0)); print(folder.is_dir())")
+    shown = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout
+    assert shown.strip() == "True" and list(tmp_path.iterdir()) == []  # kept past the child, removed at its own exit
