@@ -22,6 +22,7 @@ hide_torchvision_fallback_notice()  # before the imports below bring in diffuser
 import pacgen.mini  # noqa: E402,F401  (registers the `tiny` test model for --model tiny)
 from pacgen.app import compose_tab, library_tab, train_tab, views
 from pacgen.app.fields import UI_ONLY, endpoint
+from pacgen.app.gradio_files import own_gradio_files
 from pacgen.app.guard import launch_options
 from pacgen.app.model_thread import app_threads
 from pacgen.app.session import Studio
@@ -51,17 +52,31 @@ CSS = """
 #library-status {position: sticky; top: 0; z-index: 10;}
 #library-status .md:not(:empty) {display: block; padding: 4px 12px; border: 1px solid #abefc6; border-radius: 8px;
                                  background: #ecfdf3;}
-/* The canvas's label above the drawing, not over it; no rotate buttons (they turned the boxes on the canvas only,
-   not in the table that generation reads). */
-#canvas > label[data-testid="block-label"] {position: static; margin-bottom: 4px;}
+/* The canvas's and the loss curve's labels above them, not over them; no rotate buttons (they turned the boxes on
+   the canvas only, not in the table that generation reads). */
+#canvas > label[data-testid="block-label"],
+#loss-plot > label[data-testid="block-label"] {position: static; margin-bottom: 4px;}
 #canvas button[aria-label^="Rotate"] {display: none;}
+/* The loss curve (views.TrainView.loss_html): values and steps beside a box the line stays inside. */
+#loss-plot .prose:empty::before {content: "Drawn from the first training step.";
+                                 color: var(--body-text-color-subdued);}
+.loss-plot {display: grid; grid-template-columns: auto 1fr; gap: 2px 6px; margin: 0; font-size: var(--text-sm);
+            color: var(--body-text-color-subdued); font-variant-numeric: tabular-nums;}
+.loss-plot svg {width: 100%; height: 140px; box-sizing: border-box; padding: 8px 4px;
+                border: 1px solid var(--border-color-primary); border-radius: var(--radius-sm);}
+.loss-plot polyline {fill: none; stroke: var(--color-accent); stroke-width: 2; vector-effect: non-scaling-stroke;
+                     stroke-linejoin: round; stroke-linecap: round;}
+.loss-y {display: flex; flex-direction: column; justify-content: space-between; text-align: right;}
+.loss-x {grid-column: 2; display: flex; justify-content: space-between;}
 /* Room for Generate's wait and step progress while it runs (an error is the toast's to show). */
 #generate-status:has([data-testid="status-tracker"] .progress-text) {min-height: 72px;}
 """
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
-    # Gradio's cache (uploads, results) is emptied of files older than the policy says, every hour.
+    # Gradio's cache (uploads, results) is emptied of files older than the policy says, every hour: this process's
+    # own cache, so that no other app's clean-up removes what this one serves.
+    own_gradio_files()
     with gr.Blocks(title="PACGen Studio", delete_cache=(3600, int(studio.policy.cache_hours * 3600))) as demo:
         gr.Markdown("# PACGen Studio\nPut *your own* objects into generated images, exactly where you want them.")
         header = gr.Markdown(views.header(studio.status()), elem_id="header")

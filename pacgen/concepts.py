@@ -34,6 +34,7 @@ from .disk import DiskFullError, StorageError, full_message, is_full, os_error_m
 from .errors import PACGenError
 from .kohya import KOHYA_FILE, read_kohya_file, write_kohya_file
 from .lora import LORA_FILE, LoraFileError, check_lora_header, read_lora_file, write_lora_file
+from .processes import process_alive
 from .text import check_text, has_visible_base, name_key
 
 logger = logging.getLogger(__name__)
@@ -255,18 +256,6 @@ def _megabytes(size: int) -> str:
     return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end the process: trust age alone there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 class ConceptLibrary:
     """A folder of concept folders. Writes go through a staging folder and one rename, so a crash or a
     cancel never leaves half a concept behind, and a corrupt folder never stops the others from listing."""
@@ -289,7 +278,7 @@ class ConceptLibrary:
             except FileNotFoundError:  # removed by its owner meanwhile
                 continue
             owner = _STAGING_OWNER.match(entry.name)
-            alive = owner is not None and _process_alive(int(owner.group(1)))
+            alive = owner is not None and process_alive(int(owner.group(1)))
             if (age > STALE_STAGING_S and not alive) or age > ABANDONED_STAGING_S:
                 logger.info("removing a staging leftover %s", entry.name)
                 if entry.is_dir() and not entry.is_symlink():

@@ -27,7 +27,7 @@ def serve(studio: Studio):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                                   quiet=True, css=app.CSS)
+                                                   quiet=True, css=app.CSS, **app.launch_options(studio.policy, []))
     return demo
 
 

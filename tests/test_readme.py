@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client
 
@@ -120,7 +121,8 @@ def test_the_command_line_and_python_examples_run(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    """`python app.py --model tiny` on a free port, with a concept named as in the README's example; its log."""
+    """`python app.py --model tiny` on a free port, with a concept named as in the README's example; its log. Started
+    outside the checkout (as an installed app is), with a Gradio temporary folder of the user's."""
     from test_app import free_port
 
     from pacgen.mini.stand_ins import write_random_concept
@@ -130,10 +132,10 @@ def app_url(tmp_path_factory):
     write_random_concept(PACGenPipeline.from_pretrained("tiny", device="cpu"), home / "concepts" / "my-dog",
                          "my dog", "sks", "dog")
     port, log = free_port(), home / "server.log"
-    env = {**os.environ, "PACGEN_MULTI_USER": ""}
+    env = {**os.environ, "PACGEN_MULTI_USER": "", "GRADIO_TEMP_DIR": str(home / "gradio")}
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--data-dir", str(home),
-                                    "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                    "--port", str(port)], cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -196,3 +198,20 @@ def test_a_refused_request_is_one_line_in_the_server_log(app_url):
     assert len(refusals) >= 2 and any("num_inference_steps" in line for line in refusals)
     assert "Traceback" not in text
     assert "torchvision" not in text  # transformers' notice about its PIL fallback (pacgen.quiet)
+
+
+@pytest.mark.slow  # launches the app
+def test_started_elsewhere_it_serves_the_example_photos_from_a_cache_of_its_own(app_url):
+    """Gradio allows files from the working and temporary folders only: an app started outside the checkout could
+    not give the page the example objects' photos (403). Its cached files are in a folder of its own inside the
+    user's GRADIO_TEMP_DIR, so another app's clean-up on the machine never deletes them."""
+    url, log = app_url
+    photo = ROOT / "assets" / "concepts" / "ruby_checker_star" / "photo_0.png"
+    answer = httpx.get(f"{url}/gradio_api/file={photo}", timeout=60)
+    assert answer.status_code == 200 and answer.content == photo.read_bytes()
+    boxes = {"headers": ["label", "x0", "y0", "x1", "y1"], "data": [["a dog", 0.1, 0.1, 0.9, 0.9]]}
+    Client(url, verbose=False).predict(prompt="a dog", boxes=boxes, num_inference_steps=2, api_name="/generate")
+    folders = list((log.parent / "gradio").iterdir())
+    (own,) = [folder for folder in folders if folder.name.startswith("pacgen-files-")]
+    assert any(own.rglob("*.*"))  # what it served (the image just made)
+    assert not any(re.fullmatch("[0-9a-f]{64}", folder.name) for folder in folders)  # nothing cached beside it

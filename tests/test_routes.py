@@ -238,7 +238,8 @@ def test_an_anonymous_shared_app_keeps_requests_to_their_page_session(tmp_path):
 
 
 def test_a_local_single_user_app_is_not_guarded():
-    assert launch_options(Policy.local(), []) == {"auth": None}
+    options = launch_options(Policy.local(), [])
+    assert options["auth"] is None and "app_kwargs" not in options
 
 
 def test_a_request_is_its_owners_only_on_an_app_with_logins():

@@ -1,5 +1,7 @@
 """The views' pure conversions behind issue 15: safe text, the canvas/table model, results text, library cards."""
 
+import re
+
 import gradio as gr
 import pytest
 from PIL import Image
@@ -133,10 +135,17 @@ def test_loss_plot_follows_the_smoothed_loss_and_success_points_to_compose():
     shown = views.TrainView()
     shown.add(TrainEvent("training", 1, 2, loss=0.9, loss_smoothed=0.5))
     assert shown.losses == [(1, 0.5)]
+    assert views.TrainView().loss_html() == "" and "from 0.5000 at step 1 to 0.5000 at step 1" in shown.loss_html()
+    assert line_points(shown.loss_html()) == ["0.00,0.00"] * 2  # one point is a dot, not nothing
     concept = Concept("my dog", "sks", "dog", "tiny", "f")
     shown.add(TrainEvent("done", 2, 2, message="saved 'my dog' (sks dog)", concept=concept))
     assert shown.markdown().startswith("saved 'my dog' (sks dog)  \n**Next: 2 · Compose.**")
     assert "&lt;my dog&gt;" in shown.markdown()
+
+
+def line_points(html: str) -> list[str]:
+    """The loss curve's points, as its SVG line has them (x, y in its box, y downwards)."""
+    return re.search(r'<polyline points="([^"]+)"', html).group(1).split()
 
 
 def test_placeholder_uses_the_models_own_words():
@@ -152,7 +161,10 @@ def test_plain_steps_update_the_train_tab_at_most_so_often_but_every_loss_reache
     assert [view.progress for view, _ in updates][-1] == 1.0
     assert len(updates) == 3  # the first step, the preview and the end; no plain step in between
     _, (_, plot, previews, _) = updates[-1]
-    assert set(plot["step"]) == set(range(1, 51)) and len(previews) == 1
+    assert "at step 1 to 0.0200 at step 50" in plot and len(previews) == 1
+    points = line_points(plot)  # every loss, the first and highest top left, the last and lowest bottom right
+    assert len(points) == 51 and points[0] == "0.00,0.00" and points[-1] == "100.00,100.00"
+    assert all(f">{text}<" in plot for text in ("1.0000", "0.0200", "step 1", "step 50"))  # its scale, as text
     assert updates[0][1][2] == gr.skip()  # a plain step leaves the previews as they are
     _, (_, plot, _, _) = next(shown(iter([TrainEvent("class-images", 1, 2)])))
-    assert plot is None  # no loss yet, no data: an empty table has no extent to draw
+    assert plot == ""  # no loss yet, no curve

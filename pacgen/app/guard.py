@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse
 
+from ..models import assets_dir
 from .owners import Admission, Owners, Refusal, Request, find_route
 from .visitors import Policy
 
@@ -29,12 +30,14 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 def launch_options(policy: Policy, auth: list[tuple[str, str]]) -> dict[str, Any]:
-    """`Blocks.launch` keyword arguments for the app's logins and, where it is shared or has logins, its route guard.
-    A local single-user app gets neither and works as Gradio makes it."""
+    """`Blocks.launch` keyword arguments: the shipped files the page may be given (the example objects' photos, from
+    wherever the app was started: Gradio allows only the working and temporary folders), the app's logins and,
+    where it is shared or has logins, its route guard. A local single-user app gets no guard."""
+    shipped = {"allowed_paths": [str(assets_dir())]}
     if not (policy.isolated or auth):
-        return {"auth": None}
+        return {"auth": None, **shipped}
     owners = Owners(logins=bool(auth), cache_dirs=[get_upload_folder(), str(get_cache_folder())])
-    return {"auth": auth or None, "app_kwargs": {"middleware": [Middleware(RouteGuard, owners=owners)]}}
+    return {"auth": auth or None, "app_kwargs": {"middleware": [Middleware(RouteGuard, owners=owners)]}, **shipped}
 
 
 class RouteGuard:

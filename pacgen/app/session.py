@@ -6,7 +6,6 @@ No view code here: actions take and return plain data (paths, `Box`es, settings 
 
 from __future__ import annotations
 
-import atexit
 import math
 import os
 import shutil
@@ -33,6 +32,7 @@ from ..layout import Box, boxed_concepts
 from ..lora import check_lora_fits
 from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, model_names
 from ..photos import PhotoSource, load_photos
+from ..processes import process_folder
 from ..sampling import GenerationResult, PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
 from ..text import check_text, name_key
@@ -129,9 +129,7 @@ class Studio:
         self.model_lock = threading.Lock()  # one job on the model at a time: generation waits for training
         self._loaded_versions: dict[str, object] = {}  # what each loaded concept's files were when loaded
         self._refused: dict[tuple[str, object], str] = {}  # concept files that failed to load, and why
-        self.export_dir = Path(tempfile.mkdtemp(prefix=f"pacgen-export-{os.getpid()}-"))
-        atexit.register(shutil.rmtree, self.export_dir, True)
-        _remove_stale_exports()
+        self.export_dir = process_folder(Path(tempfile.gettempdir()), "pacgen-export")
         self.sync_library()
         # ZeroGPU forks its workers from this process: the chunk call must exist, bound to the pipe, before any fork;
         # and a worker must not inherit a lock this process holds (a training's), or its generation would wait forever.
@@ -564,24 +562,6 @@ class Studio:
             return self.model.call(synced_generation)
         finally:
             self.model_lock.release()
-
-
-def _remove_stale_exports() -> None:
-    """Export folders of app processes that are gone (killed, so their exit clean-up never ran)."""
-    for folder in Path(tempfile.gettempdir()).glob("pacgen-export-*-*"):
-        pid = folder.name.split("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _speed_key(settings: TrainSettings, default_size: int) -> tuple:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import gradio as gr
-import pandas as pd
 
 from ..errors import PACGenError
 from ..layout import enlarge
@@ -37,7 +36,7 @@ class TrainTab:
     photo_gallery: gr.Gallery
     aug_preview: gr.Image
     status: gr.Markdown
-    loss_plot: gr.LinePlot
+    loss_plot: gr.HTML
     previews: gr.Gallery
     log: gr.Textbox
     stopped_row: gr.Row  # "'my dog' stopped at 340/500: Resume / Discard", shown while the visitor has one
@@ -90,9 +89,9 @@ def build(studio: Studio) -> TrainTab:
                          alt_text=f"the photos of {shown.name}, and four images composed with it")
             photo_gallery = gr.Gallery(label="Your photos", columns=5, height=120, allow_preview=False, visible=False)
             aug_preview = gr.Image(label="Augmented samples (dimmed parts are not learned)", interactive=False)
-            # No data (None) until there is a loss to draw: an empty table made Vega warn "Infinite extent", and
-            # hiding the plot instead left its resize observer reading a removed element (issue 24/15).
-            loss_plot = gr.LinePlot(None, x="step", y="loss", label="Training loss (smoothed)", height=220)
+            # Not a gr.LinePlot: views.TrainView.loss_html says why.
+            loss_plot = gr.HTML("", label="Training loss (smoothed)", show_label=True, container=True,
+                                elem_id="loss-plot")
             # Shown at their own pixels (enlarged by whole pixels, never scaled by the gallery).
             previews = gr.Gallery(label="Previews at random boxes", columns=4, height="auto", object_fit="none",
                                   elem_id="previews")
@@ -126,8 +125,7 @@ def shown(events, every_s: float = UPDATE_EVERY_S) -> Iterator[tuple]:
             continue
         last = time.monotonic()
         previews = gr.skip() if plain_step else view.previews
-        plot = pd.DataFrame(view.losses, columns=["step", "loss"]) if view.losses else None
-        yield view, (view.markdown(), plot, previews, "\n".join(view.log))
+        yield view, (view.markdown(), view.loss_html(), previews, "\n".join(view.log))
 
 
 def settings_of(studio: Studio, values) -> TrainSettings:
@@ -245,11 +243,11 @@ def cancel_state(studio: Studio):
 def reattach(tab: TrainTab, studio: Studio) -> tuple[object, list]:
     """A page-load handler and its outputs: the visitor's running or last training, replayed from its first event
     then live, so a reloaded or reopened tab shows it again; nothing changes when there is none."""
-    # The plot gets a value (None, then the replayed losses) in every update, never gr.update(): Gradio streams a
-    # generator's outputs as diffs from its previous one, and a diff between an update and the plot's data reached
-    # the page as data without its column types (an uncaught "reading 'step'" on each load after a training).
+    # The plot gets a value (none, then the replayed losses) in every update, never gr.update(): Gradio streams a
+    # generator's outputs as diffs from its previous one, and a diff between an update and the LinePlot's data once
+    # reached the page as data without its column types (an uncaught "reading 'step'" on each load after a training).
     def follow():
-        plot = None
+        plot = ""
         yield cancel_state(studio), gr.update(), plot, *[gr.update()] * 2, *stopped_state(studio)
         for _, outputs in shown(studio.follow_training()):
             plot = outputs[1]

@@ -434,6 +434,25 @@ class TrainView:
         """The status line as the page shows it, with the next step once there is one."""
         return "  \n".join(filter(None, [self.status, self.next_step]))
 
+    def loss_html(self) -> str:
+        """The smoothed loss as a line in a box (an inline SVG stretched to the column, its stroke not), its highest
+        and lowest values and its first and last steps written beside it as page text, legible at any width; empty
+        before the first step. Not a LinePlot: emptied or refilled between trainings it threw in the browser and
+        made Vega warn "Infinite extent" (issue 24/15)."""
+        if not self.losses:
+            return ""
+        steps, values = zip(*self.losses)
+        low, high = min(values), max(values)
+        span_x, span_y = max(steps[-1] - steps[0], 1), (high - low) or 1.0
+        points = [f"{(step - steps[0]) / span_x * 100:.2f},{(high - value) / span_y * 100:.2f}"
+                  for step, value in self.losses]
+        line = " ".join(points * 2 if len(points) == 1 else points)  # one point: a dot
+        said = f"smoothed loss from {values[0]:.4f} at step {steps[0]} to {values[-1]:.4f} at step {steps[-1]}"
+        return (f'<figure class="loss-plot"><span class="loss-y"><span>{high:.4f}</span><span>{low:.4f}</span></span>'
+                f'<svg viewBox="0 0 100 100" preserveAspectRatio="none" role="img" aria-label="{said}">'
+                f'<polyline points="{line}" fill="none" stroke="currentColor"/></svg>'
+                f'<span class="loss-x"><span>step {steps[0]}</span><span>step {steps[-1]}</span></span></figure>')
+
     def add(self, event: TrainEvent) -> None:
         if event.phase == Phase.CLASS_IMAGES:
             self.status = f"Generating class images for prior preservation: {event.step}/{event.total}"
