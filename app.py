@@ -31,6 +31,11 @@ from pacgen.app.visitors import LimitError, choose_policy, parse_logins
 CSS = """
 #banner {background: #fff7e6; border: 1px solid #f0c36d; border-radius: 8px; padding: 4px 12px;}
 #banner:empty {display: none;}
+/* Gradio's dark theme writes light text: the boxes given a light background of their own get a dark one there. */
+.dark #banner {background: #3d2e0f; border-color: #b5832a;}
+.dark #library-status .md:not(:empty) {background: #0b3b25; border-color: #2f7d57;}
+.dark .concept-card .card-thumb {background: #344054;}
+.dark .concept-card {border-color: #475467;}
 #results img, #previews img, .example-objects img {image-rendering: pixelated;}
 #path-guide {font-size: 1.05em;}
 .concept-cards {display: flex; flex-wrap: wrap; gap: 12px;}
