@@ -76,4 +76,4 @@ def test_the_apps_training_and_generation_run_on_the_model_thread(tmp_path, phot
                         studio.pipe.settings(num_inference_steps=2, seed=0))
     finally:
         hook.remove()
-    assert threads == {studio.model.call(threading.get_ident)}
+    assert threads == {studio.replicas[0].model.call(threading.get_ident)}
