@@ -1,5 +1,5 @@
-"""Scaling past one process and one sitting: batch throughput on 2 processes against 1, and the cost of the
-checkpoints that let a killed training resume.
+"""Scaling past one process and one sitting: batch throughput on 2 processes against 1, the app on 2 devices against
+1, and the cost of the checkpoints that let a killed training resume.
 
 How it measures.
 - Batch: the same jobs file (--images images of `tiny`, then of `mini`, a seed per image) runs as
@@ -8,12 +8,19 @@ How it measures.
   is the batch's own summary (images written / seconds from the moment every process has loaded the model and
   listed the folder to the last image), so model loading is not counted; the wall time of the whole command is shown
   beside it. The images of both runs are compared byte for byte.
+- App: `python app.py --model mini --threads 1` runs twice, with `--devices cpu` and with `--devices cpu,cpu` (one
+  pipeline per device, each on its own thread; torch's one thread is the whole process's), each a subprocess with
+  OMP_NUM_THREADS=1. A `gradio_client` sends two /generate requests at once (two seeds) to one app, then to the other,
+  --repeats times interleaved, after one warm-up pair each; the wall time is from the two submissions to the second
+  result, median of the repeats. The images the two apps return are compared byte for byte. The per-request Python
+  work (the sampler's loop, the UNet's module calls) holds the GIL, which both replicas share: mini's default 32 px
+  makes every torch op short, so the rows go up in size and steps to show where the two threads stop waiting on it.
 - Checkpoints: the state a `mini` training saves (its default method's trained weights as fp32 masters and AdamW's
   two moments, 12 bytes per trained weight) is written with `pacgen.checkpoints.write_state` --repeats times; the
   cost at the default interval is one save's time over `checkpoint_minutes`, and the optimisation step's time
   (`measure_step_seconds`) says how many steps that interval holds.
 
-Run from the repository root: `python -m pacgen.mini.bench.scale` (about 5 minutes on 2 idle cores).
+Run from the repository root: `python -m pacgen.mini.bench.scale` (about 10 minutes on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -77,6 +85,74 @@ def batch_rows(models: dict[str, dict], work: Path) -> list[str]:
     return rows
 
 
+class App:
+    """`app.py` served from a subprocess on a free port, and a client of it."""
+
+    def __init__(self, devices: str, home: Path):
+        from gradio_client import Client
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        self.log = (home / "server.log").open("w")
+        self.process = subprocess.Popen([sys.executable, "app.py", "--model", "mini", "--threads", "1", "--devices",
+                                         devices, "--data-dir", str(home), "--port", str(port)],
+                                        cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                self.client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # noqa: BLE001 - not serving yet: any connection failure
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"app.py --devices {devices} did not start: {(home / 'server.log').read_text()}")
+                time.sleep(1)
+
+    def two_at_once(self, size: int, steps: int, prompt: str, boxes: list) -> tuple[float, list[bytes]]:
+        """Wall time of two requests sent at once, and their images' pixels."""
+        from PIL import Image
+
+        table = {"headers": ["label", "x0", "y0", "x1", "y1"], "data": boxes}
+        started = time.perf_counter()
+        jobs = [self.client.submit(prompt=prompt, boxes=table, num_inference_steps=steps, seed=seed, width=size,
+                                   height=size, api_name="/generate") for seed in (1, 2)]
+        results = [job.result(timeout=3600) for job in jobs]
+        wall = time.perf_counter() - started
+        return wall, [Image.open(gallery[0]["image"]).tobytes() for gallery, *_ in results]
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(60)
+        self.log.close()
+
+
+def app_rows(cases: list[tuple[int, int]], work: Path, repeats: int, prompt: str, boxes: list) -> list[str]:
+    rows = ["| model | size (px) | steps | 1 replica: 2 requests at once (s) | 2 replicas (s) | ratio | same images |",
+            "|---|---|---|---|---|---|---|"]
+    (work / "one").mkdir()
+    (work / "two").mkdir()
+    one, two = App("cpu", work / "one"), App("cpu,cpu", work / "two")
+    try:
+        for size, steps in cases:
+            times: dict[str, list[float]] = {"one": [], "two": []}
+            images = {}
+            for repeat in range(repeats + 1):  # the first pair warms each app up at this size
+                for name, served in (("one", one), ("two", two)):
+                    wall, images[name] = served.two_at_once(size, steps, prompt, boxes)
+                    if repeat:
+                        times[name].append(wall)
+            first, second = (sorted(t)[len(t) // 2] for t in times.values())
+            rows.append(f"| mini | {size} | {steps} | {first:.2f} | {second:.2f} | {second / first:.2f}x "
+                        f"| {images['one'] == images['two']} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    finally:
+        one.close()
+        two.close()
+    return rows
+
+
 def checkpoint_rows(work: Path, repeats: int) -> list[str]:
     torch.set_num_threads(1)
     pipe = PACGenPipeline.from_pretrained("mini", device="cpu")
@@ -108,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mini-images", type=int, default=8)
     parser.add_argument("--mini-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--app-cases", default="32x10,32x50,64x20,128x10", metavar="SIZExSTEPS,…",
+                        help="the app rows: image size and steps of each")
+    parser.add_argument("--skip-batch", action="store_true", help="only the app and checkpoint rows")
     args = parser.parse_args(argv)
     prompt = "a red star and a blue circle on grass"
     boxes = [["a red star", 0.05, 0.1, 0.45, 0.5], ["a blue circle", 0.55, 0.5, 0.95, 0.9]]
@@ -117,8 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        rows = batch_rows(models, work)
-        rows += [""] + checkpoint_rows(work, args.repeats)
+        rows = [] if args.skip_batch else batch_rows(models, work) + [""]
+        cases = [tuple(int(n) for n in case.split("x")) for case in args.app_cases.split(",")]
+        rows += app_rows(cases, work, args.repeats, prompt, boxes) + [""]
+        rows += checkpoint_rows(work, args.repeats)
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end; "
           f"torch {torch.__version__}\n")
     print("\n".join(rows))
