@@ -27,6 +27,7 @@ from pacgen.app.guard import launch_options
 from pacgen.app.model_thread import app_threads
 from pacgen.app.session import Studio
 from pacgen.app.visitors import LimitError, choose_policy, parse_logins
+from pacgen.devices import parse_devices
 
 CSS = """
 #banner {background: #fff7e6; border: 1px solid #f0c36d; border-radius: 8px; padding: 4px 12px;}
@@ -160,7 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "others); 'none' lifts one")
     parser.add_argument("--threads", default=env("PACGEN_THREADS", "auto"),
                         help="CPU threads for the model: a number, or auto (every core but one, left to the web "
-                             "server and a browser on this machine; OMP_NUM_THREADS where it is set)")
+                             "server and a browser on this machine, shared by the cpu pipelines of --devices; "
+                             "OMP_NUM_THREADS where it is set)")
+    parser.add_argument("--devices", default=env("PACGEN_DEVICES"), metavar="DEVICE[,DEVICE…]|all",
+                        help="one pipeline per device, serving that many requests at once, e.g. cuda:0,cuda:1, or "
+                             "all (every CUDA device); default: the one device the model picks")
     args = parser.parse_args(argv)
     args.on_space = on_space
     return args
@@ -169,7 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        threads = app_threads(args.threads)
+        devices = parse_devices(args.devices)
+        threads = app_threads(args.threads, replicas=max(1, devices.count("cpu")))
         auth = parse_logins(args.auth)
         policy = choose_policy(shared=args.share or args.on_space or args.multi_user or len(auth) > 1,
                                limits=args.limits)
@@ -178,9 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     if threads:
         torch.set_num_threads(threads)
     studio = Studio(args.model, args.data_dir, policy=policy, shared_dir=args.shared_concepts,
-                    grounding=args.grounding)
+                    grounding=args.grounding, devices=devices)
     demo = build_ui(studio)
-    # One job per endpoint at a time; the session's model lock then orders generation and training. Shared: no
+    # One job per endpoint at a time (Generate: one per device); the session lends each job a free device, and a
+    # generation waits while a training holds the only one. Shared: no
     # queue-bypassing /run routes (every call has a session, so a visitor), and no internal error text on the page.
     # Shared or with logins: Gradio's routes serve each visitor's requests and files to that visitor only (guard).
     demo.queue(default_concurrency_limit=1, max_size=policy.queue_size, api_open=not policy.isolated).launch(

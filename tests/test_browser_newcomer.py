@@ -411,7 +411,7 @@ def test_4_a_training_survives_a_reload_and_the_page_ends_as_if_it_never_reloade
     # started the training would. The test holds the model until the page is back, so the training ends after the
     # reload however fast this machine is.
     reload(page)
-    with studio.model_lock:
+    with studio.replicas.take():
         start_training(page, "after reload", 20)
         deadline = time.monotonic() + 60
         while not studio.training_active() and time.monotonic() < deadline:

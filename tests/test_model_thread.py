@@ -30,6 +30,8 @@ def test_calls_run_on_one_thread_in_the_callers_context_and_bring_errors_back():
 def test_the_app_leaves_a_core_to_its_server_and_browser_unless_told_otherwise():
     assert app_threads("auto", cores=2, environ={}) == 1  # the 2-core CPU: a browser on it stalls a second thread
     assert app_threads("auto", cores=16, environ={}) == 15
+    assert app_threads("auto", cores=16, environ={}, replicas=2) == 7  # --devices cpu,cpu: torch's count is per process
+    assert app_threads("auto", cores=2, environ={}, replicas=2) == 1
     assert app_threads("auto", cores=1, environ={}) == 1
     assert app_threads("auto", cores=8, environ={"OMP_NUM_THREADS": "4"}) is None  # torch already follows it
     assert app_threads("3", cores=2, environ={}) == 3
@@ -76,4 +78,4 @@ def test_the_apps_training_and_generation_run_on_the_model_thread(tmp_path, phot
                         studio.pipe.settings(num_inference_steps=2, seed=0))
     finally:
         hook.remove()
-    assert threads == {studio.model.call(threading.get_ident)}
+    assert threads == {studio.replicas[0].model.call(threading.get_ident)}

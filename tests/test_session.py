@@ -159,12 +159,12 @@ def test_estimates_asked_at_once_share_one_measurement_which_is_renewed_once_sta
 def test_while_the_model_is_busy_the_estimate_says_what_it_rests_on(tmp_path):
     studio = Studio("tiny", tmp_path, device="cpu")
     settings = TrainSettings(steps=4, prior_preservation=False)
-    with studio.model_lock:  # a training or a generation holds the model
+    with studio.replicas.take():  # a training or a generation holds the model
         text = views.estimate(studio.estimate("star", settings), settings.steps, 5)
     assert text.startswith("How long training takes is not known yet: speeds are not measured here yet, and the model "
                            "is busy now: change a setting once it is free.\n\n<details>")
     studio.estimate("star", settings)
-    with studio.model_lock:
+    with studio.replicas.take():
         basis = studio.estimate("star", settings.override(batch_size=2)).basis
     assert basis.startswith("measured for other settings (the model is busy now)")
 

@@ -129,6 +129,9 @@ def test_header_says_model_concepts_and_picture_size_with_the_technical_figures_
     assert folded == "<details><summary>Details</summary>Device CPU · dtype float32 · memory 0.7 GiB RAM</details>"
     gpu = views.header({**status, "device": "NVIDIA H100", "concepts": 0})
     assert gpu.startswith("Model **mini** on the GPU (NVIDIA H100) · **0 concepts** ready")
+    assert views.header({**status, "replicas": 2}).startswith("Model **mini** on the CPU (2 pipelines) · ")
+    two = views.header({**status, "device": "NVIDIA H100", "replicas": 2})
+    assert two.startswith("Model **mini** on 2 devices (NVIDIA H100) · ")
 
 
 def test_loss_plot_follows_the_smoothed_loss_and_success_points_to_compose():

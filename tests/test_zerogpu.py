@@ -214,5 +214,5 @@ def test_a_worker_forked_while_a_training_holds_the_model_can_still_generate(spa
         box = [Box("a ball", (0.2, 0.2, 0.8, 0.8))]
         return studio.generate("a ball", "", box, studio.pipe.settings(seed=0, num_inference_steps=2)).images[0].size
 
-    with studio.model_lock, studio.training_lock:  # this process is busy training
+    with studio.replicas.take(), studio.training_lock:  # this process is busy training
         assert generate_in_worker() == (studio.size, studio.size)

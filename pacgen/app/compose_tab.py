@@ -207,6 +207,7 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
         [tab.prompt, tab.negative, tab.table, *[tab.settings[i] for i in kept], tab.show_boxes,
          *[tab.settings[i] for i in unset], tab.scene],
         [tab.results, tab.info, tab.last, tab.last_seed], api_name="generate",
+        concurrency_limit=len(studio.replicas),  # one request per device at once (`--devices`)
         # Progress, waiting and errors show next to the button; the previous results stay in view meanwhile.
         show_progress_on=[tab.generate_status],
     )

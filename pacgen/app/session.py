@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -40,6 +40,7 @@ from ..checkpoints import StoppedTraining, discard, find_stopped, stopped_traini
 from ..training import Estimate, Phase, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
 from .jobs import TrainingJob
 from .model_thread import ModelThread
+from .replicas import Replica, ReplicaPool
 from .zerogpu import ZERO_GPU_RATES, chunk_runner, max_daily_quota_s, train_in_chunks
 from .visitors import (Caller, LimitError, Policy, Visitors, acting_as, current_caller, folder_mb,
                        generation_cost)
@@ -100,7 +101,8 @@ class LibraryView:
 
 
 class Studio:
-    """Everything the app does, around one pipeline object that owns the GPU.
+    """Everything the app does, around one pipeline per device (`devices`; by default the one device the model
+    picks), each lent to one job at a time by `replicas`.
 
     Every action acts for the current visitor (`visitors.current_caller`); with `Policy.local()` that is always
     the one local user, with an isolated policy each visitor sees only their own library, jobs and results, plus
@@ -108,26 +110,28 @@ class Studio:
     """
 
     def __init__(self, model: str = "auto", data_dir: str | Path | None = None, device: str | None = None,
-                 policy: Policy | None = None, shared_dir: str | Path | None = None, grounding: str | None = None):
+                 policy: Policy | None = None, shared_dir: str | Path | None = None, grounding: str | None = None,
+                 devices: Sequence[str | None] | None = None):
         source, self.notice = resolve_model(model)
-        self.model = ModelThread()  # every torch call, loading included, runs there: off it torch runs at half speed
+        devices = list(devices or [device])
         try:
-            self.pipe = self.model.call(PACGenPipeline.from_pretrained, source, device=device, grounding=grounding)
+            first = _load_replica(source, devices[0], grounding)
         except ModelLoadError as error:
             if model != "auto":
                 raise
             self.notice = f"Could not load {source} ({error}); running the embedded mini model."
-            self.pipe = self.model.call(PACGenPipeline.from_pretrained, EMBEDDED_MODEL, device=device)
+            source, grounding = EMBEDDED_MODEL, None
+            first = _load_replica(source, devices[0], grounding)
+        self.replicas = ReplicaPool([first] + [_load_replica(source, d, grounding) for d in devices[1:]])
+        self.pipe = first.pipe  # the model's defaults and shapes, the same on every replica
         self.policy = policy or Policy.local()
         self.root = ConceptLibrary(data_dir).root
         self.visitors = Visitors(self.root, self.policy)
         self.shared = ConceptLibrary(shared_dir) if shared_dir else None
         self.jobs: dict[str, TrainingJob] = {}  # each visitor's running or last training
         self.training_names: dict[str, str] = {}  # the concept each visitor's running or last training makes
+        # A plain lock, not an RLock: Gradio resumes a streaming generator on any worker thread.
         self.training_lock = threading.Lock()  # one training at a time: a second one is refused at once
-        # Plain locks, not RLocks: Gradio resumes a streaming generator on any worker thread.
-        self.model_lock = threading.Lock()  # one job on the model at a time: generation waits for training
-        self._loaded_versions: dict[str, object] = {}  # what each loaded concept's files were when loaded
         self._refused: dict[tuple[str, object], str] = {}  # concept files that failed to load, and why
         self.export_dir = process_folder(Path(tempfile.gettempdir()), "pacgen-export")
         self.sync_library()
@@ -141,9 +145,9 @@ class Studio:
         self.trained_step_s: dict[tuple, float] = {}  # the step time each speed key's last finished training measured
 
     def _fresh_locks(self) -> None:
-        """In a forked child: the parent's locks may be held and its model thread does not exist there."""
-        self.training_lock, self.model_lock, self._measuring = threading.Lock(), threading.Lock(), threading.Lock()
-        self.model = ModelThread()
+        """In a forked child: the parent's locks may be held and its model threads do not exist there."""
+        self.training_lock, self._measuring = threading.Lock(), threading.Lock()
+        self.replicas.after_fork()
 
     # ----------------------------------------------------------------------------------- the model
 
@@ -162,17 +166,17 @@ class Studio:
 
     def status(self, view: LibraryView | None = None) -> dict:
         comp = self.pipe.components
-        device = comp.device
-        if device.type == "cuda":
-            memory = f"{torch.cuda.memory_allocated(device) / 2**30:.1f} GiB in use"
-            name = torch.cuda.get_device_name(device)
+        devices = [replica.pipe.components.device for replica in self.replicas]
+        gpus = [device for device in devices if device.type == "cuda"]
+        if gpus:
+            memory = " + ".join(f"{torch.cuda.memory_allocated(d) / 2**30:.1f}" for d in gpus) + " GiB in use"
         else:
             import psutil
 
             memory = f"{psutil.Process().memory_info().rss / 2**30:.1f} GiB RAM"
-            name = device.type.upper()
-        return {"device": name, "model": comp.model_id, "adapters": comp.adapter_source,
-                "dtype": str(comp.dtype).replace("torch.", ""),
+        names = [torch.cuda.get_device_name(d) if d.type == "cuda" else d.type.upper() for d in devices]
+        return {"device": ", ".join(dict.fromkeys(names)), "replicas": len(devices), "model": comp.model_id,
+                "adapters": comp.adapter_source, "dtype": str(comp.dtype).replace("torch.", ""),
                 "memory": memory, "concepts": len((view or self.library_view()).usable), "size": self.size}
 
     def notices(self, view: LibraryView | None = None) -> list[str]:
@@ -184,7 +188,8 @@ class Studio:
         if self.defaults.banner:
             lines.append(self.defaults.banner)
         view = view or self.library_view()
-        lines += [self.pipe.transplanted[name] for name in sorted(view.usable) if name in self.pipe.transplanted]
+        transplanted = {name: said for replica in self.replicas for name, said in replica.pipe.transplanted.items()}
+        lines += [transplanted[name] for name in sorted(view.usable) if name in transplanted]
         problems = view.problems
         if problems:
             lines.append("Not usable: " + "; ".join(f"'{name}' ({why})" for name, why in problems))
@@ -221,36 +226,39 @@ class Studio:
         return view
 
     def sync_library(self) -> None:
-        """Make the model's concepts the current visitor's, as they are on disk now, if the model is free.
+        """Make a free replica's concepts the current visitor's, as they are on disk now (the one that last served
+        them, where it is free), so that the page reports what cannot load.
 
-        Skipped while the model is busy: every job syncs again, under the model lock, before it starts."""
-        if self.model_lock.acquire(blocking=False):
-            try:
-                self.model.call(self._sync_library)
-            finally:
-                self.model_lock.release()
+        Skipped while every replica is busy: every job syncs the replica it holds again before it starts."""
+        visitor = self.visitor()
+        with self.replicas.take(prefer=visitor, blocking=False) as replica:
+            if replica is not None:
+                replica.model.call(self._sync_library, replica)
 
-    def _sync_library(self) -> None:
-        """Load what the visitor may use and is not loaded, or changed on disk since; unload everything else.
+    def _sync_library(self, replica: Replica) -> None:
+        """Load on `replica` what the visitor may use and is not loaded, or changed on disk since; unload everything
+        else.
 
-        Called with the model lock held, so a delete or a replacement takes effect before the next job starts. A
-        concept whose weights do not fit the model is remembered as refused (reported, never retried unchanged)."""
+        Called by the job holding the replica, so a delete or a replacement takes effect before the next job starts,
+        and no other visitor's concept stays loaded into this one's images. A concept whose weights do not fit the
+        model is remembered as refused (reported, never retried unchanged)."""
+        pipe, loaded = replica.pipe, replica.loaded_versions
+        replica.visitor = self.visitor()
         wanted = self.library_view().usable
-        for name in list(self.pipe.concepts):
+        for name in list(pipe.concepts):
             concept = wanted.get(name)
-            if concept is None or self._loaded_versions.get(name) != concept.version \
-                    or self.pipe.concepts[name].path != concept.path:
-                self.pipe.unload_concept(name)
-                self._loaded_versions.pop(name, None)
+            if concept is None or loaded.get(name) != concept.version or pipe.concepts[name].path != concept.path:
+                pipe.unload_concept(name)
+                loaded.pop(name, None)
         for name, concept in wanted.items():
-            if name in self.pipe.concepts:
+            if name in pipe.concepts:
                 continue
             try:
-                self.pipe.load_concept(concept)  # checks that the weights fit the model before loading them
+                pipe.load_concept(concept)  # checks that the weights fit the model before loading them
             except PACGenError as error:
                 self._refused[(str(concept.path), concept.version)] = str(error)
                 continue
-            self._loaded_versions[name] = concept.version
+            loaded[name] = concept.version
 
     def concept_names(self) -> list[str]:
         """The concepts the current visitor can put in a box."""
@@ -392,11 +400,11 @@ class Studio:
         with self._measuring:
             measured = self.rates.get(key)
             stale = measured is None or time.monotonic() - measured[1] > RATES_FRESH_S
-            if stale and self.model_lock.acquire(blocking=False):
-                try:
-                    measured = self.rates[key] = self.model.call(measure_rates, self.pipe, settings), time.monotonic()
-                finally:
-                    self.model_lock.release()
+            if stale:
+                with self.replicas.take(blocking=False) as replica:
+                    if replica is not None:
+                        measured = self.rates[key] = (replica.model.call(measure_rates, replica.pipe, settings),
+                                                      time.monotonic())
             if measured is not None:
                 return measured[0]
             if not self.rates:
@@ -435,9 +443,9 @@ class Studio:
         files = list(files or [])
         zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
 
-        def synced_training(cancel: threading.Event) -> Iterator[TrainEvent]:
-            self._sync_library()
-            yield from train_concept(self.pipe, files, name, class_noun, settings, library, cancel,
+        def synced_training(replica: Replica, cancel: threading.Event) -> Iterator[TrainEvent]:
+            self._sync_library(replica)
+            yield from train_concept(replica.pipe, files, name, class_noun, settings, library, cancel,
                                      cache_dir=self.root)
 
         def run(cancel: threading.Event) -> Iterator[TrainEvent]:
@@ -447,9 +455,10 @@ class Studio:
                         yield from self._remembering_speed(settings, train_in_chunks(
                             self.pipe, library, self.root, files, name, class_noun, settings, cancel,
                             runner=self._chunk_runner, quota_s=max_daily_quota_s()))
-                    else:
-                        with self.model_lock:
-                            yield from self._remembering_speed(settings, self.model.stream(synced_training(cancel)))
+                    else:  # on one replica, for as long as it runs: the others keep generating
+                        with self.replicas.take(prefer=visitor) as replica:
+                            yield from self._remembering_speed(
+                                settings, replica.model.stream(synced_training(replica, cancel)))
             except TrainingCancelled:
                 yield TrainEvent(Phase.CANCELLED, 0, settings.steps, message="Training cancelled: nothing was saved.")
             except (StorageError, OSError) as error:  # the server's disk, not the visitor's input: say what is wrong
@@ -539,12 +548,7 @@ class Studio:
         behind it. Stops with a message past the policy's time limit."""
         settings = self.pipe.settings(settings)
         self.check_request(prompt, negative_prompt, boxes, settings)
-        if not self.model_lock.acquire(blocking=False):
-            if waiting:
-                waiting("waiting for a training to finish: the model runs one job at a time"
-                        if self.training_lock.locked() else "waiting for the model: another request is running")
-            self.model_lock.acquire()
-        try:
+        with self.replicas.take(prefer=self.visitor(), on_wait=waiting and (lambda: waiting(self._busy()))) as replica:
             started, limit = time.perf_counter(), self.policy.request_timeout_s
 
             def step(i: int, total: int) -> None:
@@ -555,13 +559,27 @@ class Studio:
                     progress(i, total)
 
             def synced_generation() -> GenerationResult:
-                self._sync_library()
-                return self.pipe(prompt, boxes=boxes, negative_prompt=negative_prompt or "", settings=settings,
-                                 callback=step, scene=scene)
+                self._sync_library(replica)
+                return replica.pipe(prompt, boxes=boxes, negative_prompt=negative_prompt or "", settings=settings,
+                                    callback=step, scene=scene)
 
-            return self.model.call(synced_generation)
-        finally:
-            self.model_lock.release()
+            return replica.model.call(synced_generation)
+
+    def _busy(self) -> str:
+        """Why a generation waits: every replica is busy, with a training or other requests."""
+        training = self.training_lock.locked()
+        if len(self.replicas) == 1:
+            return ("waiting for a training to finish: the model runs one job at a time" if training else
+                    "waiting for the model: another request is running")
+        return (f"waiting for a free device: a training holds one of the {len(self.replicas)}, other requests the rest"
+                if training else f"waiting for a free device: all {len(self.replicas)} are serving other requests")
+
+
+def _load_replica(source: str, device: str | None, grounding: str | None) -> Replica:
+    """The model on `device`, loaded on the thread that will run every torch call on it: off it, torch ran at half
+    speed (`model_thread`)."""
+    thread = ModelThread()
+    return Replica(thread.call(PACGenPipeline.from_pretrained, source, device=device, grounding=grounding), thread)
 
 
 def _speed_key(settings: TrainSettings, default_size: int) -> tuple:

@@ -171,7 +171,7 @@ def wire(tab: TrainTab, studio: Studio, refresh, refresh_outputs: list) -> None:
 
     progress_outputs = [tab.status, tab.loss_plot, tab.previews, tab.log]
     show_cancel = endpoint(lambda: cancel_state(studio), [])
-    # Not in the model's queue: a second training is refused at once, and generation waits on the model lock.
+    # Not in the model's queue: a second training is refused at once, and a generation waits for a free device.
     training = tab.train_button.click(lambda: gr.update(interactive=True), outputs=tab.cancel_button, queue=False,
                                       **UI_ONLY).then(endpoint(train, names), inputs, progress_outputs,
                                                       concurrency_limit=None, api_name="train",

@@ -56,6 +56,9 @@ def header(status: dict) -> str:
     and the picture size, in a user's words; the technical figures (device, number format, memory) one click away."""
     device, size, count = plain(status["device"]), status["size"], status["concepts"]
     runs_on = "the CPU" if device == "CPU" else f"the GPU ({device})"
+    copies = status.get("replicas", 1)  # one pipeline per device (`--devices`): requests served side by side
+    if copies > 1:
+        runs_on = f"the CPU ({copies} pipelines)" if device == "CPU" else f"{copies} devices ({device})"
     technical = f"Device {device} · dtype {status['dtype']} · memory {plain(status['memory'])}"
     model, adapters = plain(status["model"]), plain(status.get("adapters", status["model"]))
     model = f"**{model}**" if adapters == model else f"**{model}** with box adapters from **{adapters}**"

@@ -1,5 +1,5 @@
-"""Scaling past one process and one sitting: batch throughput on 2 processes against 1, and the cost of the
-checkpoints that let a killed training resume.
+"""Scaling past one process and one sitting: batch throughput on 2 processes against 1, the app on 2 devices against
+1, and the cost of the checkpoints that let a killed training resume.
 
 How it measures.
 - Batch: the same jobs file (--images images of `tiny`, then of `mini`, a seed per image) runs as
@@ -8,6 +8,17 @@ How it measures.
   is the batch's own summary (images written / seconds from the moment every process has loaded the model and
   listed the folder to the last image), so model loading is not counted; the wall time of the whole command is shown
   beside it. The images of both runs are compared byte for byte.
+- App: `python app.py --model mini --threads 1` runs twice, with `--devices cpu` and with `--devices cpu,cpu` (one
+  pipeline per device, each on its own thread; torch's one thread is the whole process's), each a subprocess with
+  OMP_NUM_THREADS=1. A `gradio_client` sends two /generate requests at once (two seeds) to one app, then to the other,
+  --repeats times interleaved, after one warm-up pair each; the wall time is from the two submissions to the second
+  result, median of the repeats; beside it the server's CPU time over the same span divided by it (how many cores
+  the app kept busy: up to 2 with two replicas on two idle cores). The images the two apps return are compared byte for byte. The per-request Python
+  work (the sampler's loop, the UNet's module calls) holds the GIL, which both replicas share: mini's default 32 px
+  makes every torch op short, and the app offers at most twice the model's size (64 px), so the rows go up in steps.
+- Threads: the same two requests without the app, on two `PACGenPipeline`s each on its own thread (as the app's
+  replicas are), against one after the other on one of them, at sizes past the app's: where the two threads stop
+  waiting on each other's Python. Same one-thread torch, median of --repeats, images compared.
 - Checkpoints: the state a `mini` training saves (its default method's trained weights as fp32 masters and AdamW's
   two moments, 12 bytes per trained weight) is written with `pacgen.checkpoints.write_state` --repeats times; the
   cost at the default interval is one save's time over `checkpoint_minutes`, and the optimisation step's time
@@ -22,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -77,6 +89,116 @@ def batch_rows(models: dict[str, dict], work: Path) -> list[str]:
     return rows
 
 
+class App:
+    """`app.py` served from a subprocess on a free port, and a client of it."""
+
+    def __init__(self, devices: str, home: Path):
+        from gradio_client import Client
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        self.log = (home / "server.log").open("w")
+        self.process = subprocess.Popen([sys.executable, "app.py", "--model", "mini", "--threads", "1", "--devices",
+                                         devices, "--data-dir", str(home), "--port", str(port)],
+                                        cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                self.client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # noqa: BLE001 - not serving yet: any connection failure
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"app.py --devices {devices} did not start: {(home / 'server.log').read_text()}")
+                time.sleep(1)
+
+    def cpu_s(self) -> float:
+        """The server's CPU time so far, all its threads."""
+        import psutil
+
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
+
+    def two_at_once(self, size: int, steps: int, prompt: str, boxes: list) -> tuple[float, float, list[bytes]]:
+        """Wall time of two requests sent at once, the server's CPU time over it, and the images' pixels."""
+        from PIL import Image
+
+        table = {"headers": ["label", "x0", "y0", "x1", "y1"], "data": boxes}
+        started, cpu = time.perf_counter(), self.cpu_s()
+        jobs = [self.client.submit(prompt=prompt, boxes=table, num_inference_steps=steps, seed=seed, width=size,
+                                   height=size, api_name="/generate") for seed in (1, 2)]
+        results = [job.result(timeout=3600) for job in jobs]
+        wall, cpu = time.perf_counter() - started, self.cpu_s() - cpu
+        return wall, cpu, [Image.open(gallery[0]["image"]).tobytes() for gallery, *_ in results]
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(60)
+        self.log.close()
+
+
+def app_rows(cases: list[tuple[int, int]], work: Path, repeats: int, prompt: str, boxes: list) -> list[str]:
+    rows = ["| model | size (px) | steps | 1 replica: 2 requests at once (s) | 2 replicas (s) | ratio "
+            "| server CPU s / wall s, 1 / 2 replicas | same images |", "|---|---|---|---|---|---|---|---|"]
+    (work / "one").mkdir()
+    (work / "two").mkdir()
+    one, two = App("cpu", work / "one"), App("cpu,cpu", work / "two")
+    try:
+        for size, steps in cases:
+            times: dict[str, list[tuple[float, float]]] = {"one": [], "two": []}
+            images = {}
+            for repeat in range(repeats + 1):  # the first pair warms each app up at this size
+                for name, served in (("one", one), ("two", two)):
+                    wall, cpu, images[name] = served.two_at_once(size, steps, prompt, boxes)
+                    if repeat:
+                        times[name].append((wall, cpu))
+            first, second = (sorted(t)[len(t) // 2] for t in times.values())  # the median pair by wall time
+            rows.append(f"| mini | {size} | {steps} | {first[0]:.2f} | {second[0]:.2f} | {second[0] / first[0]:.2f}x "
+                        f"| {first[1] / first[0]:.2f} / {second[1] / second[0]:.2f} "
+                        f"| {images['one'] == images['two']} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    finally:
+        one.close()
+        two.close()
+    return rows
+
+
+def thread_rows(cases: list[tuple[int, int]], repeats: int, prompt: str, boxes: list) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pacgen.layout import Box
+
+    torch.set_num_threads(1)
+    threads = [ThreadPoolExecutor(1) for _ in range(2)]
+    pipes = [thread.submit(PACGenPipeline.from_pretrained, "mini", device="cpu").result() for thread in threads]
+    placed = [Box(label, tuple(box)) for label, *box in boxes]
+
+    def image(k: int, size: int, steps: int, seed: int) -> bytes:
+        return threads[k].submit(lambda: pipes[k](prompt, boxes=placed, seed=seed, num_inference_steps=steps,
+                                                  width=size, height=size).images[0].tobytes())
+
+    rows = ["| model | size (px) | steps | one thread, one after the other (s) | two threads at once (s) | ratio "
+            "| same images |", "|---|---|---|---|---|---|---|"]
+    for size, steps in cases:
+        alone, together = [], []
+        for repeat in range(repeats + 1):  # the first round warms both pipelines up at this size
+            started = time.perf_counter()
+            one = [image(0, size, steps, seed).result() for seed in (1, 2)]
+            middle = time.perf_counter()
+            two = [job.result() for job in [image(k, size, steps, k + 1) for k in (0, 1)]]
+            if repeat:
+                alone.append(middle - started)
+                together.append(time.perf_counter() - middle)
+        first, second = sorted(alone)[len(alone) // 2], sorted(together)[len(together) // 2]
+        rows.append(f"| mini | {size} | {steps} | {first:.2f} | {second:.2f} | {second / first:.2f}x | {one == two} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    for thread in threads:
+        thread.shutdown()
+    return rows
+
+
 def checkpoint_rows(work: Path, repeats: int) -> list[str]:
     torch.set_num_threads(1)
     pipe = PACGenPipeline.from_pretrained("mini", device="cpu")
@@ -108,6 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mini-images", type=int, default=8)
     parser.add_argument("--mini-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--app-cases", default="32x10,32x50,64x20", metavar="SIZExSTEPS,…",
+                        help="the app rows: image size and steps of each (the app allows up to 64 px on mini)")
+    parser.add_argument("--thread-cases", default="32x10,64x10,128x4,256x2", metavar="SIZExSTEPS,…",
+                        help="the rows of two pipelines on two threads, without the app")
+    parser.add_argument("--skip-batch", action="store_true", help="only the app and checkpoint rows")
     args = parser.parse_args(argv)
     prompt = "a red star and a blue circle on grass"
     boxes = [["a red star", 0.05, 0.1, 0.45, 0.5], ["a blue circle", 0.55, 0.5, 0.95, 0.9]]
@@ -117,8 +244,12 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        rows = batch_rows(models, work)
-        rows += [""] + checkpoint_rows(work, args.repeats)
+        rows = [] if args.skip_batch else batch_rows(models, work) + [""]
+        cases = [tuple(int(n) for n in case.split("x")) for case in args.app_cases.split(",")]
+        rows += app_rows(cases, work, args.repeats, prompt, boxes) + [""]
+        cases = [tuple(int(n) for n in case.split("x")) for case in args.thread_cases.split(",")]
+        rows += thread_rows(cases, args.repeats, prompt, boxes) + [""]
+        rows += checkpoint_rows(work, args.repeats)
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end; "
           f"torch {torch.__version__}\n")
     print("\n".join(rows))

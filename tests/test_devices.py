@@ -1,0 +1,211 @@
+"""The app on several devices (`--devices`): the flag's checks, the pool that lends one replica per job, and a
+studio on two CPU replicas serving two requests at once with the images one replica makes."""
+
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+from pacgen.app.replicas import Replica, ReplicaPool
+from pacgen.app.session import Studio
+from pacgen.app.visitors import Caller, Policy, acting_as
+from pacgen.devices import DeviceError, parse_devices
+from pacgen.layout import Box
+from pacgen.mini.stand_ins import write_random_concept
+from pacgen.settings import TrainSettings
+
+BOXES = [Box("a red ball", (0.1, 0.1, 0.5, 0.6)), Box("a blue star", (0.55, 0.5, 0.95, 0.9))]
+
+
+def test_devices_are_read_as_torch_names_them():
+    assert parse_devices(None) == [None] and parse_devices("") == [None]  # the one device the model picks
+    assert parse_devices("cpu,cpu") == ["cpu", "cpu"]  # cpu may repeat: pipelines on their own threads
+    assert parse_devices("cuda:0, CUDA:1", cuda_count=2) == ["cuda:0", "cuda:1"]
+    assert parse_devices("cuda", cuda_count=1) == ["cuda:0"]
+    assert parse_devices("all", cuda_count=3) == ["cuda:0", "cuda:1", "cuda:2"]
+    assert parse_devices("all", cuda_count=0) == ["cpu"]
+    assert parse_devices("mps", cuda_count=0, mps=True) == ["mps"]
+
+
+@pytest.mark.parametrize("spec, cuda, message", [
+    ("gpu0", 2, "--devices: unknown device 'gpu0'; expected cpu, cuda, cuda:N, mps, or all"),
+    ("cpu:1", 2, "--devices: unknown device 'cpu:1'"),
+    ("cuda:0,cuda:0", 2, "--devices: cuda:0 is named twice; one pipeline per device (only cpu may repeat)"),
+    ("cuda,cuda:0", 2, "--devices: cuda:0 is named twice"),
+    ("cuda:2", 2, "--devices: cuda:2 does not exist; this machine has 2 CUDA devices (cuda:0 to cuda:1)"),
+    ("cuda:1", 1, "--devices: cuda:1 does not exist; this machine has 1 CUDA device (cuda:0)"),
+    ("cuda:0,cpu", 0, "--devices: cuda:0 named, but torch sees no CUDA device on this machine"),
+    ("cpu,,cpu", 0, "--devices: an empty name between commas"),
+    ("all,cpu", 2, "--devices: 'all' stands alone"),
+    ("mps", 0, "--devices: mps named, but torch sees no Apple GPU"),
+])
+def test_a_device_that_cannot_be_used_is_named_in_one_line(spec, cuda, message):
+    with pytest.raises(DeviceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_devices(spec, cuda_count=cuda, mps=False)
+
+
+def test_the_app_refuses_a_bad_device_before_loading_anything(monkeypatch):
+    monkeypatch.setattr(app, "Studio", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit, match="error: --devices: unknown device 'gpu'"):
+        app.main(["--model", "tiny", "--devices", "gpu"])
+
+
+def fakes(n):
+    return [Replica(pipe=None, model=None) for _ in range(n)]
+
+
+def test_the_pool_lends_each_replica_to_one_job_and_takes_it_back_however_the_job_ends():
+    pool = ReplicaPool(fakes(2))
+    with pool.take() as first, pool.take() as second:
+        assert first is not second and pool.busy == 2
+        with pool.take(blocking=False) as third:
+            assert third is None  # all busy: no waiting when asked not to
+    assert pool.busy == 0
+    with pytest.raises(RuntimeError, match="failed"):
+        with pool.take():
+            raise RuntimeError("the generation failed")
+    assert pool.busy == 0  # given back after the exception
+
+
+def test_a_visitor_gets_the_replica_that_last_served_them_where_it_is_free():
+    pool = ReplicaPool(fakes(3))
+    pool[2].visitor, pool[0].visitor = "ann", "bob"
+    with pool.take(prefer="ann") as replica:
+        assert replica is pool[2]
+    with pool.take(prefer="carol") as replica:
+        assert replica is pool[1]  # nobody's yet: nothing of another visitor to unload
+
+
+def test_a_job_waits_for_the_first_replica_given_back_and_is_told_it_waits():
+    pool = ReplicaPool(fakes(1))
+    told, got = [], []
+    with pool.take() as held:
+        waiter = threading.Thread(target=lambda: got.append(pool.take(on_wait=lambda: told.append(1)).__enter__()))
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert told and not got  # told at once, still waiting
+    waiter.join(30)
+    assert got == [held]
+
+
+def generate(studio, prompt, boxes=BOXES, seed=1, waiting=None):
+    settings = studio.pipe.settings(num_inference_steps=3, seed=seed)
+    return studio.generate(prompt, "", boxes, settings, waiting=waiting).images[0]
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    return Studio("tiny", tmp_path_factory.mktemp("home"), devices=["cpu", "cpu"])
+
+
+def test_a_training_holds_one_device_while_the_other_generates(two, photos):
+    events = two.train(photos, "long one", "star", TrainSettings(steps=3000, prior_preservation=False,
+                                                                 preview_every=0))
+    while next(events).phase != "training":
+        pass
+    assert two.replicas.busy == 1
+    waits = []
+    image = generate(two, "a red ball and a blue star", waiting=waits.append)  # the other device, at once
+    assert image.size == (two.size, two.size) and waits == []
+    assert two.cancel() == "Training cancelled: nothing was saved."
+    assert two.replicas.busy == 0
+
+
+def test_on_one_device_a_generation_waits_behind_a_training_and_says_so(tmp_path, photos):
+    one = Studio("tiny", tmp_path / "home", device="cpu")
+    events = one.train(photos, "long one", "star", TrainSettings(steps=3000, prior_preservation=False,
+                                                                 preview_every=0))
+    while next(events).phase != "training":
+        pass
+    waits, done = [], []
+    worker = threading.Thread(target=lambda: done.append(generate(one, "a red ball", waiting=waits.append)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not waits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert waits == ["waiting for a training to finish: the model runs one job at a time"] and not done
+    one.cancel()
+    worker.join(120)
+    assert done and done[0].size == (one.size, one.size)
+
+
+@contextmanager
+def only_free(studio, wanted):
+    """Every replica but `wanted` held, so that the next job runs on `wanted`."""
+    with ExitStack() as stack:
+        for replica in studio.replicas:
+            if replica is not wanted:
+                replica.visitor = "held by the test"
+                assert stack.enter_context(studio.replicas.take(prefer="held by the test")) is replica
+        yield
+
+
+def test_a_replica_that_served_one_visitor_holds_none_of_their_concepts_for_the_next(tmp_path):
+    studio = Studio("tiny", tmp_path / "home", devices=["cpu", "cpu"], policy=Policy.public())
+    ann, bob = Caller(session="session-of-ann"), Caller(session="session-of-bob")
+    for caller, seed in ((ann, 1), (bob, 2)):  # the same name, different weights
+        with acting_as(caller):
+            library = studio.library
+            with library.staging() as staged:
+                library.commit(staged / "x", write_random_concept(studio.pipe, staged / "x", "my star", "sks",
+                                                                  "star", seed=seed, strength=1.0))
+    star = [Box("<my star>", (0.1, 0.1, 0.9, 0.9))]
+    first, second = studio.replicas[0], studio.replicas[1]
+    with acting_as(ann), only_free(studio, first):
+        anns = generate(studio, "a photo of <my star>", star)
+    with acting_as(bob), only_free(studio, first):  # where ann's star was loaded
+        bobs_after_ann = generate(studio, "a photo of <my star>", star)
+    with acting_as(bob), only_free(studio, second):  # never held ann's
+        bobs = generate(studio, "a photo of <my star>", star)
+    assert np.array_equal(np.asarray(bobs_after_ann), np.asarray(bobs))
+    assert not np.array_equal(np.asarray(anns), np.asarray(bobs))
+
+
+@pytest.mark.slow  # launches the app
+def test_the_app_on_two_cpu_replicas_serves_two_requests_at_once_with_one_replicas_images(tmp_path):
+    from gradio_client import Client
+
+    from test_app import free_port, table
+
+    studio = Studio("tiny", tmp_path / "home", devices=["cpu", "cpu"])
+    with studio.library.staging() as staged:
+        studio.library.commit(staged / "x", write_random_concept(studio.pipe, staged / "x", "my star", "sks", "star",
+                                                                 seed=3, strength=1.0))
+    # Each replica's first UNet call waits for the other's: both requests must be on their devices at once.
+    both, met = threading.Barrier(2, timeout=300), set()
+
+    def meet(unet, _):
+        if unet not in met:
+            met.add(unet)
+            both.wait()
+
+    hooks = [replica.pipe.components.unet.register_forward_pre_hook(meet) for replica in studio.replicas]
+    demo = app.build_ui(studio)
+    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=free_port(),
+                                                   prevent_thread_lock=True, quiet=True)
+    requests = [("a photo of <my star> on grass", [["<my star>", 0.1, 0.1, 0.6, 0.6]], 5),
+                ("a red ball and a blue star", [["a red ball", 0.1, 0.1, 0.5, 0.6], ["a blue star", 0.5, 0.5, 1, 1]],
+                 6)]
+    try:
+        client = Client(demo.local_url, verbose=False)
+        jobs = [client.submit(prompt=prompt, boxes=table(*rows), num_inference_steps=4, seed=seed,
+                              api_name="/generate") for prompt, rows, seed in requests]
+        served = [Image.open(job.result(timeout=600)[0][0]["image"]) for job in jobs]
+        client.close()
+    finally:
+        demo.close()
+        for hook in hooks:
+            hook.remove()
+    assert not both.broken and {replica.visitor for replica in studio.replicas} == {"local"}  # both served
+
+    one = Studio("tiny", tmp_path / "home", device="cpu")
+    for (prompt, rows, seed), image in zip(requests, served):
+        boxes = [Box(label, tuple(box)) for label, *box in rows]
+        alone = one.generate(prompt, "", boxes, one.pipe.settings(num_inference_steps=4, seed=seed)).images[0]
+        assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(alone))  # bit for bit
