@@ -45,6 +45,11 @@ def draw_box(page, label, start, size):
     canvas = page.locator("#canvas canvas").first
     expect(canvas).to_be_visible()
     area = canvas.bounding_box()
+    for _ in range(50):  # a tab just opened may still be laying out: drag where the canvas has come to rest
+        page.wait_for_timeout(100)
+        area, before = canvas.bounding_box(), area
+        if area == before:
+            break
     x, y = area["x"] + area["width"] / 2 + start[0], area["y"] + start[1]
     page.mouse.move(x, y)
     page.mouse.down()

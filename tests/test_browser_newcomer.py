@@ -292,9 +292,17 @@ def test_5_delete_asks_again_for_every_concept_and_an_empty_library_says_what_to
     message = page.locator("#library-status [data-testid=markdown]")
 
     def choose(name):
-        page.locator(".concept-card").filter(has_text=name).click()
-        expect(page.locator(".concept-card.chosen")).to_contain_text(name, timeout=10_000)
-        expect(page.locator("#library-concept input")).to_have_value(name)
+        # A click that lands while the page's own load-time refresh is still on its way is undone by it (seen only
+        # on a loaded machine, right after the page opened): click again then, as a person would.
+        for attempt in range(3):
+            page.locator(".concept-card").filter(has_text=name).click()
+            try:
+                expect(page.locator(".concept-card.chosen")).to_contain_text(name, timeout=10_000)
+                expect(page.locator("#library-concept input")).to_have_value(name, timeout=10_000)
+                return
+            except AssertionError:
+                if attempt == 2:
+                    raise
 
     choose("alpha one")
     confirm.check()
