@@ -113,3 +113,30 @@ def test_generate_into_a_scene_photo_in_the_browser(url, tmp_path):
         expect(page.locator("#result-info")).to_contain_text("Scene photo: kept outside the boxes")
         page.screenshot(path=ARTIFACTS / "scene.png", full_page=True)
         browser.close()
+
+
+def test_the_notices_are_readable_in_the_dark_theme(url):
+    """The banner (running on the CPU, the test model) had a fixed light background under the dark theme's light
+    text: unreadable. Its text must stand out from its background in both themes (WCAG's 4.5:1 for text)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    contrast = """el => {
+        const rgb = c => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+        const lum = c => { const [r, g, b] = rgb(c).map(v => { v /= 255;
+            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+            return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+        const text = getComputedStyle(el.querySelector('p') || el).color;
+        const back = getComputedStyle(el).backgroundColor;
+        const [a, b] = [lum(text), lum(back)].sort((x, y) => y - x);
+        return (a + 0.05) / (b + 0.05);
+    }"""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 700})
+        for theme in ("light", "dark"):
+            page.goto(f"{url}?__theme={theme}", wait_until="load")
+            banner = page.locator("#banner")
+            expect(banner).to_contain_text("Running on CPU", timeout=30_000)
+            assert banner.evaluate(contrast) >= 4.5, theme
+            page.screenshot(path=ARTIFACTS / f"banner-{theme}.png")
+        browser.close()
