@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
                     grounding=args.grounding, devices=devices)
     demo = build_ui(studio)
     # One job per endpoint at a time (Generate: one per device); the session lends each job a free device, and a
-    # generation waits while a training holds the only one. Shared: no
-    # queue-bypassing /run routes (every call has a session, so a visitor), and no internal error text on the page.
+    # generation waits while a training holds the only one. Shared: no queue-bypassing /run routes (every call has
+    # a session, so a visitor), and no internal error text on the page.
     # Shared or with logins: Gradio's routes serve each visitor's requests and files to that visitor only (guard).
     demo.queue(default_concurrency_limit=1, max_size=policy.queue_size, api_open=not policy.isolated).launch(
         server_name=args.host, server_port=args.port, share=args.share, **launch_options(policy, auth), css=CSS,

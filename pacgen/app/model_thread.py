@@ -20,7 +20,8 @@ T = TypeVar("T")
 def app_threads(requested: str, cores: int | None = None, environ=os.environ, replicas: int = 1) -> int | None:
     """How many threads torch should run the app's model on: a number asked for, or for "auto" every core but
     one, left to the web server and to a browser on the same machine, shared out between `replicas` pipelines on
-    the CPU that run at once (None: leave torch as OMP_NUM_THREADS set it; torch's count is the whole process's). Measured with Chromium on the 2-core CPU (docs/benchmarks.md): mini's default training took 62-89 s
+    the CPU that run at once (None: leave torch as OMP_NUM_THREADS set it; torch's count is the whole process's).
+    Measured with Chromium on the 2-core CPU (docs/benchmarks.md): mini's default training took 62-89 s
     with 2 torch threads, against an estimate timed while the page sat idle 0.64-0.77 of that, and 67-87 s with
     1, its estimate 0.79-1.08 of it: two threads wait on each other whenever the browser takes a core."""
     if requested != "auto":
