@@ -99,3 +99,22 @@ def test_init_goes_on_training_a_saved_model_and_keeps_its_provenance(tmp_path):
     assert f"## It started from `{base}` (--init)" in record and "replay with `--unet-steps 2`" in record
     assert not (tmp_path / "bad").exists()  # a refused start writes nothing
     assert parse_args(["--out", "o", "--work", "w", "--init", "mini"]).init == MINI_DIR  # the shipped model
+
+
+@pytest.mark.slow  # trains
+def test_init_goes_on_at_a_new_size_and_the_model_then_draws_at_it(tmp_path):
+    """The 64 px mini starts from the shipped 32 px weights (issue 25): its VAE and UNet are convolutional."""
+    threads = torch.get_num_threads()
+    try:
+        folder = main(["--out", str(tmp_path / "m64"), "--work", str(tmp_path / "w"), "--init", "mini", "--size", "64",
+                       "--vae-steps", "0", "--unet-steps", "0", "--tune-steps", "1", "--scenes", "8", "--batch", "4",
+                       "--threads", "1", "--zero-snr"])
+    finally:
+        torch.set_num_threads(threads)
+    shipped, grown = (load_components(str(f), device="cpu") for f in (MINI_DIR, folder))
+    assert grown.default_size == 64 and shipped.default_size == 32
+    assert "64x64" in grown.defaults.banner and "32x32" not in grown.defaults.banner
+    assert grown.vae.config.scaling_factor == shipped.vae.config.scaling_factor  # the UNet's latents keep their scale
+    image = PACGenPipeline(grown)("a red star on grass", boxes=[Box("a red star", (0.2, 0.2, 0.7, 0.7))], seed=0,
+                                  num_inference_steps=2).images[0]
+    assert image.size == (64, 64)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import math
 import multiprocessing
 import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,9 @@ def start_models(cfg: Config, tokenizer: CLIPTokenizer) -> tuple[AutoencoderKL, 
     if kind != wanted:
         flag = "with" if kind == "v_prediction" else "without"
         raise SystemExit(f"--init {cfg.init} predicts {kind}, this run trains {wanted}: run {flag} --zero-snr")
+    if start.default_size != cfg.size:  # both are convolutional: they go on at the new size (a 64 px mini)
+        start.unet.register_to_config(sample_size=cfg.size // start.vae_scale_factor)
+        start.vae.register_to_config(sample_size=cfg.size)
     for module in (start.vae, start.text_encoder, start.unet):
         module.requires_grad_(True)
     return start.vae, start.text_encoder, start.unet
@@ -463,9 +467,13 @@ def save_model(components: Components, cfg: Config, stages: dict[str, dict], com
 
 def model_defaults(cfg: Config) -> ModelDefaults:
     """What the new model asks for (pacgen.json): the --init model's, else the shipped mini's, whose boxes steer
-    every step, as this trainer teaches them to (docs/mini_study.md)."""
+    every step, as this trainer teaches them to (docs/mini_study.md); its banner names the new image size."""
     source = cfg.init or MINI_DIR
-    return read_defaults(source, sd1.DEFAULTS) if source.is_dir() else ModelDefaults()
+    if not source.is_dir():
+        return ModelDefaults()
+    defaults = read_defaults(source, sd1.DEFAULTS)
+    before = json.loads((source / "vae" / "config.json").read_text())["sample_size"]
+    return replace(defaults, banner=defaults.banner.replace(f"{before}x{before}", f"{cfg.size}x{cfg.size}"))
 
 
 def log(message: str) -> None:
