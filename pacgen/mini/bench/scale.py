@@ -10,12 +10,15 @@ How it measures.
   beside it. The images of both runs are compared byte for byte.
 - App: `python app.py --model mini --threads 1` runs twice, with `--devices cpu` and with `--devices cpu,cpu` (one
   pipeline per device, each on its own thread; torch's one thread is the whole process's), each a subprocess with
-  OMP_NUM_THREADS=1. A `gradio_client` sends two /generate requests at once (two seeds) to one app, then to the other,
-  --repeats times interleaved, after one warm-up pair each; the wall time is from the two submissions to the second
+  OMP_NUM_THREADS=1. A `gradio_client` sends two /generate requests (two seeds): to the two-replica app one after the
+  other (the second when the first has returned: the issue's baseline) and at once, and at once to the one-replica
+  app (where the queue runs them one after the other, the second's round trip hidden behind the first's work),
+  --repeats times interleaved, after one warm-up round; the wall time is from the first submission to the second
   result, median of the repeats; beside it the server's CPU time over the same span divided by it (how many cores
-  the app kept busy: up to 2 with two replicas on two idle cores). The images the two apps return are compared byte for byte. The per-request Python
-  work (the sampler's loop, the UNet's module calls) holds the GIL, which both replicas share: mini's default 32 px
-  makes every torch op short, and the app offers at most twice the model's size (64 px), so the rows go up in steps.
+  the app kept busy: up to 2 with two replicas on two idle cores). The images of all three are compared byte for
+  byte. The per-request Python work (the sampler's loop, the UNet's module calls, the server's queue and progress
+  messages) holds the GIL, which both replicas share: mini's default 32 px makes every torch op short, and the app
+  offers at most twice the model's size (64 px), so the rows go up in steps.
 - Threads: the same two requests without the app, on two `PACGenPipeline`s each on its own thread (as the app's
   replicas are), against one after the other on one of them, at sizes past the app's: where the two threads stop
   waiting on each other's Python. Same one-thread torch, median of --repeats, images compared.
@@ -120,15 +123,23 @@ class App:
         times = psutil.Process(self.process.pid).cpu_times()
         return times.user + times.system
 
-    def two_at_once(self, size: int, steps: int, prompt: str, boxes: list) -> tuple[float, float, list[bytes]]:
-        """Wall time of two requests sent at once, the server's CPU time over it, and the images' pixels."""
+    def two(self, size: int, steps: int, prompt: str, boxes: list, at_once: bool = True
+            ) -> tuple[float, float, list[bytes]]:
+        """Wall time of two requests (seeds 1 and 2) sent at once, or the second when the first has returned; the
+        server's CPU time over it, and the images' pixels."""
         from PIL import Image
 
         table = {"headers": ["label", "x0", "y0", "x1", "y1"], "data": boxes}
+
+        def submit(seed: int):
+            return self.client.submit(prompt=prompt, boxes=table, num_inference_steps=steps, seed=seed, width=size,
+                                      height=size, api_name="/generate")
+
         started, cpu = time.perf_counter(), self.cpu_s()
-        jobs = [self.client.submit(prompt=prompt, boxes=table, num_inference_steps=steps, seed=seed, width=size,
-                                   height=size, api_name="/generate") for seed in (1, 2)]
-        results = [job.result(timeout=3600) for job in jobs]
+        if at_once:
+            results = [job.result(timeout=3600) for job in [submit(seed) for seed in (1, 2)]]
+        else:
+            results = [submit(seed).result(timeout=3600) for seed in (1, 2)]
         wall, cpu = time.perf_counter() - started, self.cpu_s() - cpu
         return wall, cpu, [Image.open(gallery[0]["image"]).tobytes() for gallery, *_ in results]
 
@@ -140,24 +151,27 @@ class App:
 
 
 def app_rows(cases: list[tuple[int, int]], work: Path, repeats: int, prompt: str, boxes: list) -> list[str]:
-    rows = ["| model | size (px) | steps | 1 replica: 2 requests at once (s) | 2 replicas (s) | ratio "
-            "| server CPU s / wall s, 1 / 2 replicas | same images |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | size (px) | steps | 2 replicas: one after the other (s) | 2 replicas: at once (s) | ratio "
+            "| 1 replica: at once (s) | 2 replicas against 1 | server CPU s / wall s, 1 / 2 replicas at once "
+            "| same images |", "|---|---|---|---|---|---|---|---|---|---|"]
     (work / "one").mkdir()
     (work / "two").mkdir()
     one, two = App("cpu", work / "one"), App("cpu,cpu", work / "two")
+    runs = {"alone": (one, True), "sequential": (two, False), "together": (two, True)}
     try:
         for size, steps in cases:
-            times: dict[str, list[tuple[float, float]]] = {"one": [], "two": []}
+            times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
             images = {}
-            for repeat in range(repeats + 1):  # the first pair warms each app up at this size
-                for name, served in (("one", one), ("two", two)):
-                    wall, cpu, images[name] = served.two_at_once(size, steps, prompt, boxes)
+            for repeat in range(repeats + 1):  # the first round warms each app up at this size
+                for name, (served, at_once) in runs.items():
+                    wall, cpu, images[name] = served.two(size, steps, prompt, boxes, at_once)
                     if repeat:
                         times[name].append((wall, cpu))
-            first, second = (sorted(t)[len(t) // 2] for t in times.values())  # the median pair by wall time
-            rows.append(f"| mini | {size} | {steps} | {first[0]:.2f} | {second[0]:.2f} | {second[0] / first[0]:.2f}x "
-                        f"| {first[1] / first[0]:.2f} / {second[1] / second[0]:.2f} "
-                        f"| {images['one'] == images['two']} |")
+            alone, sequential, together = (sorted(t)[len(t) // 2] for t in times.values())  # medians by wall time
+            rows.append(f"| mini | {size} | {steps} | {sequential[0]:.2f} | {together[0]:.2f} "
+                        f"| {together[0] / sequential[0]:.2f}x | {alone[0]:.2f} | {together[0] / alone[0]:.2f}x "
+                        f"| {alone[1] / alone[0]:.2f} / {together[1] / together[0]:.2f} "
+                        f"| {len(set(map(tuple, images.values()))) == 1} |")
             print(rows[-1], file=sys.stderr, flush=True)
     finally:
         one.close()
@@ -226,8 +240,8 @@ def checkpoint_rows(work: Path, repeats: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny-images", type=int, default=24)
-    parser.add_argument("--mini-images", type=int, default=8)
+    parser.add_argument("--tiny-images", type=int, default=96)
+    parser.add_argument("--mini-images", type=int, default=32)
     parser.add_argument("--mini-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--app-cases", default="32x10,32x50,64x20", metavar="SIZExSTEPS,…",
