@@ -12,7 +12,8 @@ go on at a lower rate with half the captions in the "a photo of ..." template th
 DreamBooth's instance prompts use. Each stage's step count is fixed from its time budget after 20 timed steps,
 checkpointed to --work (--resume continues, also into a stage added later) and recorded, so
 `--vae-steps/--unet-steps/--tune-steps` reproduce a run exactly. `--init` starts from a saved mini model instead of
-fresh weights, to go on training a model made elsewhere (a short GPU run, say). The model is written in fp16.
+fresh weights, to go on training a model made elsewhere (a short GPU run, say), also at another `--size`
+(the 64 px mini from the 32 px one). The model is written in fp16.
 `--zero-snr` trains the UNet stages for a zero-terminal-SNR schedule with v-prediction, which mini's scheduler
 config then records.
 """

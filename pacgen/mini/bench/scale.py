@@ -27,7 +27,7 @@ How it measures.
   cost at the default interval is one save's time over `checkpoint_minutes`, and the optimisation step's time
   (`measure_step_seconds`) says how many steps that interval holds.
 
-Run from the repository root: `python -m pacgen.mini.bench.scale` (about 5 minutes on 2 idle cores).
+Run from the repository root: `python -m pacgen.mini.bench.scale` (about 7 minutes on 2 idle cores).
 """
 
 from __future__ import annotations
