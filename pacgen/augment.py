@@ -75,6 +75,16 @@ def square(photo: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(photo.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
 
 
+SOURCE_DETAIL = 4  # a photo is kept at up to this many times the training size for its samples to be cut from
+
+
+def source(photo: Image.Image, size: int) -> Image.Image:
+    """The square photo samples are cut from, kept at up to `SOURCE_DETAIL` x `size` (never below `size`): a
+    zoom-in crop then shows the photo's own detail instead of an enlarged copy of a `size`-pixel thumbnail, whose
+    blur the concept would learn as part of its look."""
+    return square(photo, min(max(min(photo.size), size), SOURCE_DETAIL * size))
+
+
 def border_colour(photo: Image.Image) -> tuple[int, int, int]:
     """The photo's mean edge colour: a fill that does not frame the pasted photo with a hard contrast."""
     pixels = np.asarray(photo, dtype=np.float32)
@@ -83,7 +93,7 @@ def border_colour(photo: Image.Image) -> tuple[int, int, int]:
 
 
 def augment(photo: Image.Image, size: int, config: AugmentConfig, rng: random.Random) -> Sample:
-    """Draw one augmented sample of a (square, `size`-pixel) photo."""
+    """Draw one `size`-pixel augmented sample of a square photo at least `size` pixels wide (`source`)."""
     if rng.random() < config.flip_prob:
         photo = ImageOps.mirror(photo)
     roll = rng.random()
@@ -102,17 +112,19 @@ def augment(photo: Image.Image, size: int, config: AugmentConfig, rng: random.Ra
         scale = rng.uniform(*config.zoom_in_scale)
         big = max(size, round(scale * size))
         x, y = rng.randint(0, big - size), rng.randint(0, big - size)
-        crop = photo.resize((big, big), Image.Resampling.LANCZOS).crop((x, y, x + size, y + size))
+        k = photo.width / big  # source pixels per sample pixel of the enlarged photo
+        crop = photo.resize((size, size), Image.Resampling.LANCZOS, box=(x * k, y * k, (x + size) * k, (y + size) * k))
         modifier = "close up" if config.caption_modifiers else ""
         return Sample(crop, np.ones((size, size), bool), (0, 0, 1, 1), "zoom-in", scale, modifier)
-    return Sample(photo, np.ones((size, size), bool), (0, 0, 1, 1), "original", 1.0)
+    original = photo if photo.width == size else photo.resize((size, size), Image.Resampling.LANCZOS)
+    return Sample(original, np.ones((size, size), bool), (0, 0, 1, 1), "original", 1.0)
 
 
 def augment_many(photos: list[Image.Image], count: int, size: int, config: AugmentConfig, seed: int = 0) -> list[Sample]:
     """`count` samples cycling through the photos, reproducible from `seed` (for training and previews)."""
     config.validate()
     rng = random.Random(seed)
-    squared = [square(p, size) for p in photos]
+    squared = [source(p, size) for p in photos]
     return [augment(squared[k % len(squared)], size, config, rng) for k in range(count)]
 
 

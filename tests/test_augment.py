@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pacgen.augment import AugmentConfig, augment, augment_many, border_colour, preview_grid
+from pacgen.augment import AugmentConfig, augment, augment_many, border_colour, preview_grid, source, square
 from pacgen.errors import PACGenError
 from pacgen.settings import TrainSettings
 
@@ -36,6 +36,29 @@ def test_zoom_in_crops_and_keeps_the_whole_canvas_in_the_loss():
     sample = augment(gradient_photo(), 64, config, random.Random(0))
     assert sample.kind == "zoom-in" and sample.mask.all()
     assert config.zoom_in_scale[0] <= sample.scale <= config.zoom_in_scale[1]
+
+
+def edge_energy(image):
+    pixels = np.asarray(image, np.float32)
+    return np.abs(np.diff(pixels, axis=1)).mean() + np.abs(np.diff(pixels, axis=0)).mean()
+
+
+def test_a_close_up_shows_the_photos_own_detail_not_an_enlarged_thumbnail():
+    # A phone photo holds far more detail than the training size: a zoom-in is cut from it, so the concept does not
+    # learn the blur of an enlarged thumbnail as part of its look (one-pixel detail at the training size).
+    blocks = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    photo = Image.fromarray(blocks).resize((512, 512), Image.Resampling.NEAREST)
+    config = AugmentConfig(zoom_out_prob=0.0, zoom_in_prob=1.0, zoom_in_scale=(1.5, 1.6))
+    thumbnail = square(photo, 64)
+    close_ups = np.mean([edge_energy(s.image) for s in augment_many([photo], 10, 64, config)])
+    enlarged = np.mean([edge_energy(augment(thumbnail, 64, config, random.Random(k)).image) for k in range(10)])
+    assert close_ups >= 0.8 * edge_energy(thumbnail) > enlarged
+
+
+def test_the_photo_samples_are_cut_from_is_bounded_in_size():
+    assert source(gradient_photo(3000), 64).size == (256, 256)  # 4x the training size: detail, not a 9 MP resize
+    assert source(gradient_photo(100), 64).size == (100, 100)
+    assert source(gradient_photo(40), 64).size == (64, 64)
 
 
 def test_flip_mirrors_the_photo():
