@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "augment.zoom_out_scale=[0.5,0.9] changes PACGen's augmentation ranges")
     p.add_argument("--sample-set", action="append", default=[], metavar="NAME=VALUE",
                    help="a sampling setting changed for every row (JSON value), e.g. concept_guidance_scale=4")
+    p.add_argument("--photo-size", type=int,
+                   help="side of the concept photos in pixels; default: the model's size (the app's examples are 2x)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--seeds", type=int, default=2, help="images per method, concept and placement (backgrounds cycle)")
     p.add_argument("--train-steps", type=int, help="optimisation steps; default: the model's")
@@ -139,7 +141,7 @@ def train(bench: Bench, concept: KitConcept, training: Training, args: argparse.
     """Train the concept (`changes`: further settings); `train_concept` leaves it loaded. Returns its name."""
     config = train_settings(bench.pipe.components.defaults.training, args, training, **changes)
     name = f"{concept.name} {training.tag}"
-    for event in train_concept(bench.pipe, kit_photos(concept, 5, bench.size), name, concept.class_noun, config,
+    for event in train_concept(bench.pipe, kit_photos(concept, 5, args.photo_size or bench.size), name, concept.class_noun, config,
                                library):
         milestone = {"class-images": event.step == event.total, "training": event.step % 100 == 0, "done": True}
         if milestone.get(event.phase, False):
