@@ -216,6 +216,9 @@ class TrainSettings(_Checked):
     mirror_photos: bool = setting(False, "also train on mirror images of the photos: only for objects that look the "
                                   "same mirrored (a mirrored logo, text or two-colour split is another object)",
                                   label="Mirror photos")
+    grounded: bool = setting(True, "train with the grounding adapter on, each sample's object boxed and grounded "
+                             "with the class noun, as Compose draws the concept (models without GLIGEN's adapters "
+                             "train without)", label="Train with boxes")
     samples_per_photo: int = setting(24, "augmented copies per photo, encoded once up front", low=1, high=1000,
                                      surface=False)
     gradient_checkpointing: bool = setting(False, "trade compute for memory (large models on small GPUs)",

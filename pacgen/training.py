@@ -35,11 +35,12 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from . import methods
-from .augment import Sample, augment_many, square
+from .augment import Sample, augment_many, object_box, square
 from .checkpoints import SAVE_SHARE, checkpoint_dir, read_state, save_job, settings_json, write_state
 from .concepts import THUMBNAIL_FILE, Concept, ConceptError, ConceptLibrary, check_class_noun, check_name
 from .cards import model_card
 from .errors import PACGenError
+from .grounding import gligen
 from .kohya import write_kohya_file
 from .layout import Box
 from .lora import LORA_FILE, read_lora_file
@@ -181,24 +182,35 @@ class _Batches:
     text: torch.Tensor
     class_latents: torch.Tensor | None = None
     class_text: torch.Tensor | None = None
+    # Grounded training: each sample's object box, each class image's, and the class noun's phrase features.
+    boxes: torch.Tensor | None = None
+    class_boxes: torch.Tensor | None = None
+    phrase: torch.Tensor | None = None
 
     @classmethod
     def encoded(cls, pipe: PACGenPipeline, samples: list[Sample], captions: list[str],
-                class_images: list[Image.Image], prior_prompt: str) -> _Batches:
+                class_images: list[Image.Image], prior_prompt: str, grounding: str | None) -> _Batches:
+        """`grounding`: the phrase every sample's object box is grounded with (the class noun), or None."""
         comp = pipe.components
         latents = pipe.encode_images([s.image for s in samples])
         size = latents.shape[-1]
         masks = torch.from_numpy(np.stack([s.mask for s in samples])).float()[:, None]
         unique = sorted(set(captions))
         table = dict(zip(unique, pipe.encode_prompts(unique)))
-        return cls(latents, F.interpolate(masks, size=(size, size), mode="area").to(comp.device),
+        data = cls(latents, F.interpolate(masks, size=(size, size), mode="area").to(comp.device),
                    torch.stack([table[c] for c in captions]),
                    pipe.encode_images(class_images) if class_images else None,
                    pipe.encode_prompts([prior_prompt])[0] if class_images else None)
+        if grounding is not None:
+            data.boxes = torch.tensor([s.object_box for s in samples], device=comp.device)
+            data.class_boxes = torch.tensor([object_box(image) for image in class_images], device=comp.device)
+            data.phrase = pipe.encode_phrases([grounding])[0].clone()  # copied out of inference mode for autograd
+        return data
 
     @classmethod
     def random(cls, pipe: PACGenPipeline, config: TrainSettings, count: int = 8) -> _Batches:
-        """Random latents of the training's size, whole masks, one prompt: what timing a step needs."""
+        """Random latents of the training's size, whole masks, one prompt (and one box, grounded as a training
+        would be): what timing a step needs."""
         comp = pipe.components
         size = (config.resolution or comp.default_size) // comp.vae_scale_factor
         generator = torch.Generator().manual_seed(0)
@@ -206,8 +218,18 @@ class _Batches:
         latents = latents.to(comp.device, comp.dtype)
         text = pipe.encode_prompts(["a photo"])[0].clone()  # copied out of inference mode for autograd
         prior = config.prior_preservation
-        return cls(latents, torch.ones(count, 1, size, size, device=comp.device), text.expand(count, -1, -1),
+        data = cls(latents, torch.ones(count, 1, size, size, device=comp.device), text.expand(count, -1, -1),
                    latents if prior else None, text if prior else None)
+        if _grounded(pipe, config):
+            data.boxes = torch.tensor([[0.2, 0.2, 0.8, 0.8]] * count, device=comp.device)
+            data.class_boxes = data.boxes if prior else None
+            data.phrase = pipe.encode_phrases(["a photo"])[0].clone()
+        return data
+
+
+def _grounded(pipe: PACGenPipeline, config: TrainSettings) -> bool:
+    """Whether a training runs with the grounding adapter on: as the settings ask, where the UNet has one."""
+    return config.grounded and gligen.has_adapters(pipe.components.unet)
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: TrainSettings) -> torch.optim.Optimizer:
@@ -312,9 +334,10 @@ def train_concept(
         augment = config.augmentation()
         samples = augment_many(photos, config.samples_per_photo * len(photos), resolution, augment, config.seed)
         captions = [", ".join(filter(None, [instance_prompt, s.modifier])) for s in samples]
-        data = _Batches.encoded(pipe, samples, captions, class_images, prior_prompt)
+        data = _Batches.encoded(pipe, samples, captions, class_images, prior_prompt,
+                                class_noun if _grounded(pipe, config) else None)
 
-        # 4. Optimise what the method trains (a fresh LoRA, or the UNet's own weights); fusers never called.
+        # 4. Optimise what the method trains (a fresh LoRA, or the UNet's own weights); the fusers run, never train.
         training = {**asdict(config), "augment": asdict(augment), "resolution": resolution, "photos": len(photos)}
         concept = Concept(name, identifier, class_noun, comp.model_id, comp.fingerprint, training=training,
                           adapters=comp.adapter_source)
@@ -615,16 +638,20 @@ class _Stepper:
         config, picker, scheduler = self.config, self.picker, self.noise_scheduler
         index = [picker.randrange(len(data.latents)) for _ in range(config.batch_size)]
         latents, masks, text = data.latents[index], data.masks[index], data.text[index]
+        boxes = None if data.boxes is None else data.boxes[index]
         if data.class_latents is not None:
             pick = [picker.randrange(len(data.class_latents)) for _ in range(config.batch_size)]
             latents = torch.cat([latents, data.class_latents[pick]])
             text = torch.cat([text, data.class_text.expand(config.batch_size, -1, -1)])
+            boxes = None if boxes is None else torch.cat([boxes, data.class_boxes[pick]])
+        # Grounded as Compose draws a concept: the object's box through GLIGEN's (frozen) fusers.
+        kwargs = None if boxes is None else gligen.box_per_row(boxes, data.phrase)
         noise = torch.randn(latents.shape, generator=self.generator).to(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=self.generator)
         timesteps = timesteps.to(self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with self.autocast:
-            prediction = self.unet(noisy, timesteps, encoder_hidden_states=text).sample
+            prediction = self.unet(noisy, timesteps, encoder_hidden_states=text, cross_attention_kwargs=kwargs).sample
         n = config.batch_size
         target = training_target(scheduler, latents, noise, timesteps)
         loss = masked_mse(prediction[:n], target[:n], masks)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pacgen.augment import AugmentConfig, augment, augment_many, border_colour, preview_grid, source, square
+from pacgen.augment import (AugmentConfig, augment, augment_many, border_colour, object_box, preview_grid, source,
+                            square)
 from pacgen.errors import PACGenError
 from pacgen.settings import TrainSettings
 
@@ -103,3 +104,40 @@ def test_strength_zero_is_plain_dreambooth_and_bad_ranges_are_refused():
     assert {s.kind for s in augment_many([gradient_photo()] * 3, 10, 64, AugmentConfig.with_strength(0))} == {"original"}
     with pytest.raises(PACGenError, match="zoom_out_scale"):
         AugmentConfig(zoom_out_scale=(0.8, 0.2)).validate()
+
+
+def object_photo(size, box):
+    """A red rectangle on grass-like texture: an object whose box is known."""
+    rng = np.random.default_rng(0)
+    pixels = (np.array([70.0, 150, 55]) + rng.normal(0, 6, (size, size, 1))).clip(0, 255)
+    x0, y0, x1, y1 = (round(v * size) for v in box)
+    pixels[y0:y1, x0:x1] = (220, 30, 40)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def test_the_object_is_found_in_each_photo_and_followed_through_every_sample():
+    # Training grounds each sample with its object's box, as Compose grounds a concept with the box drawn for it.
+    box = (0.25, 0.3, 0.7, 0.8)
+    photo = object_photo(256, box)
+    assert np.allclose(object_box(photo), box, atol=0.02)
+    samples = augment_many([photo], 60, 64, AugmentConfig(flip_prob=0.5), seed=2)
+    assert {s.kind for s in samples} == {"zoom-out", "zoom-in", "original"}
+    for sample in samples:
+        pixels = np.asarray(sample.image).astype(int)
+        ys, xs = np.nonzero((pixels[..., 0] > 150) & (pixels[..., 1] < 100))
+        seen = (xs.min() / 64, ys.min() / 64, (xs.max() + 1) / 64, (ys.max() + 1) / 64)
+        assert np.allclose(sample.object_box, seen, atol=2 / 64), (sample.kind, sample.object_box, seen)
+
+
+def test_the_object_is_found_on_every_background_of_the_toy_world():
+    from pacgen.mini.kit import KIT, kit_layouts, kit_photos
+
+    for concept in KIT:
+        for (_, box), photo in zip(kit_layouts(concept, 5), kit_photos(concept, 5, 64)):
+            assert np.allclose(object_box(photo), box, atol=0.08), concept.name
+
+
+def test_a_photo_with_no_object_apart_from_its_background_is_grounded_whole():
+    texture = object_photo(128, (0, 0, 0, 0))  # grass only
+    assert object_box(texture) == (0.0, 0.0, 1.0, 1.0)
+    assert object_box(Image.new("RGB", (64, 64), "red")) == (0.0, 0.0, 1.0, 1.0)  # an object filling the frame

@@ -63,6 +63,23 @@ def test_training_lowers_loss_keeps_base_and_fusers_identical_and_saves(pipe, ph
     assert "plain DreamBooth" in card and "augmentation" not in card.split("##")[0]  # trained without it
 
 
+def test_a_concept_is_trained_grounded_by_its_box_as_compose_draws_it(pipe, photos, library):
+    boxes = []
+    position_net = pipe.components.unet.position_net
+    hook = position_net.register_forward_hook(lambda module, args, kwargs, out: boxes.append(kwargs["boxes"][:, 0]),
+                                              with_kwargs=True)
+    try:
+        config = TrainSettings(steps=3, batch_size=2, prior_preservation=False, samples_per_photo=2)
+        run(train_concept(pipe, photos, "grounded", "star", config, library))
+        assert len(boxes) == 3 and all(b.shape == (2, 4) for b in boxes)
+        assert all(((0 <= b) & (b <= 1)).all() and (b[:, 2:] > b[:, :2]).all() for b in boxes)
+        boxes.clear()
+        run(train_concept(pipe, photos, "free", "star", config.override(grounded=False), library))
+        assert not boxes
+    finally:
+        hook.remove()
+
+
 def test_a_v_prediction_model_is_trained_on_velocity(pipe, photos, library):
     """At the end of a zero-SNR schedule the input is pure noise and the target is the image itself (negated):
     after training, the prediction there points toward the photos. Trained on noise instead, it stays at 0."""

@@ -98,6 +98,20 @@ def grounding_tokens(boxes: list[tuple[float, float, float, float]], phrases: li
     return coords, features, valid
 
 
+def box_per_row(boxes: torch.Tensor, features: torch.Tensor) -> dict:
+    """The UNet's `cross_attention_kwargs` for a training batch: row k grounded with one box, `boxes[k]`
+    (normalised xyxy), and one phrase's pooled features (`features`, shared by every row; (rows, dim) for one
+    each)."""
+    rows = len(boxes)
+    coords = torch.zeros(rows, MAX_BOXES, 4, device=boxes.device, dtype=features.dtype)
+    coords[:, 0] = boxes.to(features.dtype)
+    phrases = torch.zeros(rows, MAX_BOXES, features.shape[-1], device=boxes.device, dtype=features.dtype)
+    phrases[:, 0] = features
+    valid = torch.zeros(rows, MAX_BOXES, device=boxes.device, dtype=features.dtype)
+    valid[:, 0] = 1
+    return {"gligen": {"boxes": coords, "positive_embeddings": phrases, "masks": valid}}
+
+
 def cross_attention_kwargs(grounding: Grounding, null_rows: list[bool], num_images: int) -> dict:
     """The UNet's `cross_attention_kwargs` for a batch of rows x `num_images`: one image's grounding repeated over
     every row, null tokens (masks 0) on the rows `null_rows` marks (classifier-free guidance's unconditional ones)."""
