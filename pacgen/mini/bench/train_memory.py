@@ -8,8 +8,8 @@ the SD-1.4-sized GLIGEN UNet of `regional_speed.build_sd14_random` (random weigh
 `full` layers trainable (`pacgen.methods.method_modules(unet, "full")`: every weight matrix and conv kernel,
 never GLIGEN's fusers or position net, no biases or norm weights), and trains them as `pacgen.training`
 does in fp32 (where the weights are their own masters): `_optimizer` (torch AdamW), the masked loss on one
-instance row plus the prior loss on one class row (batch 2), random (2, 77, 768) text embeddings, no GLIGEN
-grounding (training never calls the fusers). A warm-up step creates the AdamW state; gradients are then
+instance row plus the prior loss on one class row (batch 2), random (2, 77, 768) text embeddings, each row
+grounded with one box through GLIGEN's (frozen) fusers, as `TrainSettings.grounded` trains. A warm-up step creates the AdamW state; gradients are then
 zeroed but kept (`zero_grad(set_to_none=False)`), so the resident set holds weights + gradients + AdamW
 state. The measured step resets the kernel's peak-RSS mark (`/proc/self/clear_refs`), runs forward and
 backward, and reads the peak (`VmHWM`): activations = that peak - the RSS just before the step. The child
@@ -71,6 +71,7 @@ def measure(size: int, checkpointing: bool) -> dict:
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
+    from pacgen.grounding import gligen
     from pacgen.grounding.gligen import is_adapter_key
     from pacgen.methods import method_modules
     from pacgen.mini.bench.regional_speed import build_sd14_random
@@ -103,7 +104,8 @@ def measure(size: int, checkpointing: bool) -> dict:
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (2,))
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+        grounding = gligen.box_per_row(torch.tensor([[0.2, 0.2, 0.8, 0.8]] * 2), torch.randn(768))
+        prediction = unet(noisy, timesteps, encoder_hidden_states=text, cross_attention_kwargs=grounding).sample
         loss = masked_mse(prediction[:1], noise[:1], mask) + F.mse_loss(prediction[1:], noise[1:])
         loss.backward()
 
