@@ -85,6 +85,8 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
     defaults = bench.pipe.components.defaults
     prior = (f"{args.class_images} class images per class noun for prior preservation"
              if defaults.training.prior_preservation else "no prior preservation")
+    prior += (", grounded: each photo's object boxed through the fusers with the class noun"
+              if defaults.training.grounded else ", without the grounding adapter")
     sampling = (f"guidance scale {defaults.sampling.guidance_scale}, concept guidance "
                 f"`{defaults.sampling.concept_guidance}`, grounding fraction {defaults.sampling.grounding_fraction}")
     lines = [
