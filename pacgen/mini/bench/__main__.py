@@ -141,8 +141,8 @@ def train(bench: Bench, concept: KitConcept, training: Training, args: argparse.
     """Train the concept (`changes`: further settings); `train_concept` leaves it loaded. Returns its name."""
     config = train_settings(bench.pipe.components.defaults.training, args, training, **changes)
     name = f"{concept.name} {training.tag}"
-    for event in train_concept(bench.pipe, kit_photos(concept, 5, args.photo_size or bench.size), name, concept.class_noun, config,
-                               library):
+    photos = kit_photos(concept, 5, args.photo_size or bench.size)
+    for event in train_concept(bench.pipe, photos, name, concept.class_noun, config, library):
         milestone = {"class-images": event.step == event.total, "training": event.step % 100 == 0, "done": True}
         if milestone.get(event.phase, False):
             log(f"  {name}: {event.message} ({event.elapsed_s:.0f}s)")
