@@ -167,3 +167,15 @@ def test_a_failure_after_the_concept_is_saved_is_one_line_and_the_concept_stays(
     err = capsys.readouterr().err
     assert code == 0 and (tmp_path / "lib" / "concepts" / "kept" / "concept.json").is_file()
     assert "warning: after saving it, RuntimeError: out of memory while loading" in err.splitlines()
+
+
+@pytest.mark.parametrize("command", ["generate", "train", "batch"])
+def test_every_command_prints_its_help(command, capsys):
+    # A setting's help with a per cent sign ("over 5% of the time") once made argparse crash on `train --help`.
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage:" in text
+    if command == "train":
+        assert "--no-grounded" in text and "5% of the time" in text

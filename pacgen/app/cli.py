@@ -48,15 +48,16 @@ def _add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per surfaced setting, named after the field; left out, it keeps the model's default."""
     for f in surfaced(cls):
         flag = "--" + f.name.replace("_", "-")
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %: "5% of" would be "%o"
         if kind(f) == "bool":
             negated = "--no-" + f.name.replace("_", "-")
             parser.add_argument(negated if f.default else flag, dest=f.name, action="store_const",
                                 const=not f.default, default=argparse.SUPPRESS,
-                                help=("turn off: " if f.default else "") + f.metadata["help"])
+                                help=("turn off: " if f.default else "") + text)
             continue
         shown = "" if f.default is None else f" (default: {f.default})"
         parser.add_argument(flag, dest=f.name, type={"int": number, "float": float, "str": str}[kind(f)],
-                            default=argparse.SUPPRESS, choices=f.metadata["choices"], help=f.metadata["help"] + shown)
+                            default=argparse.SUPPRESS, choices=f.metadata["choices"], help=text + shown)
 
 
 def number(text: str) -> int | float:
