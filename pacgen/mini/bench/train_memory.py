@@ -24,7 +24,8 @@ fp32, at --target px itself where it is among the sizes (checkpointed, by defaul
 512 px fits this way in ~15 GiB), else extrapolated linearly in the latent area, a + b * area through the
 two largest sizes below the target: at small sizes the peak is set by backward's temporaries that do not
 grow with the area (per-kernel gradient buffers: the largest 3x3 kernel's is 118 MB), so small sizes alone
-understate the slope (through 128 and 256 px the fit gives 0.57 GiB at 512 px; measured: 0.90 GiB).
+understate the slope (before grounded training, through 128 and 256 px the fit gave 0.57 GiB at 512 px;
+measured: 0.90 GiB).
 SDPA runs as flash attention on both CPU and GPU, so nothing in it grows with the square of the area. On
 the GPU, bf16 autocast keeps most activations in 2 bytes, so the fp32 figure is an upper bound there. Text
 encoder (CLIP ViT-L/14) and VAE sizes are counted from SD-1.4's published configs (built on the meta device
