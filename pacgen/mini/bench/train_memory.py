@@ -12,8 +12,8 @@ instance row plus the prior loss on one class row (batch 2), random (2, 77, 768)
 grounded with one box through GLIGEN's (frozen) fusers, as `TrainSettings.grounded` trains. A warm-up step
 creates the AdamW state; gradients are then zeroed but kept (`zero_grad(set_to_none=False)`), so the resident
 set holds weights + gradients + AdamW state. The measured step resets the kernel's peak-RSS mark
-(`/proc/self/clear_refs`), runs forward and backward, and reads the peak (`VmHWM`): activations = that peak - the RSS just before the step. The child
-runs with glibc's `MALLOC_MMAP_THRESHOLD_` lowered, so freed tensors go back to the OS instead of staying
+(`/proc/self/clear_refs`), runs forward and backward, and reads the peak (`VmHWM`): activations = that peak -
+the RSS just before the step. The child runs with glibc's `MALLOC_MMAP_THRESHOLD_` lowered, so freed tensors go back to the OS instead of staying
 resident in malloc's heap (without it, the warm-up step's freed activations would already be counted in the
 baseline). Keeping the gradients allocated counts them as if they all existed before backward, an upper
 bound on the project's loop, which frees them after each step.
