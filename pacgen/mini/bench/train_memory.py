@@ -2,21 +2,21 @@
 
     python -m pacgen.mini.bench.train_memory --threads 2 --out /tmp/train_memory.md
 
-How it measures. Each configuration (image size, gradient checkpointing on or off) runs in its own
-subprocess, one after the other, so that at most one ~15 GiB process is alive at a time. The child builds
-the SD-1.4-sized GLIGEN UNet of `regional_speed.build_sd14_random` (random weights, fp32, CPU), makes the
-`full` layers trainable (`pacgen.methods.method_modules(unet, "full")`: every weight matrix and conv kernel,
-never GLIGEN's fusers or position net, no biases or norm weights), and trains them as `pacgen.training`
-does in fp32 (where the weights are their own masters): `_optimizer` (torch AdamW), the masked loss on one
-instance row plus the prior loss on one class row (batch 2), random (2, 77, 768) text embeddings, each row
-grounded with one box through GLIGEN's (frozen) fusers, as `TrainSettings.grounded` trains. A warm-up step
-creates the AdamW state; gradients are then zeroed but kept (`zero_grad(set_to_none=False)`), so the resident
-set holds weights + gradients + AdamW state. The measured step resets the kernel's peak-RSS mark
-(`/proc/self/clear_refs`), runs forward and backward, and reads the peak (`VmHWM`): activations = that peak -
-the RSS just before the step. The child runs with glibc's `MALLOC_MMAP_THRESHOLD_` lowered, so freed tensors go back to the OS instead of staying
-resident in malloc's heap (without it, the warm-up step's freed activations would already be counted in the
-baseline). Keeping the gradients allocated counts them as if they all existed before backward, an upper
-bound on the project's loop, which frees them after each step.
+How it measures. Each configuration (image size, gradient checkpointing on or off) runs in its own subprocess, one
+after the other, so that at most one ~15 GiB process is alive at a time. The child builds the SD-1.4-sized GLIGEN
+UNet of `regional_speed.build_sd14_random` (random weights, fp32, CPU), makes the `full` layers trainable
+(`pacgen.methods.method_modules(unet, "full")`: every weight matrix and conv kernel, never GLIGEN's fusers or
+position net, no biases or norm weights), and trains them as `pacgen.training` does in fp32 (where the weights are
+their own masters): `_optimizer` (torch AdamW), the masked loss on one instance row plus the prior loss on one
+class row (batch 2), random (2, 77, 768) text embeddings, each row grounded with one box through GLIGEN's (frozen)
+fusers, as `TrainSettings.grounded` trains. A warm-up step creates the AdamW state; gradients are then zeroed but
+kept (`zero_grad(set_to_none=False)`), so the resident set holds weights + gradients + AdamW state. The measured
+step resets the kernel's peak-RSS mark (`/proc/self/clear_refs`), runs forward and backward, and reads the peak
+(`VmHWM`): activations = that peak - the RSS just before the step. The child runs with glibc's
+`MALLOC_MMAP_THRESHOLD_` lowered, so freed tensors go back to the OS instead of staying resident in malloc's heap
+(without it, the warm-up step's freed activations would already be counted in the baseline). Keeping the gradients
+allocated counts them as if they all existed before backward, an upper bound on the project's loop, which frees
+them after each step.
 
 Weights, gradients and optimizer state are computed from parameter counts and dtypes; the child's RSS
 before the step (those plus the imported libraries) checks them. Activations are measured on the CPU in
