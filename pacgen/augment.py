@@ -108,33 +108,37 @@ def object_box(photo: Image.Image) -> Box:
     pixels = np.asarray(photo.convert("RGB").resize((OBJECT_GRID, OBJECT_GRID), Image.Resampling.BOX), np.float32)
     edges = [pixels[:, :1], pixels[:, -1:], pixels[:1], pixels[-1:]]  # each row's two ends, each column's two ends
     distance = np.min([np.linalg.norm(pixels - edge, axis=-1) for edge in edges], axis=0)
-    region = _largest_region(distance > OBJECT_DISTANCE)
-    if region.sum() < 0.04 * region.size:
+    found = regions(distance > OBJECT_DISTANCE, diagonal=True)
+    largest = max(found, key=lambda cells: cells.shape[1], default=None)
+    if largest is None or largest.shape[1] < 0.04 * OBJECT_GRID**2:
         return (0.0, 0.0, 1.0, 1.0)
-    ys, xs = np.nonzero(region)
+    ys, xs = largest
     n = OBJECT_GRID
     return (xs.min() / n, ys.min() / n, (xs.max() + 1) / n, (ys.max() + 1) / n)
 
 
-def _largest_region(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected region of a boolean mask (a flood fill: the mask is at most 64 x 64)."""
-    labels = np.zeros(mask.shape, int)
-    sizes = [0]
+def regions(mask: np.ndarray, diagonal: bool = False) -> list[np.ndarray]:
+    """Connected regions of a small boolean mask, as index arrays (rows, cols), in the order `np.nonzero` first meets
+    them; `diagonal`: 8-connected, else 4-connected. A flood fill: the masks are at most 64 x 64."""
+    steps = ((1, 0), (-1, 0), (0, 1), (0, -1)) + (((1, 1), (1, -1), (-1, 1), (-1, -1)) if diagonal else ())
+    height, width = mask.shape
+    seen = np.zeros_like(mask)
+    found = []
     for start in zip(*np.nonzero(mask)):
-        if labels[start]:
+        if seen[start]:
             continue
-        label, stack, count = len(sizes), [start], 0
-        labels[start] = label
+        stack, cells = [start], []
+        seen[start] = True
         while stack:
             y, x = stack.pop()
-            count += 1
-            for ny in range(max(y - 1, 0), min(y + 2, mask.shape[0])):
-                for nx in range(max(x - 1, 0), min(x + 2, mask.shape[1])):
-                    if mask[ny, nx] and not labels[ny, nx]:
-                        labels[ny, nx] = label
-                        stack.append((ny, nx))
-        sizes.append(count)
-    return labels == int(np.argmax(sizes)) if len(sizes) > 1 else mask
+            cells.append((y, x))
+            for dy, dx in steps:
+                ny, nx = y + dy, x + dx
+                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        found.append(np.array(cells).T)
+    return found
 
 
 def _clipped(box: Box) -> Box:

@@ -13,6 +13,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from pacgen.augment import regions
 from pacgen.mini.world import (BACKGROUNDS, COLOURS, OUTLINE, RGB, Box, Drawable, ObjectSpec, PlacedObject,
                                make_background, sample_scene, shade)
 
@@ -70,26 +71,6 @@ def object_colours(spec: Drawable) -> list[RGB]:
     return list(spec.colours)  # a kit concept
 
 
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """4-connected components of a small boolean mask, as index arrays (rows, cols)."""
-    seen = np.zeros_like(mask)
-    found = []
-    for start in zip(*np.nonzero(mask)):
-        if seen[start]:
-            continue
-        stack, cells = [start], []
-        seen[start] = True
-        while stack:
-            y, x = stack.pop()
-            cells.append((y, x))
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        found.append(np.array(cells).T)
-    return found
-
-
 def _dilate(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     out[1:] |= mask[:-1]
@@ -123,7 +104,7 @@ def localise(image: Image.Image, box: Box, colours: list[RGB] | None = None) -> 
             mask |= _dilate(mask) & (to_background > BACKGROUND_DIST)
     x0, y0 = math.floor(box[0] * w), math.floor(box[1] * h)
     x1, y1 = math.ceil(box[2] * w), math.ceil(box[3] * h)
-    touching = [c for c in _components(mask) if ((c[0] >= y0) & (c[0] < y1) & (c[1] >= x0) & (c[1] < x1)).any()]
+    touching = [c for c in regions(mask) if ((c[0] >= y0) & (c[0] < y1) & (c[1] >= x0) & (c[1] < x1)).any()]
     if not touching:
         return None
     rows, cols = max(touching, key=lambda c: len(c[0]))
