@@ -95,6 +95,7 @@ def measure(size: int, checkpointing: bool) -> dict:
     latents = torch.randn(2, 4, side, side)  # row 0: an instance image, row 1: a class image
     text = torch.randn(2, 77, 768)
     mask = torch.ones(1, 1, side, side)
+    grounding = gligen.box_per_row(torch.tensor([[0.2, 0.2, 0.8, 0.8]] * 2), torch.randn(768))  # as training does
     scheduler = DDPMScheduler.from_config(sd1.SCHEDULER_CONFIG)
     optimizer = _optimizer(params, TrainSettings(method="full"))  # fp32 here: the weights are their own masters
     if checkpointing:
@@ -105,7 +106,6 @@ def measure(size: int, checkpointing: bool) -> dict:
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (2,))
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        grounding = gligen.box_per_row(torch.tensor([[0.2, 0.2, 0.8, 0.8]] * 2), torch.randn(768))
         prediction = unet(noisy, timesteps, encoder_hidden_states=text, cross_attention_kwargs=grounding).sample
         loss = masked_mse(prediction[:1], noise[:1], mask) + F.mse_loss(prediction[1:], noise[1:])
         loss.backward()
