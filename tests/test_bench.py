@@ -4,7 +4,8 @@ import torch
 
 from pacgen.concepts import ConceptLibrary
 from pacgen.mini.bench import __main__ as bench
-from pacgen.mini.bench.methods import AFTER, METHODS, PLACEMENTS, RECIPES, Training, quick_rows, study
+from pacgen.mini.bench.methods import AFTER, METHODS, PLACEMENTS, RECIPES, REFERENCES, Training, quick_rows, study
+from pacgen.mini.bench.report import COLUMNS
 from pacgen.models import load_components
 from pacgen.mini.score import train_scorer
 
@@ -36,6 +37,11 @@ def test_bench_study_reports_every_method_and_variant(tmp_path, monkeypatch):
     assert "Gates, for the app's default (LoRA (attention) + augmentation + regional)" in report
     assert "--study" in report and (tmp_path / "docs" / "mini_study.png").is_file()
     assert "| 1. identified, ruby checker star |" in report and "| 2. shape kept (corner) |" in report
+    # the calibration rows are scored on the two-object scenes too: the renderer's own drawing is identified in every
+    # one, and the gate names what mini's VAE allows (a perfect generator's ceiling)
+    truth = next(line for line in report.splitlines() if line.startswith(f"| {REFERENCES[0]} |"))
+    assert truth.split(" | ")[COLUMNS.index("identified") + 1] == "100%"
+    assert "its truth through the VAE: " in report and f"| concept | {METHODS[0].name} |" in report
     assert f"| {AFTER} |" in report and (tmp_path / "docs" / "mini_study_pairs.png").is_file()
     assert not (tmp_path / "docs" / "mini_bench.md").exists()  # a study leaves the benchmark's report alone
     assert ConceptLibrary(tmp_path / "work").list() == []  # each concept's LoRAs free their identifier words

@@ -39,7 +39,7 @@ from pacgen.mini.bench.scoring import Bench, Scores, contrasting_colour
 from pacgen.mini.kit import KIT, KitConcept, kit_photos, new_concepts
 from pacgen.mini.score import load_or_train, scorer_path, texture_floors, vae_roundtrip
 from pacgen.mini.score.identity import class_phrase_drawings
-from pacgen.mini.world import BACKGROUNDS, PlacedObject, render
+from pacgen.mini.world import BACKGROUNDS, Box, ObjectSpec, PlacedObject, render
 from pacgen.sampling import PACGenPipeline
 from pacgen.settings import TrainSettings
 from pacgen.training import train_concept
@@ -176,7 +176,7 @@ class Run:
         """Every method's images of concept `k`, scored."""
         pool = tuple(dict.fromkeys(self.concepts + KIT))
         other = pool[(pool.index(concept) + 1) % len(pool)]  # drawn in the same box: identity's chance level
-        self.by_concept[concept.name] = {m.name: Scores() for m in self.methods}
+        self.by_concept[concept.name] = {name: Scores() for name in [m.name for m in self.methods] + [REFERENCES[1]]}
         # One concept at a time, freed before the next: each then gets the same identifier word, whose (untrained)
         # embedding would otherwise differ between methods and move identity by up to 0.1 (docs/mini_study.md).
         for training in dict.fromkeys(m.training for m in self.methods):
@@ -201,15 +201,19 @@ class Run:
                     images[AFTER] = self.bench.generate(METHODS[0], concept, name, box, background, seed,
                                                         self.args.steps)
                 self.score(concept, placement, background, images, show=k == 0 and s == 0)
-            for layout in PAIR_LAYOUTS:
+            for n, layout in enumerate(PAIR_LAYOUTS):
                 beside = (f"a {' '.join(neighbour)}", layout[1])
+                images = self.reference_pairs(concept, other, neighbour, layout, background, (k, s, n)) \
+                    if training is None else {}
                 for method in group:
-                    image = self.bench.generate(method, concept, name, layout[0], background, seed, self.args.steps,
-                                                beside)
-                    for scores in (self.results[method.name], self.by_concept[concept.name][method.name]):
-                        self.bench.score_pair(scores, image, concept, layout, neighbour, self.rivals(concept))
+                    images[method.name] = self.bench.generate(method, concept, name, layout[0], background, seed,
+                                                              self.args.steps, beside)
                     if s == 0 and layout == PAIR_LAYOUTS[0]:
-                        self.pairs[concept.name, method.name] = image
+                        self.pairs[concept.name, method.name] = images[method.name]
+                for row, image in images.items():
+                    for scores in (self.results[row], self.by_concept[concept.name].get(row)):
+                        if scores is not None:
+                            self.bench.score_pair(scores, image, concept, layout, neighbour, self.rivals(concept))
         if training:
             self.bench.pipe.unload_concept(name)
             self.library.delete(name)
@@ -221,6 +225,17 @@ class Run:
         rng = np.random.default_rng([self.args.seed, k, s])
         truth = render(background, [PlacedObject(concept, box)], size, rng)[0]
         chance = render(background, [PlacedObject(other, box)], size, rng)[0]
+        return {REFERENCES[0]: truth, REFERENCES[1]: self.bench.decode([truth])[0], REFERENCES[2]: chance}
+
+    def reference_pairs(self, concept: KitConcept, other: KitConcept, neighbour: tuple[str, str],
+                        layout: tuple[Box, Box], background: str, key: tuple[int, ...]) -> dict[str, Image.Image]:
+        """The calibration rows of a two-object scene: the renderer's drawing of the concept beside the neighbour, the
+        same through the VAE (what a perfect generator could be identified at), another concept in its box."""
+        colour, shape = neighbour
+        beside = PlacedObject(ObjectSpec(shape, colour), layout[1])
+        rng = np.random.default_rng([self.args.seed, *key])
+        truth = render(background, [PlacedObject(concept, layout[0]), beside], self.bench.size, rng)[0]
+        chance = render(background, [PlacedObject(other, layout[0]), beside], self.bench.size, rng)[0]
         return {REFERENCES[0]: truth, REFERENCES[1]: self.bench.decode([truth])[0], REFERENCES[2]: chance}
 
     def score(self, concept: KitConcept, placement: str, background: str, images: dict[str, Image.Image],
