@@ -14,7 +14,8 @@ is the scorer's shape classifier naming the class noun, at the placement where t
 fill-like or pasted-border pixels outside the box; background match is the background classifier agreeing with
 the prompt; "keeps colours" is the share of two-object scenes where the neighbour's colour took at most 20% of
 the concept. Writes `mini_bench.md` and `mini_bench.png`; reference rows (the renderer's drawing, the same through
-the VAE, another kit concept) calibrate identity, and the class-phrase row is what the base model draws anyway.
+the VAE, another kit concept) calibrate identity and identification (through the VAE: what a perfect generator
+could reach at the model's size), and the class-phrase row is what the base model draws anyway.
 """
 from __future__ import annotations
 
@@ -73,7 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--photo-size", type=int,
                    help="side of the concept photos in pixels; default: the model's size (the app's examples are 2x)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
-    p.add_argument("--seeds", type=int, default=2, help="images per method, concept and placement (backgrounds cycle)")
+    p.add_argument("--seeds", type=int, default=4,
+                   help="images per method, concept and placement, backgrounds in turn (4: each background once, and "
+                        "12 images per placement over 3 concepts, enough to tell 90%% from 100%%)")
     p.add_argument("--train-steps", type=int, help="optimisation steps; default: the model's")
     p.add_argument("--class-images", type=int, help="prior-preservation images per class noun; default: the model's")
     p.add_argument("--scorer", type=Path, help="default: <model>/scorer.safetensors, trained there when missing")
