@@ -223,22 +223,23 @@ class Run:
 
     def reference_images(self, k: int, s: int, concept: KitConcept, other: KitConcept, placement: str,
                          background: str) -> dict[str, Image.Image]:
-        """The calibration rows: the renderer's drawing of the concept, the same through the VAE, another concept."""
-        box, size = PLACEMENTS[placement], self.bench.size
-        rng = np.random.default_rng([self.args.seed, k, s])
-        truth = render(background, [PlacedObject(concept, box)], size, rng)[0]
-        chance = render(background, [PlacedObject(other, box)], size, rng)[0]
-        return {REFERENCES[0]: truth, REFERENCES[1]: self.bench.decode([truth])[0], REFERENCES[2]: chance}
+        """The calibration rows at a placement: the renderer's drawing of the concept, the same through the VAE,
+        another concept."""
+        return self.references(concept, other, PLACEMENTS[placement], background, [self.args.seed, k, s])
 
     def reference_pairs(self, concept: KitConcept, other: KitConcept, neighbour: tuple[str, str],
                         layout: tuple[Box, Box], background: str, key: tuple[int, ...]) -> dict[str, Image.Image]:
-        """The calibration rows of a two-object scene: the renderer's drawing of the concept beside the neighbour, the
-        same through the VAE (what a perfect generator could be identified at), another concept in its box."""
+        """The calibration rows of a two-object scene, the neighbour drawn beside each: through the VAE, what a perfect
+        generator could be identified at."""
         colour, shape = neighbour
         beside = PlacedObject(ObjectSpec(shape, colour), layout[1])
-        rng = np.random.default_rng([self.args.seed, *key])
-        truth = render(background, [PlacedObject(concept, layout[0]), beside], self.bench.size, rng)[0]
-        chance = render(background, [PlacedObject(other, layout[0]), beside], self.bench.size, rng)[0]
+        return self.references(concept, other, layout[0], background, [self.args.seed, *key], beside)
+
+    def references(self, concept: KitConcept, other: KitConcept, box: Box, background: str, key: list[int],
+                   *beside: PlacedObject) -> dict[str, Image.Image]:
+        rng, size = np.random.default_rng(key), self.bench.size
+        truth = render(background, [PlacedObject(concept, box), *beside], size, rng)[0]
+        chance = render(background, [PlacedObject(other, box), *beside], size, rng)[0]
         return {REFERENCES[0]: truth, REFERENCES[1]: self.bench.decode([truth])[0], REFERENCES[2]: chance}
 
     def score(self, concept: KitConcept, placement: str, background: str, images: dict[str, Image.Image],
