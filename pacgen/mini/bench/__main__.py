@@ -191,7 +191,7 @@ class Run:
         of the methods that use it, then free it."""
         name = train(self.bench, concept, training, self.args, self.library) if training else ""
         log(f"[{k + 1}/{self.args.concepts}] {concept.name}: generating {training.tag if training else 'without'}")
-        neighbour = (contrasting_colour(concept), other.class_noun)
+        neighbour, rivals = (contrasting_colour(concept), other.class_noun), self.rivals(concept)
         default = Training(self.bench.pipe.components.defaults.training.method, "pacgen")
         for s in range(self.args.seeds):
             background, seed = BACKGROUNDS[s % len(BACKGROUNDS)], self.args.seed * 1000 + s
@@ -216,7 +216,7 @@ class Run:
                 for row, image in images.items():
                     for scores in (self.results[row], self.by_concept[concept.name].get(row)):
                         if scores is not None:
-                            self.bench.score_pair(scores, image, concept, layout, neighbour, self.rivals(concept))
+                            self.bench.score_pair(scores, image, concept, layout, neighbour, rivals)
         if training:
             self.bench.pipe.unload_concept(name)
             self.library.delete(name)
