@@ -342,17 +342,17 @@ class ConceptLibrary:
         """`name` checked, if no concept has it (as `name_key` compares names) or would share its folder; the
         message names the concept it collides with."""
         name = check_name(name)
-        key, slug = name_key(name), slugify(name)
         for concept in self.list():
-            if name_key(concept.name) == key:
-                same = "" if concept.name == name else f" ('{name}' is the same name)"
-                raise ConceptError(f"a concept named '{concept.name}' already exists{same}; delete it or choose "
-                                   "another name")
-            if slugify(concept.name) == slug:
-                raise ConceptError(f"'{name}' is too close to the existing '{concept.name}'; choose another name")
-        if (self.concepts_dir / slug).exists():
-            raise ConceptError(f"a concept named '{name}' already exists as a folder that cannot be read; remove it "
-                               "or choose another name")
+            _refuse_collision(concept, name)
+        folder = self.concepts_dir / slugify(name)
+        if folder.exists():  # unreadable, or moved in by another import since the list was read
+            try:
+                concept = Concept.load(folder)
+            except (ConceptError, OSError):
+                raise ConceptError(f"a concept named '{name}' already exists as a folder that cannot be read; "
+                                   "remove it or choose another name") from None
+            _refuse_collision(concept, name)
+            raise ConceptError(f"'{name}' is too close to the existing '{concept.name}'; choose another name")
         return name
 
     @contextmanager
@@ -509,6 +509,15 @@ class ConceptLibrary:
             raise  # the disk, not the import: `staging` says so
         except PACGenError as error:
             raise ConceptError(f"{where}: {error}") from None
+
+
+def _refuse_collision(concept: Concept, name: str) -> None:
+    """A ConceptError if `name` is `concept`'s name (as `name_key` compares names) or would share its folder."""
+    if name_key(concept.name) == name_key(name):
+        same = "" if concept.name == name else f" ('{name}' is the same name)"
+        raise ConceptError(f"a concept named '{concept.name}' already exists{same}; delete it or choose another name")
+    if slugify(concept.name) == slugify(name):
+        raise ConceptError(f"'{name}' is too close to the existing '{concept.name}'; choose another name")
 
 
 def _import_plan(archive: zipfile.ZipFile, zip_name: str) -> list[tuple[zipfile.ZipInfo, int]]:

@@ -235,6 +235,19 @@ def test_two_imports_of_one_name_at_once_commit_once(world, monkeypatch):
     assert list(library.staging_dir.iterdir()) == []
 
 
+def test_a_concept_moved_in_after_the_list_was_read_is_named_as_existing(world, monkeypatch):
+    """The other import's rename can land between reading the library and looking at the folder: the message is
+    the same as when it had landed before (CI saw "a folder that cannot be read" once)."""
+    library = world["library"]
+    library.import_zip(write_zip(world["tmp"] / "first.zip", world["files"].items()), world["fingerprint"])
+    monkeypatch.setattr(ConceptLibrary, "list", lambda self: [])  # the list as read just before the rename
+    with pytest.raises(ConceptError, match="^a concept named 'new one' already exists; delete it"):
+        library.check_new_name("new one")
+    (library.concepts_dir / slugify("broken")).mkdir()
+    with pytest.raises(ConceptError, match="^a concept named 'broken' already exists as a folder that cannot be read"):
+        library.check_new_name("broken")
+
+
 def test_scan_reports_broken_folders_by_name_and_keeps_listing_the_good(world):
     library = world["library"]
     root = library.concepts_dir
