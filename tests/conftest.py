@@ -1,6 +1,7 @@
 """Shared fixtures: every test runs offline on the `tiny` model, built in code in milliseconds."""
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -13,6 +14,15 @@ from pacgen.concepts import ConceptLibrary  # noqa: E402
 from pacgen.mini.kit import KIT, kit_photos  # noqa: E402
 from pacgen.mini.stand_ins import write_random_concept  # noqa: E402
 from pacgen.sampling import PACGenPipeline  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_files_stay_in_the_session(tmp_path_factory):
+    """gradio_client leaves an empty folder in the system's temp folder for every file it downloads; the suite keeps
+    them (and any other temp file made in-process) under pytest's own folder, so a run leaves nothing in /tmp."""
+    before, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("temp"))
+    yield
+    tempfile.tempdir = before
 
 
 @pytest.fixture
