@@ -118,3 +118,24 @@ def test_init_goes_on_at_a_new_size_and_the_model_then_draws_at_it(tmp_path):
     image = PACGenPipeline(grown)("a red star on grass", boxes=[Box("a red star", (0.2, 0.2, 0.7, 0.7))], seed=0,
                                   num_inference_steps=2).images[0]
     assert image.size == (64, 64)
+
+
+@pytest.mark.slow  # trains
+def test_the_decoder_stage_changes_only_the_decoder_so_trained_concepts_stay_valid(tmp_path):
+    """The decoder learns to draw patterns the world never paints; the encoder, the UNet and the text encoder are
+    untouched, so the model's fingerprint, and every concept trained on it, stays."""
+    threads = torch.get_num_threads()
+    try:
+        folder = main(["--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"), "--init", "mini",
+                       "--vae-steps", "0", "--unet-steps", "0", "--decoder-steps", "2", "--scenes", "8",
+                       "--batch", "4", "--threads", "1", "--zero-snr"])
+    finally:
+        torch.set_num_threads(threads)
+    shipped, tuned = (load_components(str(f), device="cpu") for f in (MINI_DIR, folder))
+    assert tuned.fingerprint == shipped.fingerprint
+    for part in ("encoder", "quant_conv"):
+        assert all(torch.equal(a, b) for a, b in zip(getattr(shipped.vae, part).parameters(),
+                                                     getattr(tuned.vae, part).parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(shipped.vae.decoder.parameters(), tuned.vae.decoder.parameters()))
+    assert tuned.vae.config.scaling_factor == shipped.vae.config.scaling_factor
+    assert "replay with `--decoder-steps 2`" in (folder / "TRAINING.md").read_text()

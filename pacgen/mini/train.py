@@ -9,11 +9,14 @@ assets/mini/TRAINING.md records the two runs that made the shipped model.
 Stages: render a fixed set of scenes; train a VAE (f=2: 32x32 images, 16x16 latents); encode the scenes
 once; train the UNet (GLIGEN fusers included) jointly with a small text encoder; optionally (`--minutes-tune`)
 go on at a lower rate with half the captions in the "a photo of ..." template that people's prompts and
-DreamBooth's instance prompts use. Each stage's step count is fixed from its time budget after 20 timed steps,
-checkpointed to --work (--resume continues, also into a stage added later) and recorded, so
-`--vae-steps/--unet-steps/--tune-steps` reproduce a run exactly. `--init` starts from a saved mini model instead of
-fresh weights, to go on training a model made elsewhere (a short GPU run, say), also at another `--size`
-(the 64 px mini from the 32 px one). The model is written in fp16.
+DreamBooth's instance prompts use; optionally (`--minutes-decoder`) train the VAE's decoder alone on the scenes
+and on scenes holding a random kit-like object (two-colour checks, rings, bands the world never paints): the
+encoder is frozen, so the latents, the UNet and every concept trained on the model stay valid, while the decoder
+learns to draw the patterns people's objects have, as SD's VAE draws any photo. Each stage's step count is fixed
+from its time budget after 20 timed steps, checkpointed to --work (--resume continues, also into a stage added
+later) and recorded, so `--vae-steps/--unet-steps/--tune-steps/--decoder-steps` reproduce a run exactly.
+`--init` starts from a saved mini model instead of fresh weights, to go on training a model made elsewhere (a short
+GPU run, say), also at another `--size` (the 64 px mini from the 32 px one). The model is written in fp16.
 `--zero-snr` trains the UNet stages for a zero-terminal-SNR schedule with v-prediction, which mini's scheduler
 config then records.
 """
@@ -42,7 +45,8 @@ from pacgen.grounding.gligen import ATTENTION_TYPE, MAX_BOXES, set_gates
 from pacgen.bases import sd1
 from pacgen.defaults import ModelDefaults, read_defaults
 from pacgen.mini.tiny import build_toy_tokenizer, toy_text_encoder
-from pacgen.mini.world import caption, sample_scene
+from pacgen.mini.kit import random_concept
+from pacgen.mini.world import BACKGROUNDS, PlacedObject, caption, random_box, random_spec, render, sample_scene
 from pacgen.models import MINI_DIR, Components, ModelLoadError, load_components
 from pacgen.training import training_target
 
@@ -63,9 +67,10 @@ PHOTO_PREFIX = 0.5
 # where box following is learnt, so half the rows are drawn from t >= LATE_T, with half their captions box-only.
 LATE_T, LATE_SHARE, LATE_BOX_ONLY = 700, 0.5, 0.5
 LR_FLOOR = 0.05  # cosine decay ends at 5% of the peak: the loss plateaus at a constant rate
-STAGE_SEEDS = {"vae": 0, "unet": 1, "tune": 2}  # each stage draws its own batches
+STAGE_SEEDS = {"vae": 0, "unet": 1, "tune": 2, "decoder": 3}  # each stage draws its own batches
 TIMING_STEPS = 20  # steps timed before the budget in minutes is turned into a fixed step count
 MAX_MB = 40
+PATTERN_STREAM = 7  # the decoder stage's scenes: a random stream apart from the world scenes'
 
 
 @dataclass
@@ -78,6 +83,8 @@ class Config:
     unet_steps: int | None
     minutes_tune: float
     tune_steps: int | None
+    minutes_decoder: float
+    decoder_steps: int | None
     seed: int
     size: int
     scenes: int
@@ -85,6 +92,7 @@ class Config:
     lr: float
     tune_lr: float
     vae_lr: float
+    decoder_lr: float
     warmup: int
     text_hidden: int
     zero_snr: bool
@@ -107,6 +115,10 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--minutes-tune", type=float, default=0.0,
                    help='then go on at --tune-lr with half the captions as "a photo of <caption>"')
     p.add_argument("--tune-steps", type=int, help="fixed step count instead of --minutes-tune")
+    p.add_argument("--minutes-decoder", type=float, default=0.0,
+                   help="then train the VAE's decoder alone (encoder frozen) on the scenes and on scenes with a "
+                        "random kit-like object, at --decoder-lr")
+    p.add_argument("--decoder-steps", type=int, help="fixed step count instead of --minutes-decoder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image side in pixels, a multiple of 8")
     p.add_argument("--scenes", type=int, default=40_000, help="size of the fixed training set")
@@ -114,6 +126,7 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the UNet stage")
     p.add_argument("--tune-lr", type=float, default=3e-4, help="peak learning rate of the tune stage")
     p.add_argument("--vae-lr", type=float, default=2e-3, help="peak learning rate of the VAE stage")
+    p.add_argument("--decoder-lr", type=float, default=3e-4, help="peak learning rate of the decoder stage")
     p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warmup")
     p.add_argument("--text-hidden", type=int, default=96, help="text encoder width = cross-attention width")
     p.add_argument("--zero-snr", action="store_true",
@@ -144,6 +157,37 @@ def render_one(job: tuple[int, int, int]) -> tuple[np.ndarray, str, str, list]:
             [(o.box, o.spec.phrase, o.spec.shape) for o in scene.objects])
 
 
+def render_pattern_one(job: tuple[int, int, int]) -> np.ndarray:
+    """A world scene holding a random kit-like object (and half the time a world object), for the decoder stage;
+    drawn from (seed, index) on a random stream of its own, apart from the benchmark's `--new` draws."""
+    seed, index, size = job
+    rng = np.random.default_rng([seed, index, PATTERN_STREAM])
+    objects = [PlacedObject(random_concept(rng), random_box(rng, 0.2, 0.8))]
+    if rng.random() < 0.5:
+        objects.insert(int(rng.integers(2)), PlacedObject(random_spec(rng), random_box(rng, 0.2, 0.6)))
+    return np.asarray(render(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], objects, size, rng)[0])
+
+
+def render_pattern_scenes(cfg: Config) -> torch.Tensor:
+    """As many pattern scenes as world scenes, uint8 (N, H, W, 3), cached beside them."""
+    path = cfg.work / f"pattern-scenes-seed{cfg.seed}-n{cfg.scenes}-{cfg.size}px.pt"
+    if path.exists():
+        return torch.load(path)
+    images = torch.from_numpy(np.stack(render_all(render_pattern_one, cfg)))
+    torch.save(images, path)
+    log(f"[scenes] rendered {cfg.scenes} pattern scenes -> {path}")
+    return images
+
+
+def render_all(render: Callable[[tuple[int, int, int]], object], cfg: Config) -> list:
+    """`render` on every (seed, index, size) of the run, in --threads processes: scene i depends only on i."""
+    jobs = [(cfg.seed, i, cfg.size) for i in range(cfg.scenes)]
+    if cfg.threads == 1:
+        return [render(job) for job in jobs]
+    with multiprocessing.Pool(cfg.threads) as pool:
+        return pool.map(render, jobs, chunksize=256)
+
+
 def scenes_path(cfg: Config) -> Path:
     return cfg.work / f"scenes-v2-seed{cfg.seed}-n{cfg.scenes}-{cfg.size}px.pt"
 
@@ -153,14 +197,9 @@ def render_scenes(cfg: Config, tokenizer: CLIPTokenizer) -> dict:
     path = scenes_path(cfg)
     if path.exists():
         return torch.load(path, weights_only=False)
-    started, jobs = time.perf_counter(), [(cfg.seed, i, cfg.size) for i in range(cfg.scenes)]
+    started = time.perf_counter()
     log(f"[scenes] rendering {cfg.scenes} scenes with {cfg.threads} processes")
-    if cfg.threads > 1:
-        with multiprocessing.Pool(cfg.threads) as pool:
-            rendered = pool.map(render_one, jobs, chunksize=256)
-    else:
-        rendered = [render_one(job) for job in jobs]
-    images, captions, settings, objects = zip(*rendered, strict=True)
+    images, captions, settings, objects = zip(*render_all(render_one, cfg), strict=True)
     phrases = sorted({text for objs in objects for _, phrase, noun in objs for text in (phrase, noun)})
     slots = max(len(objs) for objs in objects)
     boxes, obj_phrase = torch.zeros(len(objects), slots, 4), torch.full((len(objects), slots), -1)
@@ -342,6 +381,24 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, cfg: Config, device: torc
     return loss
 
 
+def decoder_loss(vae: AutoencoderKL, images: torch.Tensor, patterns: torch.Tensor, cfg: Config,
+                 device: torch.device) -> Callable:
+    """The VAE's loss with the encoder frozen: half the batch world scenes, half pattern scenes."""
+    half = cfg.batch // 2
+
+    def loss(gen: torch.Generator) -> torch.Tensor:
+        rows = [images[torch.randint(len(images), (half,), generator=gen)],
+                patterns[torch.randint(len(patterns), (cfg.batch - half,), generator=gen)]]
+        x = recolour(to_pixels(torch.cat(rows)), gen).to(device)
+        with torch.no_grad(), autocast(device):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        with autocast(device):
+            recon = vae.decode(z).sample.float()
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x)
+    return loss
+
+
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1], the VAE's range."""
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -444,7 +501,7 @@ def save_model(components: Components, cfg: Config, stages: dict[str, dict], com
         (f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; device: {cfg.device}, "
          f"{cfg.threads} threads; torch {torch.__version__}"),
         (f"- seed {cfg.seed}; {cfg.scenes} scenes at {cfg.size}x{cfg.size}; batch {cfg.batch}; "
-         f"peak lr: VAE {cfg.vae_lr}, UNet {cfg.lr}, tune {cfg.tune_lr}"),
+         f"peak lr: VAE {cfg.vae_lr}, UNet {cfg.lr}, tune {cfg.tune_lr}, decoder {cfg.decoder_lr}"),
         f"- VAE scaling factor: {components.vae.config.scaling_factor:.5f}",
         "- noise schedule: " + ("zero terminal SNR, v-prediction" if cfg.zero_snr else "SD-1.x, epsilon-prediction"),
     ]
@@ -513,6 +570,14 @@ def main(argv: list[str] | None = None) -> Path:
         tune = unet_loss(unet, text_encoder, data, latents, empty_ids, cfg, device, PHOTO_PREFIX)
         states["tune"] = train_stage("tune", {"unet": unet, "text_encoder": text_encoder}, tune, cfg, cfg.tune_lr,
                                      cfg.minutes_tune, cfg.tune_steps)
+    if cfg.minutes_decoder > 0 or cfg.decoder_steps:
+        vae.requires_grad_(False)
+        decoder = {"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv}
+        for module in decoder.values():
+            module.requires_grad_(True)
+        loss = decoder_loss(vae, data["images"], render_pattern_scenes(cfg), cfg, device)
+        states["decoder"] = train_stage("decoder", decoder, loss, cfg, cfg.decoder_lr, cfg.minutes_decoder,
+                                        cfg.decoder_steps)
     save_model(Components(vae, text_encoder, tokenizer, unet, scheduler_config(cfg), "mini",
                           defaults=model_defaults(cfg)),
                cfg, states, shlex.join(sys.argv[1:] if argv is None else argv), earlier)
