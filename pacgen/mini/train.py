@@ -179,13 +179,13 @@ def render_pattern_scenes(cfg: Config) -> torch.Tensor:
     return images
 
 
-def render_all(render: Callable[[tuple[int, int, int]], object], cfg: Config) -> list:
-    """`render` on every (seed, index, size) of the run, in --threads processes: scene i depends only on i."""
+def render_all(draw: Callable[[tuple[int, int, int]], object], cfg: Config) -> list:
+    """`draw` on every (seed, index, size) of the run, in --threads processes: scene i depends only on i."""
     jobs = [(cfg.seed, i, cfg.size) for i in range(cfg.scenes)]
     if cfg.threads == 1:
-        return [render(job) for job in jobs]
+        return [draw(job) for job in jobs]
     with multiprocessing.Pool(cfg.threads) as pool:
-        return pool.map(render, jobs, chunksize=256)
+        return pool.map(draw, jobs, chunksize=256)
 
 
 def scenes_path(cfg: Config) -> Path:
