@@ -370,32 +370,21 @@ def recolour(x: torch.Tensor, gen: torch.Generator, share: float = COLOUR_JITTER
     return torch.where(rows[:, None, None, None], jittered, x)
 
 
-def vae_loss(vae: AutoencoderKL, images: torch.Tensor, cfg: Config, device: torch.device) -> Callable:
+def rows_from(*pools: tuple[torch.Tensor, int]) -> Callable[[torch.Generator], torch.Tensor]:
+    """A batch of `n` rows drawn at random from each `(pool, n)`, in order."""
+    return lambda gen: torch.cat([pool[torch.randint(len(pool), (n,), generator=gen)] for pool, n in pools])
+
+
+def vae_loss(vae: AutoencoderKL, batch: Callable[[torch.Generator], torch.Tensor], device: torch.device) -> Callable:
+    """The round trip's L1 + MSE (and a touch of KL) on `batch(gen)`, some rows recoloured. The decoder stage uses it
+    with the encoder's weights frozen: no gradient reaches them, so the same loss trains the decoder alone."""
     def loss(gen: torch.Generator) -> torch.Tensor:
-        x = recolour(to_pixels(images[torch.randint(len(images), (cfg.batch,), generator=gen)]), gen).to(device)
+        x = recolour(to_pixels(batch(gen)), gen).to(device)
         with autocast(device):
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
             recon = vae.decode(z).sample.float()
         return F.l1_loss(recon, x) + F.mse_loss(recon, x) + KL_WEIGHT * posterior.kl().mean()
-    return loss
-
-
-def decoder_loss(vae: AutoencoderKL, images: torch.Tensor, patterns: torch.Tensor, cfg: Config,
-                 device: torch.device) -> Callable:
-    """The VAE's loss with the encoder frozen: half the batch world scenes, half pattern scenes."""
-    half = cfg.batch // 2
-
-    def loss(gen: torch.Generator) -> torch.Tensor:
-        rows = [images[torch.randint(len(images), (half,), generator=gen)],
-                patterns[torch.randint(len(patterns), (cfg.batch - half,), generator=gen)]]
-        x = recolour(to_pixels(torch.cat(rows)), gen).to(device)
-        with torch.no_grad(), autocast(device):
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
-        with autocast(device):
-            recon = vae.decode(z).sample.float()
-        return F.l1_loss(recon, x) + F.mse_loss(recon, x)
     return loss
 
 
@@ -547,7 +536,7 @@ def main(argv: list[str] | None = None) -> Path:
     earlier = (cfg.init / "TRAINING.md").read_text() if cfg.init and (cfg.init / "TRAINING.md").is_file() else ""
     vae, text_encoder, unet = (m.to(device) for m in start_models(cfg, tokenizer))
     data = render_scenes(cfg, tokenizer)
-    vae_state = train_stage("vae", {"vae": vae}, vae_loss(vae, data["images"], cfg, device),
+    vae_state = train_stage("vae", {"vae": vae}, vae_loss(vae, rows_from((data["images"], cfg.batch)), device),
                             cfg, cfg.vae_lr, cfg.minutes_vae, cfg.vae_steps)
     cache = cfg.work / "latents.pt"
     cached = torch.load(cache) if cfg.resume and cache.exists() else {}
@@ -575,7 +564,8 @@ def main(argv: list[str] | None = None) -> Path:
         decoder = {"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv}
         for module in decoder.values():
             module.requires_grad_(True)
-        loss = decoder_loss(vae, data["images"], render_pattern_scenes(cfg), cfg, device)
+        half = cfg.batch // 2  # world scenes, then scenes with a kit-like object
+        loss = vae_loss(vae, rows_from((data["images"], half), (render_pattern_scenes(cfg), cfg.batch - half)), device)
         states["decoder"] = train_stage("decoder", decoder, loss, cfg, cfg.decoder_lr, cfg.minutes_decoder,
                                         cfg.decoder_steps)
     save_model(Components(vae, text_encoder, tokenizer, unet, scheduler_config(cfg), "mini",
