@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -117,6 +118,12 @@ class Components:
         if not self.fingerprint:
             self.fingerprint = fingerprint(self.unet, self.text_encoder)
 
+    @cached_property
+    def vae_digest(self) -> str:
+        """The VAE's own digest: the fingerprint leaves it out (concepts never touch it), yet what it encodes and
+        draws differs after a decoder is trained further, so caches of images and latents name it too."""
+        return weights_digest(self.vae)
+
     @property
     def adapter_source(self) -> str:
         """Where the grounding adapters came from: the base itself, or the grounding source plugged into it."""
@@ -200,6 +207,14 @@ def fingerprint(unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> str:
         flat = tensor.detach().flatten()[:2048].float().cpu()
         digest.update((flat > 0).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights as stored (fp16): every weight counts, unlike `fingerprint`'s signs."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().half().cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def _is_local(source: str) -> bool:

@@ -43,6 +43,7 @@ from .errors import PACGenError
 from .grounding import gligen
 from .kohya import write_kohya_file
 from .layout import Box
+from .models import Components
 from .lora import LORA_FILE, read_lora_file
 from .photos import PhotoSource, load_photos
 from .sampling import PACGenPipeline
@@ -120,11 +121,12 @@ def choose_identifier(pipe: PACGenPipeline, taken: set[str]) -> str:
     raise ConceptError(f"all {len(IDENTIFIER_CANDIDATES)} identifier words are in use; delete a concept first")
 
 
-def class_image_dir(cache: ConceptLibrary | Path, fingerprint: str, prompt: str, resolution: int) -> Path:
+def class_image_dir(cache: ConceptLibrary | Path, components: Components, prompt: str, resolution: int) -> Path:
     """Class images depend only on the base model, the prompt and the size: share them between concepts, and between
     visitors when `cache` is a root shared by their libraries (a library stands for its own root)."""
     root = cache.root if isinstance(cache, ConceptLibrary) else Path(cache)
-    key = hashlib.sha256(f"{fingerprint}|{prompt}|{resolution}".encode()).hexdigest()[:16]
+    model = f"{components.fingerprint}|{components.vae_digest}"  # the VAE draws them, and it is not in the fingerprint
+    key = hashlib.sha256(f"{model}|{prompt}|{resolution}".encode()).hexdigest()[:16]
     return root / "class_images" / key
 
 
@@ -147,7 +149,7 @@ def _class_images(
 ) -> Iterator[TrainEvent | list[Image.Image]]:
     """Yield progress while generating missing class images, then the list of all of them; or, when the budget runs
     out first, a "paused" event (the images made so far stay cached)."""
-    folder = class_image_dir(cache, pipe.components.fingerprint, prompt, resolution)
+    folder = class_image_dir(cache, pipe.components, prompt, resolution)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "prompt.txt").write_text(prompt)
     started = time.perf_counter()
@@ -387,7 +389,8 @@ def _run_key(pipe: PACGenPipeline, name: str, class_noun: str, config: TrainSett
              photos: list[Image.Image]) -> str:
     """What makes two calls the same training: base model, name, class noun, every setting and the photos."""
     settings = json.dumps(settings_json(config), sort_keys=True)
-    digest = hashlib.sha256("|".join([pipe.components.fingerprint, name, class_noun, settings]).encode())
+    comp = pipe.components  # the VAE encodes the photos, so it is part of the run as much as the UNet
+    digest = hashlib.sha256("|".join([comp.fingerprint, comp.vae_digest, name, class_noun, settings]).encode())
     for photo in photos:
         digest.update(photo.tobytes())
     return digest.hexdigest()
@@ -543,7 +546,7 @@ def estimate_seconds(pipe: PACGenPipeline, cache: ConceptLibrary | Path, class_n
     scale = (size / rates.size) ** 2  # rates measured at another size: work grows with the pixels
     missing = 0
     if config.prior_preservation:
-        folder = class_image_dir(cache, comp.fingerprint, class_prompt(class_noun.strip()), size)
+        folder = class_image_dir(cache, comp, class_prompt(class_noun.strip()), size)
         missing = max(0, config.num_class_images - len(list(folder.glob("*.png"))))
     images = config.samples_per_photo * photos + (config.num_class_images if config.prior_preservation else 0)
     previews = sum(1 for k in range(1, config.steps + 1) if _previews_at(config, k))

@@ -5,7 +5,7 @@ import torch
 from pacgen.concepts import ConceptLibrary
 from pacgen.mini.bench import __main__ as bench
 from pacgen.mini.bench.methods import AFTER, METHODS, PLACEMENTS, RECIPES, REFERENCES, Training, quick_rows, study
-from pacgen.mini.bench.report import COLUMNS, weights_digest
+from pacgen.mini.bench.report import COLUMNS
 from pacgen.models import load_components
 from pacgen.mini.score import train_scorer
 
@@ -38,7 +38,7 @@ def test_bench_study_reports_every_method_and_variant(tmp_path, monkeypatch):
     assert "--study" in report and (tmp_path / "docs" / "mini_study.png").is_file()
     # the report names the weights it measured: the fingerprint (what concepts are tied to) and the VAE apart
     tiny = load_components("tiny", device="cpu")
-    assert f"model fingerprint `{tiny.fingerprint}`, VAE `{weights_digest(tiny.vae)}`" in report
+    assert f"model fingerprint `{tiny.fingerprint}`, VAE `{tiny.vae_digest}`" in report
     assert "| 1. identified, ruby checker star |" in report and "| 2. shape kept (corner) |" in report
     # the calibration rows are scored on the two-object scenes too: the renderer's own drawing is identified in every
     # one, and the gate names what mini's VAE allows (a perfect generator's ceiling)

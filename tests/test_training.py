@@ -1,4 +1,6 @@
+import copy
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -172,12 +174,23 @@ def test_cancel_leaves_nothing_behind(pipe, photos, library, how):
 def test_class_images_are_cached_and_reused(pipe, photos, library):
     first = run(train_concept(pipe, photos, "first", "star", TrainSettings(steps=1, **FAST), library))
     assert sum(e.phase == "class-images" for e in first) == 2
-    folder = class_image_dir(library, pipe.components.fingerprint, "a photo of a star", 64)
+    folder = class_image_dir(library, pipe.components, "a photo of a star", 64)
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
     second = run(train_concept(pipe, photos, "second", "star", TrainSettings(steps=1, **FAST), library))
     assert not any(e.phase == "class-images" for e in second)
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == stamps
     assert second[-1].concept.identifier != first[-1].concept.identifier
+
+
+def test_class_images_drawn_by_another_vae_are_not_reused(pipe):
+    """The fingerprint leaves the VAE out; a decoder trained further draws the class noun differently."""
+    other_vae = copy.deepcopy(pipe.components.vae)
+    with torch.no_grad():
+        other_vae.decoder.conv_out.bias.add_(0.1)
+    other = replace(pipe.components, vae=other_vae)
+    assert other.fingerprint == pipe.components.fingerprint
+    assert class_image_dir("/cache", other, "a photo of a star", 64) != class_image_dir(
+        "/cache", pipe.components, "a photo of a star", 64)
 
 
 def test_previews_show_the_concept_while_training(pipe, photos, library):

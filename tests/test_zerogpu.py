@@ -85,7 +85,7 @@ def test_cancel_between_calls_removes_the_checkpoint_and_saves_nothing(pipe, pho
 def test_class_images_are_cached_across_visitor_libraries(pipe, photos, tmp_path):
     config, cache = TrainSettings(**{**FAST, "steps": 1, "preview_every": 0}), tmp_path / "shared"
     list(train_concept(pipe, photos, "mine", "star", config, ConceptLibrary(tmp_path / "alice"), cache_dir=cache))
-    folder = class_image_dir(cache, pipe.components.fingerprint, "a photo of a star", 64)
+    folder = class_image_dir(cache, pipe.components, "a photo of a star", 64)
     made = {p: p.stat().st_mtime_ns for p in folder.glob("*.png")}
     events = list(train_concept(pipe, photos, "yours", "star", config, ConceptLibrary(tmp_path / "bob"),
                                 cache_dir=cache))

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from pacgen.mini.bench.methods import AFTER, BESIDE, METHODS, PAIR_LAYOUTS, PLACEMENTS, RECIPES, REFERENCES, Training
@@ -18,15 +16,6 @@ GATE_IDENTIFIED, GATE_SHAPE = 0.80, 0.90
 GATE_IDENTITY = 2 / 3  # of the way from the class phrase to the VAE ceiling
 COLUMNS = [f"identity ({p})" for p in (*PLACEMENTS, BESIDE)] + [
     "identified", "shape kept (worst placement)", "box IoU", "artifact rate", "background match", "keeps colours"]
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """A short hash of a module's weights as stored (fp16): the model fingerprint leaves out the VAE, which concepts
-    never touch, so a report names it apart (a decoder trained further draws the same latents differently)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().half().cpu().numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def default_row(run) -> str:
@@ -106,7 +95,7 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
         "# mini benchmark: does a concept keep its look away from the photos' framing?", "",
         f"`python -m pacgen.mini.bench --model {args.model} --concepts {n} --steps {args.steps} --seeds {args.seeds}"
         f"{flags}{' --study' if args.study else ''}` ({minutes:.1f} min, {args.threads} threads; model fingerprint "
-        f"`{bench.pipe.components.fingerprint}`, VAE `{weights_digest(bench.pipe.components.vae)}`).", "",
+        f"`{bench.pipe.components.fingerprint}`, VAE `{bench.pipe.components.vae_digest}`).", "",
         header, rule, *[results[m.name].row(m.name) for m in main_rows], "",
         *(["Study: each row changes one default of the app's default row.", "", header, rule,
            *[results[m.name].row(m.name) for m in study_rows], ""] if study_rows else []),
