@@ -43,8 +43,8 @@ from .errors import PACGenError
 from .grounding import gligen
 from .kohya import write_kohya_file
 from .layout import Box
-from .models import Components
 from .lora import LORA_FILE, read_lora_file
+from .models import Components
 from .photos import PhotoSource, load_photos
 from .sampling import PACGenPipeline
 from .settings import TrainSettings
