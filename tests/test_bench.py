@@ -66,12 +66,14 @@ def test_caption_modifier_concept_is_asked_for_small_objects_far_away():
 
 
 def test_train_and_sample_flags_change_every_trained_row_and_quick_rows_keep_the_apps_default():
-    args = bench.parse_args(["--train-set", "steps=800", "--train-set", "augment.zoom_out_scale=[0.5,0.9]",
+    args = bench.parse_args(["--train-set", "steps=800", "--train-set", "seed=3",
+                             "--train-set", "augment.zoom_out_scale=[0.5,0.9]",
                              "--sample-set", "concept_guidance_scale=4", "--train-steps", "400"])
     defaults = load_components("mini", device="cpu").defaults.training
     augmented = bench.train_settings(defaults, args, Training("full", "pacgen"))
     plain = bench.train_settings(defaults, args, Training("full", "plain"))
-    assert augmented.steps == plain.steps == 800 and args.sample_changes == {"concept_guidance_scale": 4}
+    assert augmented.steps == plain.steps == 800 and augmented.seed == 3  # --train-set wins over --seed
+    assert args.sample_changes == {"concept_guidance_scale": 4}
     assert augmented.augment.zoom_out_scale == (0.5, 0.9) and plain.augment.zoom_out_prob == 0
     assert [m.name for m in quick_rows("full")] == [METHODS[0].name, "PACGen (full) + augmentation + regional"]
     with pytest.raises(SystemExit):

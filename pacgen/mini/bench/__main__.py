@@ -84,7 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path("/tmp/pacgen-mini-bench"), help="concepts and class images")
     p.add_argument("--out", type=Path, default=Path("docs"))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the trainings' seed (`--train-set seed=N` overrides it); with --new, also which concepts "
+                        "are drawn")
     p.add_argument("--study", action="store_true",
                    help="also score STUDY: variants of the default training and sampling settings, one change each")
     args = p.parse_args(argv)
@@ -136,7 +138,7 @@ def train_settings(defaults: TrainSettings, args: argparse.Namespace, training: 
     if training.augment == "pacgen":
         augment = dataclasses.replace(augment, **ranges)
     recipe = {**RECIPES[training.method], **flags, **settings, **changes}
-    return defaults.override(**recipe, augment=augment, seed=args.seed, preview_every=0)
+    return defaults.override(**{"seed": args.seed, **recipe, "preview_every": 0}, augment=augment)
 
 
 def train(bench: Bench, concept: KitConcept, training: Training, args: argparse.Namespace,
