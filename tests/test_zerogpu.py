@@ -4,6 +4,7 @@ refusals up front where a training cannot fit."""
 
 import sys
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -123,6 +124,15 @@ def test_a_concept_trained_in_forked_workers_reaches_the_main_process(spaces, on
     assert spaces.calls[-1].pid != spaces.calls[-2].pid  # recycled: each call a new worker
     np.testing.assert_allclose(first, draw(pipe), atol=1e-5)
     np.testing.assert_allclose(second, first, atol=1e-6)
+
+
+def test_the_vae_is_hashed_before_workers_fork_not_in_each_call(spaces, pipe, tmp_path):
+    """Each call's resume key names the VAE's digest: hashed in the main process, a worker inherits it instead of
+    hashing the whole VAE again on the visitor's GPU time."""
+    fresh = PACGenPipeline(replace(pipe.components))
+    assert "vae_digest" not in vars(fresh.components)
+    zerogpu.chunk_runner(fresh)
+    assert vars(fresh.components)["vae_digest"] == pipe.components.vae_digest
 
 
 def test_a_call_past_its_duration_is_killed_reported_and_the_next_training_resumes(

@@ -119,6 +119,7 @@ def chunk_runner(pipe: PACGenPipeline) -> Callable[..., Iterator[TrainEvent]]:
                                  _FlagFile(cancel_flag(checkpoint)), cache_dir=Path(cache_dir),
                                  checkpoint=Path(checkpoint), budget_s=budget_s)
 
+    pipe.components.vae_digest  # noqa: B018  hashed here once: every worker inherits it, not rehashing on GPU time
     return chunk
 
 
