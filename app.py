@@ -27,7 +27,7 @@ from pacgen.app.guard import launch_options
 from pacgen.app.model_thread import app_threads
 from pacgen.app.session import Studio
 from pacgen.app.visitors import LimitError, choose_policy, parse_logins
-from pacgen.devices import parse_devices
+from pacgen.devices import DeviceError, parse_devices
 
 CSS = """
 #banner {background: #fff7e6; border: 1px solid #f0c36d; border-radius: 8px; padding: 4px 12px;}
@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         devices = parse_devices(args.devices)
+        if os.environ.get("SPACES_ZERO_GPU") and len(devices) > 1:
+            raise DeviceError("--devices: a ZeroGPU Space lends one GPU to each call; leave --devices out there")
         threads = app_threads(args.threads, replicas=max(1, devices.count("cpu")))
         auth = parse_logins(args.auth)
         policy = choose_policy(shared=args.share or args.on_space or args.multi_user or len(auth) > 1,

@@ -1,8 +1,8 @@
 """The devices a server runs its model on (`app.py --devices`), read and checked before anything loads.
 
 One pipeline per device, so two GPUs serve two requests at once. A misnamed device is refused in one line naming it,
-before minutes of model loading. `cpu` may repeat: each cpu replica is a pipeline on its own thread sharing the
-cores (how the CPU measures two replicas against one); an accelerator may not, two pipelines on one GPU would
+before minutes of model loading. `cpu` may repeat: each cpu replica is a pipeline in a process of its own sharing
+the cores (how the CPU measures two replicas against one); an accelerator may not, two pipelines on one GPU would
 only take turns on it while holding its memory twice.
 """
 

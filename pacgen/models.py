@@ -459,6 +459,11 @@ def register_model(name: str, build: Callable[[], Components]) -> None:
     _BUILDERS[name] = build
 
 
+def registered_models() -> dict[str, Callable[[], Components]]:
+    """Every model registered by name, with its builder: what a worker process registers again (`app.worker`)."""
+    return dict(_BUILDERS)
+
+
 def model_names() -> list[str]:
     """Names `load_components` knows besides folders and Hub ids."""
     return [EMBEDDED_MODEL, *_BUILDERS]

@@ -1,18 +1,23 @@
 """The app on several devices (`--devices`): the flag's checks, the pool that lends one replica per job, and a
-studio on two CPU replicas serving two requests at once with the images one replica makes."""
+studio on two CPU replicas (the second in a worker process) serving two requests at once with the images one replica
+makes, training on either, and surviving a request stopped or a worker killed half-way."""
 
+import os
+import signal
 import threading
 import time
 from contextlib import ExitStack, contextmanager
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import app
-from pacgen.app.replicas import Replica, ReplicaPool
+from pacgen.app.replicas import ReplicaPool
 from pacgen.app.session import Studio
 from pacgen.app.visitors import Caller, Policy, acting_as
+from pacgen.app.worker import ProcessReplica, WorkerError
 from pacgen.devices import DeviceError, parse_devices
 from pacgen.layout import Box
 from pacgen.mini.stand_ins import write_random_concept
@@ -55,7 +60,7 @@ def test_the_app_refuses_a_bad_device_before_loading_anything(monkeypatch):
 
 
 def fakes(n):
-    return [Replica(pipe=None, model=None) for _ in range(n)]
+    return [SimpleNamespace(visitor=None) for _ in range(n)]
 
 
 def test_the_pool_lends_each_replica_to_one_job_and_takes_it_back_however_the_job_ends():
@@ -104,17 +109,81 @@ def two(tmp_path_factory):
     return Studio("tiny", tmp_path_factory.mktemp("home"), devices=["cpu", "cpu"])
 
 
-def test_a_training_holds_one_device_while_the_other_generates(two, photos):
+def test_every_device_after_the_first_runs_in_a_worker_process_of_its_own(two):
+    first, second = two.replicas
+    assert first.pid == os.getpid() and isinstance(second, ProcessReplica) and second.pid != os.getpid()
+    assert two.status()["replicas"] == 2 and two.status()["memory"].endswith("GiB RAM")
+
+
+@pytest.mark.parametrize("trainer", [0, 1])
+def test_a_training_holds_one_device_while_the_other_generates(two, photos, trainer):
     events = two.train(photos, "long one", "star", TrainSettings(steps=3000, prior_preservation=False,
                                                                  preview_every=0))
-    while next(events).phase != "training":
-        pass
+    with only_free(two, two.replicas[trainer]):  # the training starts on this one
+        while next(events).phase != "training":
+            pass
     assert two.replicas.busy == 1
     waits = []
     image = generate(two, "a red ball and a blue star", waiting=waits.append)  # the other device, at once
     assert image.size == (two.size, two.size) and waits == []
     assert two.cancel() == "Training cancelled: nothing was saved."
     assert two.replicas.busy == 0
+    assert "long one" not in two.concept_names()
+
+
+def test_a_concept_trained_in_a_worker_is_saved_and_draws_alike_on_both_devices(two, photos):
+    with only_free(two, two.replicas[1]):
+        events = list(two.train(photos, "worker star", "star", TrainSettings(steps=3, prior_preservation=False,
+                                                                             preview_every=0)))
+    assert [e.phase for e in events if e.phase == "training"] and events[-1].phase == "done"
+    assert events[-1].concept.name == "worker star" and "worker star" in two.concept_names()
+    star = [Box("<worker star>", (0.2, 0.2, 0.8, 0.8))]
+    drawn = []
+    for replica in two.replicas:
+        with only_free(two, replica):
+            drawn.append(np.asarray(generate(two, "a photo of <worker star>", star)))
+    assert np.array_equal(*drawn)
+
+
+class PageClosed(Exception):
+    """What a page's progress raises when its visitor goes away."""
+
+
+def test_a_generation_stopped_half_way_in_a_worker_leaves_it_ready_for_the_next(two):
+    second = two.replicas[1]
+    told = []
+
+    def closed_at_two(i, total):
+        told.append(i)
+        if i == 2:
+            raise PageClosed
+
+    with only_free(two, second), pytest.raises(PageClosed):
+        two.generate("a red ball", "", BOXES, two.pipe.settings(num_inference_steps=20, seed=1),
+                     progress=closed_at_two)
+    assert told[-1] == 2  # stopped there: the worker's remaining steps never reached the page
+    with only_free(two, second):
+        after = generate(two, "a red ball and a blue star")
+    with only_free(two, two.replicas[0]):
+        assert np.array_equal(np.asarray(after), np.asarray(generate(two, "a red ball and a blue star")))
+
+
+def test_a_worker_killed_mid_generation_fails_that_request_in_one_line_and_is_started_again(tmp_path):
+    studio = Studio("tiny", tmp_path / "home", devices=["cpu", "cpu"])
+    second = studio.replicas[1]
+    killed = second.pid
+
+    def kill(i, total):
+        if i == 1:
+            os.kill(killed, signal.SIGKILL)
+
+    with only_free(studio, second):
+        with pytest.raises(WorkerError, match=r"the pipeline on cpu stopped \(exit code -9\); it is loaded again "
+                                              r"for the next job"):
+            studio.generate("a red ball", "", BOXES, studio.pipe.settings(num_inference_steps=20, seed=1),
+                            progress=kill)
+        image = generate(studio, "a red ball and a blue star")
+    assert second.pid != killed and image.size == (studio.size, studio.size)
 
 
 def test_on_one_device_a_generation_waits_behind_a_training_and_says_so(tmp_path, photos):
@@ -177,15 +246,17 @@ def test_the_app_on_two_cpu_replicas_serves_two_requests_at_once_with_one_replic
     with studio.library.staging() as staged:
         studio.library.commit(staged / "x", write_random_concept(studio.pipe, staged / "x", "my star", "sks", "star",
                                                                  seed=3, strength=1.0))
-    # Each replica's first UNet call waits for the other's: both requests must be on their devices at once.
-    both, met = threading.Barrier(2, timeout=300), set()
+    # Each replica's generation waits for the other's to start: both requests must hold their devices at once.
+    both = threading.Barrier(2, timeout=300)
 
-    def meet(unet, _):
-        if unet not in met:
-            met.add(unet)
+    def meeting(generate):
+        def wait_for_the_other(*args):
             both.wait()
+            return generate(*args)
+        return wait_for_the_other
 
-    hooks = [replica.pipe.components.unet.register_forward_pre_hook(meet) for replica in studio.replicas]
+    for replica in studio.replicas:
+        replica.generate = meeting(replica.generate)
     demo = app.build_ui(studio)
     demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=free_port(),
                                                    prevent_thread_lock=True, quiet=True)
@@ -200,8 +271,6 @@ def test_the_app_on_two_cpu_replicas_serves_two_requests_at_once_with_one_replic
         client.close()
     finally:
         demo.close()
-        for hook in hooks:
-            hook.remove()
     assert not both.broken and {replica.visitor for replica in studio.replicas} == {"local"}  # both served
 
     one = Studio("tiny", tmp_path / "home", device="cpu")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pacgen.app import replicas as replicas_module
 from pacgen.app import session as session_module
 from pacgen.app import compose_tab, train_tab, views
 from pacgen.app.session import Studio, resolve_model
@@ -144,8 +145,8 @@ def test_estimates_asked_at_once_share_one_measurement_which_is_renewed_once_sta
     studio = Studio("tiny", tmp_path, device="cpu")
     settings = TrainSettings(steps=4, prior_preservation=False)
     measured = []
-    real = session_module.measure_rates
-    monkeypatch.setattr(session_module, "measure_rates", lambda *args: measured.append(1) or real(*args))
+    real = replicas_module.measure_rates
+    monkeypatch.setattr(replicas_module, "measure_rates", lambda *args: measured.append(1) or real(*args))
     with ThreadPoolExecutor(3) as pool:  # a picked example changes photos and class noun at once
         bases = {estimate.basis for estimate in pool.map(lambda _: studio.estimate("star", settings), range(3))}
     assert len(measured) == 1 and len(bases) == 1 and bases.pop().startswith("measured here at 64 px")

@@ -33,14 +33,14 @@ from ..lora import check_lora_fits
 from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, model_names
 from ..photos import PhotoSource, load_photos
 from ..processes import process_folder
-from ..sampling import GenerationResult, PACGenPipeline
+from ..sampling import GenerationResult
 from ..settings import SampleSettings, TrainSettings
 from ..text import check_text, name_key
 from ..checkpoints import StoppedTraining, discard, find_stopped, stopped_trainings
-from ..training import Estimate, Phase, Rates, TrainEvent, TrainingCancelled, estimate_seconds, measure_rates, train_concept
+from ..training import Estimate, Phase, Rates, TrainEvent, TrainingCancelled, estimate_seconds
 from .jobs import TrainingJob
-from .model_thread import ModelThread
-from .replicas import Replica, ReplicaPool
+from .replicas import LocalReplica, Replica, ReplicaPool
+from .worker import ProcessReplica
 from .zerogpu import ZERO_GPU_RATES, chunk_runner, max_daily_quota_s, train_in_chunks
 from .visitors import (Caller, LimitError, Policy, Visitors, acting_as, current_caller, folder_mb,
                        generation_cost)
@@ -115,14 +115,19 @@ class Studio:
         source, self.notice = resolve_model(model)
         devices = list(devices or [device])
         try:
-            first = _load_replica(source, devices[0], grounding)
+            first = LocalReplica.load(source, devices[0], grounding)
         except ModelLoadError as error:
             if model != "auto":
                 raise
             self.notice = f"Could not load {source} ({error}); running the embedded mini model."
             source, grounding = EMBEDDED_MODEL, None
-            first = _load_replica(source, devices[0], grounding)
-        self.replicas = ReplicaPool([first] + [_load_replica(source, d, grounding) for d in devices[1:]])
+            first = LocalReplica.load(source, devices[0], grounding)
+        # Each further device in a worker process of its own (`replicas`), with this process's torch threads; they
+        # load at once, in parallel.
+        others = [ProcessReplica(source, d, grounding, torch.get_num_threads()) for d in devices[1:]]
+        for other in others:
+            other.ready()
+        self.replicas = ReplicaPool([first, *others])
         self.pipe = first.pipe  # the model's defaults and shapes, the same on every replica
         self.policy = policy or Policy.local()
         self.root = ConceptLibrary(data_dir).root
@@ -166,14 +171,12 @@ class Studio:
 
     def status(self, view: LibraryView | None = None) -> dict:
         comp = self.pipe.components
-        devices = [replica.pipe.components.device for replica in self.replicas]
-        gpus = [device for device in devices if device.type == "cuda"]
+        devices = [replica.device for replica in self.replicas]
+        gpus = [replica for replica in self.replicas if replica.device.type == "cuda"]
         if gpus:
-            memory = " + ".join(f"{torch.cuda.memory_allocated(d) / 2**30:.1f}" for d in gpus) + " GiB in use"
+            memory = " + ".join(f"{(replica.gpu_bytes() or 0) / 2**30:.1f}" for replica in gpus) + " GiB in use"
         else:
-            import psutil
-
-            memory = f"{psutil.Process().memory_info().rss / 2**30:.1f} GiB RAM"
+            memory = f"{_resident_bytes({replica.pid for replica in self.replicas}) / 2**30:.1f} GiB RAM"
         names = [torch.cuda.get_device_name(d) if d.type == "cuda" else d.type.upper() for d in devices]
         return {"device": ", ".join(dict.fromkeys(names)), "replicas": len(devices), "model": comp.model_id,
                 "adapters": comp.adapter_source, "dtype": str(comp.dtype).replace("torch.", ""),
@@ -188,7 +191,7 @@ class Studio:
         if self.defaults.banner:
             lines.append(self.defaults.banner)
         view = view or self.library_view()
-        transplanted = {name: said for replica in self.replicas for name, said in replica.pipe.transplanted.items()}
+        transplanted = {name: said for replica in self.replicas for name, said in replica.transplanted.items()}
         lines += [transplanted[name] for name in sorted(view.usable) if name in transplanted]
         problems = view.problems
         if problems:
@@ -233,32 +236,17 @@ class Studio:
         visitor = self.visitor()
         with self.replicas.take(prefer=visitor, blocking=False) as replica:
             if replica is not None:
-                replica.model.call(self._sync_library, replica)
+                self._sync_library(replica)
 
     def _sync_library(self, replica: Replica) -> None:
         """Load on `replica` what the visitor may use and is not loaded, or changed on disk since; unload everything
-        else.
+        else (`replicas.sync_concepts`).
 
         Called by the job holding the replica, so a delete or a replacement takes effect before the next job starts,
         and no other visitor's concept stays loaded into this one's images. A concept whose weights do not fit the
         model is remembered as refused (reported, never retried unchanged)."""
-        pipe, loaded = replica.pipe, replica.loaded_versions
         replica.visitor = self.visitor()
-        wanted = self.library_view().usable
-        for name in list(pipe.concepts):
-            concept = wanted.get(name)
-            if concept is None or loaded.get(name) != concept.version or pipe.concepts[name].path != concept.path:
-                pipe.unload_concept(name)
-                loaded.pop(name, None)
-        for name, concept in wanted.items():
-            if name in pipe.concepts:
-                continue
-            try:
-                pipe.load_concept(concept)  # checks that the weights fit the model before loading them
-            except PACGenError as error:
-                self._refused[(str(concept.path), concept.version)] = str(error)
-                continue
-            loaded[name] = concept.version
+        self._refused.update(replica.sync(self.library_view().usable))
 
     def concept_names(self) -> list[str]:
         """The concepts the current visitor can put in a box."""
@@ -403,8 +391,7 @@ class Studio:
             if stale:
                 with self.replicas.take(blocking=False) as replica:
                     if replica is not None:
-                        measured = self.rates[key] = (replica.model.call(measure_rates, replica.pipe, settings),
-                                                      time.monotonic())
+                        measured = self.rates[key] = (replica.measure_rates(settings), time.monotonic())
             if measured is not None:
                 return measured[0]
             if not self.rates:
@@ -443,11 +430,6 @@ class Studio:
         files = list(files or [])
         zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
 
-        def synced_training(replica: Replica, cancel: threading.Event) -> Iterator[TrainEvent]:
-            self._sync_library(replica)
-            yield from train_concept(replica.pipe, files, name, class_noun, settings, library, cancel,
-                                     cache_dir=self.root)
-
         def run(cancel: threading.Event) -> Iterator[TrainEvent]:
             try:  # on the job's own thread, still as the visitor who started it
                 with acting_as(Caller(visitor=visitor)), self._storage_said():
@@ -457,8 +439,9 @@ class Studio:
                             runner=self._chunk_runner, quota_s=max_daily_quota_s()))
                     else:  # on one replica, for as long as it runs: the others keep generating
                         with self.replicas.take(prefer=visitor) as replica:
-                            yield from self._remembering_speed(
-                                settings, replica.model.stream(synced_training(replica, cancel)))
+                            self._sync_library(replica)
+                            yield from self._remembering_speed(settings, replica.train(
+                                cancel, files, name, class_noun, settings, library, self.root))
             except TrainingCancelled:
                 yield TrainEvent(Phase.CANCELLED, 0, settings.steps, message="Training cancelled: nothing was saved.")
             except (StorageError, OSError) as error:  # the server's disk, not the visitor's input: say what is wrong
@@ -558,12 +541,8 @@ class Studio:
                 if progress:
                     progress(i, total)
 
-            def synced_generation() -> GenerationResult:
-                self._sync_library(replica)
-                return replica.pipe(prompt, boxes=boxes, negative_prompt=negative_prompt or "", settings=settings,
-                                    callback=step, scene=scene)
-
-            return replica.model.call(synced_generation)
+            self._sync_library(replica)
+            return replica.generate(prompt, boxes, negative_prompt or "", settings, scene, step)
 
     def _busy(self) -> str:
         """Why a generation waits: every replica is busy, with a training or other requests."""
@@ -575,11 +554,17 @@ class Studio:
                 if training else f"waiting for a free device: all {len(self.replicas)} are serving other requests")
 
 
-def _load_replica(source: str, device: str | None, grounding: str | None) -> Replica:
-    """The model on `device`, loaded on the thread that will run every torch call on it: off it, torch ran at half
-    speed (`model_thread`)."""
-    thread = ModelThread()
-    return Replica(thread.call(PACGenPipeline.from_pretrained, source, device=device, grounding=grounding), thread)
+def _resident_bytes(pids: set[int | None]) -> int:
+    """The memory the app's processes hold (this one and its devices' workers that run)."""
+    import psutil
+
+    total = 0
+    for pid in pids - {None}:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:  # a worker that died since: started again by its next job
+            continue
+    return total
 
 
 def _speed_key(settings: TrainSettings, default_size: int) -> tuple:

@@ -9,19 +9,19 @@ How it measures.
   listed the folder to the last image), so model loading is not counted; the wall time of the whole command is shown
   beside it. The images of both runs are compared byte for byte.
 - App: `python app.py --model mini --threads 1` runs twice, with `--devices cpu` and with `--devices cpu,cpu` (one
-  pipeline per device, each on its own thread; torch's one thread is the whole process's), each a subprocess with
-  OMP_NUM_THREADS=1. A `gradio_client` sends two /generate requests (two seeds): to the two-replica app one after the
-  other (the second when the first has returned: the issue's baseline) and at once, and at once to the one-replica
-  app (where the queue runs them one after the other, the second's round trip hidden behind the first's work),
-  --repeats times interleaved, after one warm-up round; the wall time is from the first submission to the second
-  result, median of the repeats; beside it the server's CPU time over the same span divided by it (how many cores
-  the app kept busy: up to 2 with two replicas on two idle cores). The images of all three are compared byte for
-  byte. The per-request Python work (the sampler's loop, the UNet's module calls, the server's queue and progress
-  messages) holds the GIL, which both replicas share: mini's default 32 px makes every torch op short, and the app
-  offers at most twice the model's size (64 px), so the rows go up in steps.
-- Threads: the same two requests without the app, on two `PACGenPipeline`s each on its own thread (as the app's
-  replicas are), against one after the other on one of them, at sizes past the app's: where the two threads stop
-  waiting on each other's Python. Same one-thread torch, median of --repeats, images compared.
+  pipeline per device: the first in the app's process, the second in a worker process of its own, each with one
+  torch thread), each a subprocess with OMP_NUM_THREADS=1. A `gradio_client` sends two /generate requests (two
+  seeds): to the two-replica app one after the other (the second when the first has returned: the issue's
+  baseline) and at once, and at once to the one-replica app (where the queue runs them one after the other, the
+  second's round trip hidden behind the first's work), --repeats times interleaved, after one warm-up round; the wall time is from the first submission to the second
+  result, median of the repeats; beside it the server's CPU time (its workers' included) over the same span divided
+  by it (how many cores the app kept busy: up to 2 with two replicas on two idle cores). The images of all three
+  are compared byte for byte. Rows go up in size to the app's largest (64 px, twice mini's).
+- Threads: the same two requests without the app, on two `PACGenPipeline`s each on its own thread of one process
+  (as the app's replicas were before each device had a process), against one after the other on one of them, at
+  sizes past the app's: the per-request Python work (the sampler's loop, the UNet's module calls) holds the GIL both
+  threads share, and the rows show from what size the two threads stop waiting on each other. Same one-thread
+  torch, median of --repeats, images compared.
 - Checkpoints: the state a `mini` training saves (its default method's trained weights as fp32 masters and AdamW's
   two moments, 12 bytes per trained weight) is written with `pacgen.checkpoints.write_state` --repeats times; the
   cost at the default interval is one save's time over `checkpoint_minutes`, and the optimisation step's time
@@ -117,11 +117,11 @@ class App:
                 time.sleep(1)
 
     def cpu_s(self) -> float:
-        """The server's CPU time so far, all its threads."""
+        """The server's CPU time so far, all its threads and its devices' worker processes."""
         import psutil
 
-        times = psutil.Process(self.process.pid).cpu_times()
-        return times.user + times.system
+        server = psutil.Process(self.process.pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [server, *server.children(recursive=True)])
 
     def two(self, size: int, steps: int, prompt: str, boxes: list, at_once: bool = True
             ) -> tuple[float, float, list[bytes]]:
@@ -244,8 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mini-images", type=int, default=32)
     parser.add_argument("--mini-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--app-cases", default="32x10,32x50,64x20", metavar="SIZExSTEPS,…",
-                        help="the app rows: image size and steps of each (the app allows up to 64 px on mini)")
+    parser.add_argument("--app-cases", default="32x10,32x25,32x50,64x20", metavar="SIZExSTEPS,…",
+                        help="the app rows: image size and steps of each (the app allows up to 64 px on mini; "
+                             "32x25 is its default)")
     parser.add_argument("--thread-cases", default="32x10,64x10,128x4,256x2", metavar="SIZExSTEPS,…",
                         help="the rows of two pipelines on two threads, without the app")
     parser.add_argument("--skip-batch", action="store_true", help="only the app and checkpoint rows")
