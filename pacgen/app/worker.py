@@ -9,6 +9,7 @@ A worker that dies (killed, out of memory) fails the job it ran with a message, 
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import pickle
 import signal
@@ -47,6 +48,7 @@ class ProcessReplica(Replica):
         self.transplanted: dict[str, str] = {}
         self._gpu_bytes: int | None = None
         self._start()
+        atexit.register(self.close)  # before multiprocessing's own exit handler, which would only kill it
 
     def _start(self) -> None:
         """Start the worker; it loads the model while this process goes on (`ready` waits for it)."""
@@ -92,12 +94,16 @@ class ProcessReplica(Replica):
         self._process = None  # the parent's worker answers the parent: a forked child starts its own when it asks
 
     def close(self) -> None:
+        """Stop the worker: its job at the next step, then the worker itself; its stop event is let go, so no
+        semaphore is left behind."""
         if self._process is None:
             return
+        self._stop.set()
         self._conn.close()  # the worker sees the end of its pipe and returns
-        self._process.join(10)
+        self._process.join(5)
         if self._process.is_alive():
             self._process.terminate()
+        self._process = self._stop = None
 
     def _exchange(self, op: str, *args, cancel: threading.Event | None = None) -> Generator:
         """Ask the worker for `op(*args)`: yields its progress items, returns its result or raises its error.
@@ -186,15 +192,17 @@ def serve(conn: Connection, stop, source: str, device: str, grounding: str | Non
     while True:
         try:
             op, args = conn.recv()
-        except EOFError:
-            return
-        try:
             kind, payload = "done", _OPS[op](replica, stop, conn, *args)
+        except (EOFError, BrokenPipeError):
+            return  # the app is gone (closed, or killed mid-job): nobody is left to answer
         except BaseException as error:
             if not isinstance(error, (PACGenError, _Stopped)):
                 traceback.print_exc()  # a fault, not the visitor's input: its trace belongs in the server's log
             kind, payload = "error", _portable(error)
-        conn.send((kind, (payload, dict(replica.transplanted), replica.gpu_bytes())))
+        try:
+            conn.send((kind, (payload, dict(replica.transplanted), replica.gpu_bytes())))
+        except BrokenPipeError:
+            return
 
 
 def _generate(replica: LocalReplica, stop, conn: Connection, *args) -> GenerationResult:
