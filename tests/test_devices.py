@@ -19,7 +19,9 @@ from pacgen.app.session import Studio
 from pacgen.app.visitors import Caller, Policy, acting_as
 from pacgen.app.worker import ProcessReplica, WorkerError
 from pacgen.devices import DeviceError, parse_devices
+from pacgen.errors import PACGenError
 from pacgen.layout import Box
+from pacgen.lora import read_lora_file, write_lora_file
 from pacgen.mini.stand_ins import write_random_concept
 from pacgen.settings import TrainSettings
 
@@ -57,6 +59,13 @@ def test_the_app_refuses_a_bad_device_before_loading_anything(monkeypatch):
     monkeypatch.setattr(app, "Studio", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit, match="error: --devices: unknown device 'gpu'"):
         app.main(["--model", "tiny", "--devices", "gpu"])
+
+
+def test_a_zerogpu_space_refuses_several_devices_before_loading_anything(monkeypatch):
+    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    monkeypatch.setattr(app, "Studio", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit, match="error: --devices: a ZeroGPU Space lends one GPU to each call"):
+        app.main(["--model", "tiny", "--devices", "cpu,cpu"])
 
 
 def fakes(n):
@@ -166,6 +175,24 @@ def test_a_generation_stopped_half_way_in_a_worker_leaves_it_ready_for_the_next(
         after = generate(two, "a red ball and a blue star")
     with only_free(two, two.replicas[0]):
         assert np.array_equal(np.asarray(after), np.asarray(generate(two, "a red ball and a blue star")))
+
+
+def test_a_concept_a_worker_cannot_load_is_reported_as_not_usable_with_why(two):
+    library = two.library
+    with library.staging() as staged:
+        concept = write_random_concept(two.pipe, staged / "x", "half star", "sks", "star", seed=4)
+        state = read_lora_file(concept.lora_path)
+        write_lora_file({k: v for k, v in state.items() if k.endswith("lora_A.weight")}, staged / "x")
+        library.commit(staged / "x", concept)
+    try:
+        with only_free(two, two.replicas[1]):
+            two.sync_library()  # on the worker
+        assert "half star" not in two.concept_names()
+        with pytest.raises(PACGenError) as here:  # what this process says of it
+            two.pipe.load_concept(library.get("half star"))
+        assert [why for name, why in two.library_view().problems if name == "half star"] == [str(here.value)]
+    finally:
+        library.delete("half star")
 
 
 def test_a_worker_killed_mid_generation_fails_that_request_in_one_line_and_is_started_again(tmp_path):
