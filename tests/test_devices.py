@@ -195,8 +195,8 @@ def test_a_concept_a_worker_cannot_load_is_reported_as_not_usable_with_why(two):
         library.delete("half star")
 
 
-def test_a_worker_killed_mid_generation_fails_that_request_in_one_line_and_is_started_again(tmp_path):
-    studio = Studio("tiny", tmp_path / "home", devices=["cpu", "cpu"])
+def test_a_worker_killed_mid_generation_fails_that_request_in_one_line_and_is_started_again(two):
+    studio = two
     second = studio.replicas[1]
     killed = second.pid
 
