@@ -3,6 +3,7 @@ studio on two CPU replicas (the second in a worker process) serving two requests
 makes, training on either, and surviving a request stopped or a worker killed half-way."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from pacgen.app.replicas import ReplicaPool
 from pacgen.app.session import Studio
 from pacgen.app.visitors import Caller, Policy, acting_as
 from pacgen.app.worker import ProcessReplica, WorkerError
+from pacgen.checkpoints import CHECKPOINT_FILE, checkpoint_dir
 from pacgen.devices import DeviceError, parse_devices
 from pacgen.errors import PACGenError
 from pacgen.layout import Box
@@ -154,6 +156,41 @@ def test_a_concept_trained_in_a_worker_is_saved_and_draws_alike_on_both_devices(
     assert np.array_equal(*drawn)
 
 
+def test_a_training_in_a_worker_keeps_its_checkpoint_when_the_app_closes_and_can_be_resumed(two, photos):
+    settings = TrainSettings(steps=3000, prior_preservation=False, preview_every=0, checkpoint_minutes=0.002)
+    events = two.train(photos, "closing star", "star", settings)
+    with only_free(two, two.replicas[1]):
+        while next(events).phase != "training":
+            pass
+    saved = checkpoint_dir(two.library, "closing star") / CHECKPOINT_FILE
+    deadline = time.monotonic() + 60
+    while not saved.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    two.replicas[1].close()  # what the app's exit does: as if the process were killed, not a cancel
+    with pytest.raises(WorkerError, match="the pipeline on cpu stopped"):
+        list(events)
+    assert saved.exists() and [t.name for t in two.stopped_trainings()] == ["closing star"]
+    two.discard_training("closing star")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the job's trace, for the log
+def test_a_fault_in_a_workers_job_is_reported_as_in_this_process_and_the_worker_lives_on(two, photos):
+    folder = checkpoint_dir(two.library, "broken star")
+    folder.mkdir(parents=True)
+    (folder / CHECKPOINT_FILE).write_bytes(b"")  # torch.load raises EOFError on it: the job's own fault
+    said = []
+    for replica in two.replicas:
+        with only_free(two, replica):
+            with pytest.raises(PACGenError) as error:
+                list(two.train(photos, "broken star", "star", TrainSettings(steps=3, prior_preservation=False)))
+            pid = replica.pid
+            generate(two, "a red ball")
+        said.append(str(error.value))
+        assert pid is not None and replica.pid == pid  # the worker was not mistaken for gone, nor started again
+    assert said[0] == said[1] and "EOFError" in said[0]
+    shutil.rmtree(folder)
+
+
 class PageClosed(Exception):
     """What a page's progress raises when its visitor goes away."""
 
@@ -234,6 +271,7 @@ def test_on_one_device_a_generation_waits_behind_a_training_and_says_so(tmp_path
 @contextmanager
 def only_free(studio, wanted):
     """Every replica but `wanted` held, so that the next job runs on `wanted`."""
+    wanted.visitor = None  # never taken for one of the held ones
     with ExitStack() as stack:
         for replica in studio.replicas:
             if replica is not wanted:

@@ -122,11 +122,16 @@ class Studio:
             self.notice = f"Could not load {source} ({error}); running the embedded mini model."
             source, grounding = EMBEDDED_MODEL, None
             first = LocalReplica.load(source, devices[0], grounding)
-        # Each further device in a worker process of its own (`replicas`), with this process's torch threads; they
-        # load at once, in parallel.
+        # Each further device in a worker process of its own (`replicas`), with this process's torch threads; the
+        # workers load in parallel with each other. One that cannot load stops the app, and the others with it.
         others = [ProcessReplica(source, d, grounding, torch.get_num_threads()) for d in devices[1:]]
-        for other in others:
-            other.ready()
+        try:
+            for other in others:
+                other.ready()
+        except BaseException:
+            for other in others:
+                other.close()
+            raise
         self.replicas = ReplicaPool([first, *others])
         self.pipe = first.pipe  # the model's defaults and shapes, the same on every replica
         self.policy = policy or Policy.local()
