@@ -156,23 +156,6 @@ def test_a_concept_trained_in_a_worker_is_saved_and_draws_alike_on_both_devices(
     assert np.array_equal(*drawn)
 
 
-def test_a_training_in_a_worker_keeps_its_checkpoint_when_the_app_closes_and_can_be_resumed(two, photos):
-    settings = TrainSettings(steps=3000, prior_preservation=False, preview_every=0, checkpoint_minutes=0.002)
-    events = two.train(photos, "closing star", "star", settings)
-    with only_free(two, two.replicas[1]):
-        while next(events).phase != "training":
-            pass
-    saved = checkpoint_dir(two.library, "closing star") / CHECKPOINT_FILE
-    deadline = time.monotonic() + 60
-    while not saved.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    two.replicas[1].close()  # what the app's exit does: as if the process were killed, not a cancel
-    with pytest.raises(WorkerError, match="the pipeline on cpu stopped"):
-        list(events)
-    assert saved.exists() and [t.name for t in two.stopped_trainings()] == ["closing star"]
-    two.discard_training("closing star")
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the job's trace, for the log
 def test_a_fault_in_a_workers_job_is_reported_as_in_this_process_and_the_worker_lives_on(two, photos):
     folder = checkpoint_dir(two.library, "broken star")
@@ -266,6 +249,24 @@ def test_on_one_device_a_generation_waits_behind_a_training_and_says_so(tmp_path
     one.cancel()
     worker.join(120)
     assert done and done[0].size == (one.size, one.size)
+
+
+def test_a_training_in_a_worker_keeps_its_checkpoint_when_the_app_closes_and_can_be_resumed(two, photos):
+    """The last test on `two`: it closes the worker (the next job would start it again, at a cost)."""
+    settings = TrainSettings(steps=3000, prior_preservation=False, preview_every=0, checkpoint_minutes=0.002)
+    events = two.train(photos, "closing star", "star", settings)
+    with only_free(two, two.replicas[1]):
+        while next(events).phase != "training":
+            pass
+    saved = checkpoint_dir(two.library, "closing star") / CHECKPOINT_FILE
+    deadline = time.monotonic() + 60
+    while not saved.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    two.replicas[1].close()  # what the app's exit does: as if the process were killed, not a cancel
+    with pytest.raises(WorkerError, match="the pipeline on cpu stopped"):
+        list(events)
+    assert saved.exists() and [t.name for t in two.stopped_trainings()] == ["closing star"]
+    two.discard_training("closing star")
 
 
 @contextmanager

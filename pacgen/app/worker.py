@@ -2,8 +2,10 @@
 
 The worker holds a `LocalReplica` and answers one request at a time over a pipe: the app's process sends what a job
 asks (load these concepts, generate, train, time the work) and gets back its progress as it comes, then its result
-or its exception. Stopping crosses the pipe as an event the worker reads between steps: a cancelled training, a
-generation past its time limit, a closed page. Concepts travel as their folders on disk, which both processes read.
+or its exception. Stopping crosses as two events the worker reads between steps: a cancel (the user's, of a
+training, which then removes its checkpoint) and an abandon (a generation past its time limit, a closed page; a
+training abandoned keeps its checkpoint, as a closed generator does in-process). Concepts travel as their folders
+on disk, which both processes read.
 A worker that dies (killed, out of memory) fails the job it ran with a message, and is started again for the next.
 """
 
