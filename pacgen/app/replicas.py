@@ -62,7 +62,7 @@ class Replica(ABC):
 
     visitor: str | None = None  # whose concepts it holds: their next job prefers it (nothing to reload)
     transplanted: dict[str, str]  # concept name -> its notice that it was trained on another base (`PACGenPipeline`)
-    pid: int  # the process that holds the pipeline (its memory is the app's too)
+    pid: int | None  # the process that holds the pipeline (its memory is the app's too); None: none runs now
 
     @property
     @abstractmethod
@@ -93,9 +93,6 @@ class Replica(ABC):
 
     def after_fork(self) -> None:
         """In a forked child (ZeroGPU's workers): forget what ran in the parent, which does not run here."""
-
-    def close(self) -> None:
-        """Let go of what the replica holds outside this process."""
 
 
 class LocalReplica(Replica):
@@ -160,10 +157,6 @@ class ReplicaPool:
         for replica in self.replicas:
             replica.after_fork()
         self._reset()
-
-    def close(self) -> None:
-        for replica in self.replicas:
-            replica.close()
 
     def __len__(self) -> int:
         return len(self.replicas)
