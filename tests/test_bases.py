@@ -144,6 +144,21 @@ def test_a_base_with_its_own_adapters_is_used_as_it_is_and_the_header_names_both
     assert f"Model **{stand_ins['nudged']}** with box adapters from **mini**" in header
 
 
+def test_sd14_random_is_a_model_name_with_sd14s_shapes_for_speed_and_memory_runs(monkeypatch):
+    from accelerate import init_empty_weights
+
+    from pacgen import models
+    from pacgen.mini.sd14_random import build_sd14_random
+
+    assert models.registered_models()["sd14-random"] is build_sd14_random and "sd14-random" in models.model_names()
+    monkeypatch.setattr(models, "fingerprint", lambda *modules: "no weights")  # it reads weights: there are none
+    with init_empty_weights():  # shapes only: the real build takes 5 GB and 20 s on the CPU
+        components = build_sd14_random()
+    unet = components.unet
+    assert sum(p.numel() for n, p in unet.named_parameters() if not gligen.is_adapter_key(n)) == 859_520_964
+    assert components.model_id == "sd14-random" and components.text_encoder.config.hidden_size == 768
+
+
 def test_the_shipped_sd1_configs_read_offline_and_describe_gligens_sd14_unet():
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -33,16 +33,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.profiler import ProfilerActivity, profile
 
-from pacgen.bases import sd1
-from pacgen.grounding import gligen
-from pacgen.grounding.gligen import set_gates
 from pacgen.layout import Box
 from pacgen.mini.stand_ins import write_random_concept
-from pacgen.mini.tiny import build_toy_tokenizer, toy_text_encoder
-from pacgen.models import Components
 from pacgen.sampling import PACGenPipeline
 from pacgen.training import IDENTIFIER_CANDIDATES
 
@@ -52,23 +46,7 @@ PLAIN_BOXES = [Box("a dog", (0.05, 0.35, 0.45, 0.95)), Box("a cat", (0.55, 0.35,
 CONCEPT_BOXES = [(0.02, 0.35, 0.32, 0.95), (0.35, 0.35, 0.65, 0.95), (0.68, 0.35, 0.98, 0.95)]
 
 
-def build_sd14_random() -> Components:
-    """SD-1.4 + GLIGEN architecture (UNet, VAE, CLIP-L-sized text encoder) with random weights."""
-    torch.manual_seed(0)
-    tokenizer = build_toy_tokenizer()
-    text_encoder = toy_text_encoder(tokenizer, hidden=768, layers=12, heads=12)
-    vae = AutoencoderKL.from_config(sd1.read_config(sd1.CONFIGS, "vae"))  # SD-1.x's shapes, as the package ships them
-    unet = UNet2DConditionModel.from_config({**sd1.read_config(sd1.CONFIGS, "unet"),
-                                             "attention_type": gligen.ATTENTION_TYPE})
-    set_gates(unet, 1.0)
-    for module in (vae, text_encoder, unet):
-        module.eval().requires_grad_(False)
-    return Components(vae, text_encoder, tokenizer, unet, dict(sd1.SCHEDULER_CONFIG), "sd14-random")
-
-
 def load(model: str) -> PACGenPipeline:
-    if model == "sd14-random":
-        return PACGenPipeline(build_sd14_random())
     return PACGenPipeline.from_pretrained(model, device="cpu", dtype=torch.float32)
 
 

@@ -4,7 +4,7 @@
 
 How it measures. Each configuration (image size, gradient checkpointing on or off) runs in its own subprocess, one
 after the other, so that at most one ~15 GiB process is alive at a time. The child builds the SD-1.4-sized GLIGEN
-UNet of `regional_speed.build_sd14_random` (random weights, fp32, CPU), makes the `full` layers trainable
+UNet of `pacgen.mini.sd14_random` (random weights, fp32, CPU), makes the `full` layers trainable
 (`pacgen.methods.method_modules(unet, "full")`: every weight matrix and conv kernel, never GLIGEN's fusers or
 position net, no biases or norm weights), and trains them as `pacgen.training` does in fp32 (where the weights are
 their own masters): `_optimizer` (torch AdamW), the masked loss on one instance row plus the prior loss on one
@@ -75,7 +75,7 @@ def measure(size: int, checkpointing: bool) -> dict:
     from pacgen.grounding import gligen
     from pacgen.grounding.gligen import is_adapter_key
     from pacgen.methods import method_modules
-    from pacgen.mini.bench.regional_speed import build_sd14_random
+    from pacgen.mini.sd14_random import build_sd14_random
     from pacgen.bases import sd1
     from pacgen.settings import TrainSettings
     from pacgen.training import _optimizer, masked_mse
