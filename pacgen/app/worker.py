@@ -49,9 +49,9 @@ class _AppGone(Exception):
 @dataclass
 class _Link:
     """One worker process and what joins it to the app: the pipe, and two events the worker reads between steps.
-    `cancel` is a cancel (a training's, which removes its checkpoint; a generation's stop); `abandon` is the caller
-    going away (a closed page, a generation's time limit): a training stops as a closed generator does in this
-    process, keeping its checkpoint to resume."""
+    `cancel` is the user's cancel of a training, which removes its checkpoint; `abandon` is the caller going away (a
+    closed page, a generation's time limit, an exchange closed early): a generation stops at its next step, a
+    training as a closed generator does in this process, keeping its checkpoint to resume."""
 
     process: BaseProcess
     conn: Connection
@@ -149,7 +149,7 @@ class ProcessReplica(Replica):
         try:
             link.conn.send((op, args))
         except OSError:
-            raise WorkerError(f"the pipeline on {self._device} stopped; it is loaded again for the next job") from None
+            raise _stopped(link, self._device) from None
         finished = False
         try:
             while True:
@@ -180,9 +180,14 @@ def _receive(link: _Link, cancel: threading.Event | None, device: torch.device |
             if link.conn.poll(POLL_S):
                 return link.conn.recv()
     except (EOFError, OSError):
-        link.process.join(5)
-        raise WorkerError(f"the pipeline on {device} stopped (exit code {link.process.exitcode}); it is loaded "
-                          "again for the next job") from None
+        raise _stopped(link, device) from None
+
+
+def _stopped(link: _Link, device: torch.device | None) -> WorkerError:
+    """What a job whose worker died says, once the worker has gone."""
+    link.process.join(5)
+    return WorkerError(f"the pipeline on {device} stopped (exit code {link.process.exitcode}); it is loaded again "
+                       "for the next job")
 
 
 def _drain(link: _Link) -> None:
