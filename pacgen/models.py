@@ -460,7 +460,8 @@ def register_model(name: str, build: Callable[[], Components]) -> None:
 
 
 def registered_models() -> dict[str, Callable[[], Components]]:
-    """Every model registered by name, with its builder: what a worker process registers again (`app.worker`)."""
+    """Every model registered by name, with its builder: a worker process registers the ones it loads
+    (`app.worker`)."""
     return dict(_BUILDERS)
 
 

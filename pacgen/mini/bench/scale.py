@@ -13,10 +13,11 @@ How it measures.
   torch thread), each a subprocess with OMP_NUM_THREADS=1. A `gradio_client` sends two /generate requests (two
   seeds): to the two-replica app one after the other (the second when the first has returned: the issue's
   baseline) and at once, and at once to the one-replica app (where the queue runs them one after the other, the
-  second's round trip hidden behind the first's work), --repeats times interleaved, after one warm-up round; the wall time is from the first submission to the second
-  result, median of the repeats; beside it the server's CPU time (its workers' included) over the same span divided
-  by it (how many cores the app kept busy: up to 2 with two replicas on two idle cores). The images of all three
-  are compared byte for byte. Rows go up in size to the app's largest (64 px, twice mini's).
+  second's round trip hidden behind the first's work), --repeats times interleaved, after one warm-up round; the
+  wall time is from the first submission to the second result, median of the repeats; beside it the server's CPU
+  time (its workers' included) over the same span divided by it (how many cores the app kept busy: up to 2 with
+  two replicas on two idle cores). The images of all three are compared byte for byte. Rows go up in size to the
+  app's largest (64 px, twice mini's).
 - Threads: the same two requests without the app, on two `PACGenPipeline`s each on its own thread of one process
   (as the app's replicas were before each device had a process), against one after the other on one of them, at
   sizes past the app's: the per-request Python work (the sampler's loop, the UNet's module calls) holds the GIL both
