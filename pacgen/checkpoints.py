@@ -39,9 +39,12 @@ def checkpoint_dir(library: ConceptLibrary, name: str) -> Path:
 
 
 def settings_json(config: TrainSettings) -> dict:
-    """The settings as JSON values; how often to checkpoint is left out: it changes nothing a training learns."""
+    """The settings as JSON values; how often to checkpoint is left out: it changes nothing a training learns. Weight
+    averaging is left out while off, as versions before it wrote the settings: their checkpoints still resume."""
     data = asdict(config)
     data.pop("checkpoint_minutes")
+    if not data["ema_decay"]:
+        data.pop("ema_decay")
     return data
 
 

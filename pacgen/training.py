@@ -234,6 +234,13 @@ def _grounded(pipe: PACGenPipeline, config: TrainSettings) -> bool:
     return config.grounded and gligen.has_adapters(pipe.components.unet)
 
 
+def checkpoint_bytes(pipe: PACGenPipeline, config: TrainSettings) -> int:
+    """What a training by these settings saves between calls: per trained weight (its method says which: a `full`
+    one, the whole UNet) the fp32 master and AdamW's two moments, and the weights' average where one is kept."""
+    per_weight = 4 * (3 + bool(config.ema_decay))
+    return per_weight * methods.get(config.method).trained_weights(pipe.components.unet, config.rank)
+
+
 def _optimizer(params: list[torch.nn.Parameter], config: TrainSettings) -> torch.optim.Optimizer:
     if config.use_8bit_adam:
         try:
@@ -603,6 +610,7 @@ def _optimize(pipe: PACGenPipeline, concept: Concept, params: list[torch.nn.Para
             yield TrainEvent(Phase.TRAINING, step, config.steps, value, progress.smoothed, config.learning_rate,
                              time.perf_counter() - run.started, progress.eta(config, preview_guess), preview,
                              f"step {step}/{config.steps} loss {progress.smoothed:.4f}", step_s=progress.step_s())
+    stepper.finish()
     return True
 
 
@@ -615,6 +623,7 @@ class _Stepper:
         self.unet, self.config = comp.unet, config
         self.masters = _MasterWeights(params)
         self.optimizer = _optimizer(self.masters.params, config)
+        self.average = _WeightAverage(self.masters.params, config.ema_decay) if config.ema_decay else None
         self.scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)  # fp16 gradients underflow unscaled
         self.noise_scheduler = DDPMScheduler.from_config(comp.scheduler_config)
         self.generator = torch.Generator().manual_seed(seed)
@@ -623,10 +632,11 @@ class _Stepper:
         self.autocast = torch.autocast(self.device.type, dtype=comp.dtype, enabled=comp.dtype != torch.float32)
 
     def state(self) -> dict:
-        """What a resumed training needs to take the same next steps: weights, optimizer, scaler, random streams."""
+        """What a resumed training needs to take the same next steps: weights, optimizer, scaler, random streams,
+        and the weights' average where the settings keep one."""
         return {"weights": [p.detach().cpu() for p in self.masters.params], "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
-                "picker": self.picker.getstate()}
+                "picker": self.picker.getstate(), "average": None if self.average is None else self.average.state()}
 
     def load_state(self, state: dict) -> None:
         self.masters.load(state["weights"])
@@ -634,6 +644,13 @@ class _Stepper:
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         self.picker.setstate(state["picker"])
+        if self.average is not None:
+            self.average.load(state["average"])
+
+    def finish(self) -> None:
+        """After the last step: the weights to save are the average, where the settings keep one."""
+        if self.average is not None:
+            self.masters.load(self.average.weights)
 
     def step(self, data: _Batches) -> float:
         """A batch of photos (and as many class images) noised at random timesteps; the masked denoising loss plus
@@ -661,6 +678,8 @@ class _Stepper:
         if data.class_latents is not None:
             loss = loss + config.prior_weight * F.mse_loss(prediction[n:].float(), target[n:].float())
         self.masters.step(loss, self.optimizer, self.scaler)
+        if self.average is not None:
+            self.average.update()
         return float(loss.detach())
 
 
@@ -687,6 +706,31 @@ def _preview(pipe: PACGenPipeline, concept: Concept, method: str, step: int, see
         result = pipe(template.format(ref=ref), boxes=[Box(ref, (x0, y0, x0 + side, y0 + side))],
                       num_inference_steps=PREVIEW_STEPS, seed=seed)
     return result.images[0]
+
+
+class _WeightAverage:
+    """An exponential moving average of the trained (fp32 master) weights, with diffusers' EMAModel warm-up: the
+    decay grows as (1 + n) / (10 + n) up to the asked one, so the first steps' weights do not linger in it. Why: a
+    concept's last step lands wherever its last batches pushed it; the average of the last ~1 / (1 - decay) steps
+    draws its shape and pattern more steadily (docs/mini_bench.md)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params, self.decay, self.updates = params, decay, 0
+        self.weights = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.weights, [p.detach() for p in self.params], 1 - decay)
+
+    def state(self) -> dict:
+        return {"weights": [w.cpu() for w in self.weights], "updates": self.updates}
+
+    def load(self, state: dict) -> None:
+        for weight, saved in zip(self.weights, state["weights"], strict=True):
+            weight.copy_(saved)
+        self.updates = state["updates"]
 
 
 class _MasterWeights:

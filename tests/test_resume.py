@@ -14,7 +14,7 @@ import torch
 
 from pacgen import lora
 from pacgen.app.cli import main
-from pacgen.checkpoints import PROGRESS_FILE, checkpoint_dir, find_stopped, stopped_trainings
+from pacgen.checkpoints import JOB_FILE, PROGRESS_FILE, checkpoint_dir, find_stopped, stopped_trainings
 from pacgen.concepts import ConceptLibrary
 from pacgen.sampling import PACGenPipeline
 from pacgen.training import train_concept
@@ -60,6 +60,21 @@ def test_a_stopped_training_is_listed_refused_without_resume_and_discarded_on_re
     assert main(base + ["--discard", "--images", *photo_files, "--class-noun", "star", "--no-prior-preservation",
                  *flags({"steps": 2, "preview_every": 0})]) == 0
     assert find_stopped(library, "my star") is None and [c.name for c in library.list()] == ["my star"]
+
+
+def test_a_training_stopped_by_a_version_before_weight_averaging_still_resumes(pipe, photo_files, tmp_path):
+    """Without averaging, the settings are written as before `ema_decay` existed, so the checkpoint's key matches
+    theirs; a job file without the field reads as averaging off."""
+    library = ConceptLibrary(tmp_path / "home")
+    config = settings(pipe, steps=3, ema_decay=0.0, **SMALL)
+    list(train_concept(pipe, photo_files, "my star", "star", config, library,
+                       checkpoint=checkpoint_dir(library, "my star"), budget_s=0))
+    assert "ema_decay" not in json.loads((checkpoint_dir(library, "my star") / JOB_FILE).read_text())["settings"]
+    (stopped,) = stopped_trainings(library)
+    assert stopped.settings == config
+    events = list(train_concept(pipe, [str(p) for p in stopped.photos], "my star", "star", stopped.settings, library,
+                                checkpoint=stopped.folder))
+    assert [e.step for e in events if e.phase == "training"] == [2, 3] and events[-1].phase == "done"
 
 
 def test_every_training_checkpoints_and_a_finished_one_leaves_no_checkpoint(pipe, photo_files, tmp_path):

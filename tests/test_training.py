@@ -10,6 +10,7 @@ from PIL import Image
 
 from pacgen import lora
 from pacgen.augment import AugmentConfig
+from pacgen.concepts import ConceptLibrary
 from pacgen.layout import Box
 from pacgen.models import ZERO_SNR_SCHEDULER_CONFIG
 from pacgen.settings import TrainSettings
@@ -121,6 +122,22 @@ def test_same_seed_same_concept_whatever_ran_before(pipe, photos, library):
     assert library.get("second").identifier == "sks"
     second = lora.read_lora_file(library.get("second").lora_path)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_weight_averaging_saves_the_average_of_the_steps_weights(pipe, photos, tmp_path):
+    """`ema_decay` near 0 leaves the last step's weights; 0.9 saves another concept (over three steps its warm-up
+    decays 0.18, 0.25, 0.31: the last step's weights count 0.69, the one before 0.23), and the record says which."""
+    saved = {}
+    for decay in (0.0, 1e-7, 0.9):
+        library = ConceptLibrary(tmp_path / str(decay))
+        config = TrainSettings(steps=3, learning_rate=5e-3, prior_preservation=False, ema_decay=decay, **FAST)
+        run(train_concept(pipe, photos, "my star", "star", config, library))
+        saved[decay] = lora.read_lora_file(library.get("my star").lora_path)
+        assert library.get("my star").training["ema_decay"] == decay
+        pipe.unload_concept("my star")
+    last, near_last, averaged = saved[0.0], saved[1e-7], saved[0.9]
+    assert all(torch.allclose(last[k], near_last[k], rtol=0, atol=1e-6) for k in last)
+    assert not all(torch.allclose(last[k], averaged[k], rtol=0, atol=1e-4) for k in last)
 
 
 def test_saved_lora_loads_back_and_changes_generation_only_when_used(pipe, photos, library):

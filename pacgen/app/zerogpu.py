@@ -23,14 +23,13 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .. import methods
 from ..checkpoints import checkpoint_dir
 from ..concepts import ConceptLibrary, check_name
 from ..errors import PACGenError
 from ..photos import PhotoSource
 from ..sampling import PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
-from ..training import Phase, Rates, TrainEvent, TrainingCancelled, estimate_seconds, train_concept
+from ..training import Phase, Rates, TrainEvent, TrainingCancelled, checkpoint_bytes, estimate_seconds, train_concept
 
 MAX_CALL_S = 300  # the most one call may declare (logged-in visitors)
 DAILY_QUOTA_S = {"anonymous": 120, "free": 210, "pro": 1500}
@@ -121,11 +120,6 @@ def chunk_runner(pipe: PACGenPipeline) -> Callable[..., Iterator[TrainEvent]]:
 
     pipe.components.vae_digest  # noqa: B018  hashed here once: every worker inherits it, not rehashing on GPU time
     return chunk
-
-
-def checkpoint_bytes(pipe: PACGenPipeline, settings: TrainSettings) -> int:
-    """What a training by these settings saves between calls (its method says: a `full` one, the whole UNet)."""
-    return methods.get(settings.method).checkpoint_bytes(pipe.components.unet, settings.rank)
 
 
 def train_in_chunks(

@@ -15,7 +15,6 @@ from diffusers import UNet2DConditionModel
 
 from .. import lora
 
-ADAM_BYTES_PER_WEIGHT = 12  # what a checkpoint saves per trained weight: its fp32 master and AdamW's two moments
 
 
 @dataclass
@@ -57,6 +56,6 @@ class TrainingMethod:
         file leaves out)."""
         return {}
 
-    def checkpoint_bytes(self, unet: UNet2DConditionModel, rank: int) -> int:
-        """What a paused training of it saves between calls."""
+    def trained_weights(self, unet: UNet2DConditionModel, rank: int) -> int:
+        """How many weights it trains: a paused training saves each with its optimizer state."""
         raise NotImplementedError

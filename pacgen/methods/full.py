@@ -12,7 +12,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from .. import lora
-from .base import ADAM_BYTES_PER_WEIGHT, TrainableWeights, TrainingMethod
+from .base import TrainableWeights, TrainingMethod
 
 
 class Full(TrainingMethod):
@@ -55,8 +55,8 @@ class Full(TrainingMethod):
     def saved_notes(self, dropped: float) -> dict:
         return {"stored_error": round(dropped, 6)}  # share of the change the rank leaves out
 
-    def checkpoint_bytes(self, unet: UNet2DConditionModel, rank: int) -> int:
-        return ADAM_BYTES_PER_WEIGHT * sum(layer.weight.numel() for layer in self.modules(unet).values())
+    def trained_weights(self, unet: UNet2DConditionModel, rank: int) -> int:
+        return sum(layer.weight.numel() for layer in self.modules(unet).values())
 
 
 METHOD = Full()

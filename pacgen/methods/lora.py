@@ -12,7 +12,7 @@ from diffusers import UNet2DConditionModel
 
 from .. import lora
 from ..lora import ATTENTION
-from .base import ADAM_BYTES_PER_WEIGHT, TrainableWeights, TrainingMethod
+from .base import TrainableWeights, TrainingMethod
 
 
 class LoRA(TrainingMethod):
@@ -41,9 +41,8 @@ class LoRA(TrainingMethod):
             lora.delete_adapter(unet, adapter)
             unet.eval()
 
-    def checkpoint_bytes(self, unet: UNet2DConditionModel, rank: int) -> int:
-        return ADAM_BYTES_PER_WEIGHT * rank * sum(layer.weight[0].numel() + layer.weight.shape[0]
-                                                  for layer in self.modules(unet).values())
+    def trained_weights(self, unet: UNet2DConditionModel, rank: int) -> int:
+        return rank * sum(layer.weight[0].numel() + layer.weight.shape[0] for layer in self.modules(unet).values())
 
 
 METHOD = LoRA("lora", rf".*{ATTENTION}", "a LoRA on the UNet's attention projections")
