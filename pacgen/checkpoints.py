@@ -43,8 +43,8 @@ def settings_json(config: TrainSettings) -> dict:
     averaging is left out while off, as versions before it wrote the settings: their checkpoints still resume."""
     data = asdict(config)
     data.pop("checkpoint_minutes")
-    if not data["ema_decay"]:
-        data.pop("ema_decay")
+    if not data["ema_steps"]:
+        data.pop("ema_steps")
     return data
 
 

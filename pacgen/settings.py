@@ -198,10 +198,10 @@ class TrainSettings(_Checked):
                         low=1, high=1024, label="LoRA rank")
     alpha: float | None = setting(None, "LoRA scale numerator; empty: equal to the rank (scale 1)", low=1e-3,
                                   high=1024.0, surface=False)
-    ema_decay: float = setting(0.0, "save an exponential moving average of the trained weights instead of the last "
-                               "step's: a steadier concept from the same steps (0.99 averages about the last 100 "
-                               "steps; 0 = off; costs one more fp32 copy of the trained weights)", low=0.0,
-                               high=0.9999, label="Weight averaging (EMA decay)")
+    ema_steps: int = setting(0, "save the trained weights averaged over about the last N steps (an exponential "
+                             "moving average, decay 1 - 1/N) instead of the last step's: a steadier concept from the "
+                             "same steps; 0 = off; one more fp32 copy of the trained weights", low=0, high=20000,
+                             label="Average the weights over the last N steps")
     batch_size: int = setting(1, "photos per step (each with one class image under prior preservation)",
                               low=1, high=64, label="Batch size")
     resolution: int | None = setting(None, "training image size in pixels; empty: the model's size", low=8,

@@ -237,7 +237,7 @@ def _grounded(pipe: PACGenPipeline, config: TrainSettings) -> bool:
 def checkpoint_bytes(pipe: PACGenPipeline, config: TrainSettings) -> int:
     """What a training by these settings saves between calls: per trained weight (its method says which: a `full`
     one, the whole UNet) the fp32 master and AdamW's two moments, and the weights' average where one is kept."""
-    per_weight = 4 * (3 + bool(config.ema_decay))
+    per_weight = 4 * (3 + bool(config.ema_steps))
     return per_weight * methods.get(config.method).trained_weights(pipe.components.unet, config.rank)
 
 
@@ -623,7 +623,7 @@ class _Stepper:
         self.unet, self.config = comp.unet, config
         self.masters = _MasterWeights(params)
         self.optimizer = _optimizer(self.masters.params, config)
-        self.average = _WeightAverage(self.masters.params, config.ema_decay) if config.ema_decay else None
+        self.average = _WeightAverage(self.masters.params, 1 - 1 / config.ema_steps) if config.ema_steps else None
         self.scaler = torch.amp.GradScaler(enabled=comp.dtype == torch.float16)  # fp16 gradients underflow unscaled
         self.noise_scheduler = DDPMScheduler.from_config(comp.scheduler_config)
         self.generator = torch.Generator().manual_seed(seed)

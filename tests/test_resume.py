@@ -63,13 +63,13 @@ def test_a_stopped_training_is_listed_refused_without_resume_and_discarded_on_re
 
 
 def test_a_training_stopped_by_a_version_before_weight_averaging_still_resumes(pipe, photo_files, tmp_path):
-    """Without averaging, the settings are written as before `ema_decay` existed, so the checkpoint's key matches
+    """Without averaging, the settings are written as before `ema_steps` existed, so the checkpoint's key matches
     theirs; a job file without the field reads as averaging off."""
     library = ConceptLibrary(tmp_path / "home")
-    config = settings(pipe, steps=3, ema_decay=0.0, **SMALL)
+    config = settings(pipe, steps=3, ema_steps=0, **SMALL)
     list(train_concept(pipe, photo_files, "my star", "star", config, library,
                        checkpoint=checkpoint_dir(library, "my star"), budget_s=0))
-    assert "ema_decay" not in json.loads((checkpoint_dir(library, "my star") / JOB_FILE).read_text())["settings"]
+    assert "ema_steps" not in json.loads((checkpoint_dir(library, "my star") / JOB_FILE).read_text())["settings"]
     (stopped,) = stopped_trainings(library)
     assert stopped.settings == config
     events = list(train_concept(pipe, [str(p) for p in stopped.photos], "my star", "star", stopped.settings, library,

@@ -125,18 +125,19 @@ def test_same_seed_same_concept_whatever_ran_before(pipe, photos, library):
 
 
 def test_weight_averaging_saves_the_average_of_the_steps_weights(pipe, photos, tmp_path):
-    """`ema_decay` near 0 leaves the last step's weights; 0.9 saves another concept (over three steps its warm-up
-    decays 0.18, 0.25, 0.31: the last step's weights count 0.69, the one before 0.23), and the record says which."""
+    """`ema_steps` 1 (decay 0) leaves the last step's weights; 10 (decay 0.9) saves another concept (over three
+    steps its warm-up decays 0.18, 0.25, 0.31: the last step's weights count 0.69, the one before 0.23), and the
+    concept's record says which."""
     saved = {}
-    for decay in (0.0, 1e-7, 0.9):
-        library = ConceptLibrary(tmp_path / str(decay))
-        config = TrainSettings(steps=3, learning_rate=5e-3, prior_preservation=False, ema_decay=decay, **FAST)
+    for steps in (0, 1, 10):
+        library = ConceptLibrary(tmp_path / str(steps))
+        config = TrainSettings(steps=3, learning_rate=5e-3, prior_preservation=False, ema_steps=steps, **FAST)
         run(train_concept(pipe, photos, "my star", "star", config, library))
-        saved[decay] = lora.read_lora_file(library.get("my star").lora_path)
-        assert library.get("my star").training["ema_decay"] == decay
+        saved[steps] = lora.read_lora_file(library.get("my star").lora_path)
+        assert library.get("my star").training["ema_steps"] == steps
         pipe.unload_concept("my star")
-    last, near_last, averaged = saved[0.0], saved[1e-7], saved[0.9]
-    assert all(torch.allclose(last[k], near_last[k], rtol=0, atol=1e-6) for k in last)
+    last, one_step, averaged = saved[0], saved[1], saved[10]
+    assert all(torch.equal(last[k], one_step[k]) for k in last)
     assert not all(torch.allclose(last[k], averaged[k], rtol=0, atol=1e-4) for k in last)
 
 
