@@ -89,6 +89,8 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
              if defaults.training.prior_preservation else "no prior preservation")
     prior += (", grounded: each photo's object boxed through the fusers with the class noun"
               if defaults.training.grounded else ", without the grounding adapter")
+    if defaults.training.ema_steps:
+        prior += f", the weights averaged over about the last {defaults.training.ema_steps} steps"
     sampling = (f"guidance scale {defaults.sampling.guidance_scale}, concept guidance "
                 f"`{defaults.sampling.concept_guidance}`, grounding fraction {defaults.sampling.grounding_fraction}")
     lines = [
