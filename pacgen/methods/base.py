@@ -16,7 +16,6 @@ from diffusers import UNet2DConditionModel
 from .. import lora
 
 
-
 @dataclass
 class TrainableWeights:
     """What a training optimises, and how to write what it learnt as the concept's LoRA file."""
