@@ -198,10 +198,11 @@ class TrainSettings(_Checked):
                         low=1, high=1024, label="LoRA rank")
     alpha: float | None = setting(None, "LoRA scale numerator; empty: equal to the rank (scale 1)", low=1e-3,
                                   high=1024.0, surface=False)
-    ema_steps: int = setting(0, "save the trained weights averaged over about the last N steps (an exponential "
-                             "moving average, decay 1 - 1/N) instead of the last step's: a steadier concept from the "
-                             "same steps; 0 = off; one more fp32 copy of the trained weights", low=0, high=20000,
-                             label="Average the weights over the last N steps")
+    ema_steps: int = setting(0, "save the trained weights averaged over the last steps (an exponential moving "
+                             "average) instead of the last step's: a steadier concept from the same steps. It spans at "
+                             "most about N steps (decay 1 - 1/N); diffusers' warm-up spans fewer before step 9N, about "
+                             "(step + 10) / 9: 45 at step 400. 0 = off; one more fp32 copy of the trained weights",
+                             low=0, high=20000, label="Average the weights over at most N steps")
     batch_size: int = setting(1, "photos per step (each with one class image under prior preservation)",
                               low=1, high=64, label="Batch size")
     resolution: int | None = setting(None, "training image size in pixels; empty: the model's size", low=8,

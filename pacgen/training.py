@@ -710,9 +710,10 @@ def _preview(pipe: PACGenPipeline, concept: Concept, method: str, step: int, see
 
 class _WeightAverage:
     """An exponential moving average of the trained (fp32 master) weights, with diffusers' EMAModel warm-up: the
-    decay grows as (1 + n) / (10 + n) up to the asked one, so the first steps' weights do not linger in it. Why: a
-    concept's last step lands wherever its last batches pushed it; the average of the last ~1 / (1 - decay) steps
-    draws its shape and pattern more steadily (docs/mini_bench.md)."""
+    decay grows as (1 + n) / (10 + n) up to the asked one, so the first steps' weights do not linger in it (and the
+    average spans about (n + 10) / 9 steps until the asked decay is reached). Why: a concept's last step lands
+    wherever its last batches pushed it; the average of the last steps draws its shape and pattern more steadily
+    (docs/mini_bench.md)."""
 
     def __init__(self, params: list[torch.nn.Parameter], decay: float):
         self.params, self.decay, self.updates = params, decay, 0

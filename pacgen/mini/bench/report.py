@@ -90,7 +90,7 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
     prior += (", grounded: each photo's object boxed through the fusers with the class noun"
               if defaults.training.grounded else ", without the grounding adapter")
     if defaults.training.ema_steps:
-        prior += f", the weights averaged over about the last {defaults.training.ema_steps} steps"
+        prior += f", the weights averaged (`ema_steps` {defaults.training.ema_steps})"
     sampling = (f"guidance scale {defaults.sampling.guidance_scale}, concept guidance "
                 f"`{defaults.sampling.concept_guidance}`, grounding fraction {defaults.sampling.grounding_fraction}")
     lines = [
