@@ -716,14 +716,15 @@ class _WeightAverage:
     (docs/mini_bench.md)."""
 
     def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.params, self.decay, self.updates = params, decay, 0
-        self.weights = [p.detach().clone() for p in params]
+        self.live = [p.detach() for p in params]  # views: the optimizer and `_MasterWeights.load` write in place
+        self.decay, self.updates = decay, 0
+        self.weights = [p.clone() for p in self.live]
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.weights, [p.detach() for p in self.params], 1 - decay)
+        torch._foreach_lerp_(self.weights, self.live, 1 - decay)
 
     def state(self) -> dict:
         return {"weights": [w.cpu() for w in self.weights], "updates": self.updates}
