@@ -176,6 +176,14 @@ def without_phrases(prompt: str, phrases: list[str]) -> str:
     return re.sub(r"\s{2,}", " ", text).strip(" ,")
 
 
+def without_concepts(prompt: str, names: list[str]) -> str:
+    """The prompt less the given concepts' references (each with the word joining it on): a concept's detail pass
+    redraws only its own box, where the others have no business either."""
+    for name in names:
+        prompt = re.sub(_JOINED.format(re.escape(f"<{name}>")), "", prompt, flags=re.IGNORECASE)
+    return re.sub(r"\s{2,}", " ", prompt).strip(" ,")
+
+
 def expand_prompt(prompt: str, words: dict[str, tuple[str, str]], active: set[str]) -> str:
     """Replace each `<name>` with `identifier class` when the concept is active, else with `class`.
 

@@ -30,13 +30,13 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from . import lora, methods
+from . import detail, lora, methods
 from .concepts import Concept, ConceptError
 from .finite import RowWatch, check_decoded
 from .grounding import gligen
 from .layout import (
     CONCEPT_REF, Box, LayoutError, boxed_concepts, check_boxes, clamp_box, concept_refs, expand_prompt,
-    region_masks, with_concept_refs, without_phrases,
+    region_masks, with_concept_refs, without_concepts, without_phrases,
 )
 from .methods import TrainableWeights
 from .models import DEFAULT_MODEL, Components, load_components
@@ -91,6 +91,23 @@ def blend(base: torch.Tensor, concepts: list[torch.Tensor], masks: torch.Tensor)
     for prediction, mask in zip(concepts, masks):
         out = out + prediction * mask
     return out
+
+
+class _Progress:
+    """Steps done over every denoising pass of a request, reported as `callback(step, total)`."""
+
+    def __init__(self, callback: StepCallback | None, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _stream_seed(seed: int, box: int) -> int:
+    """The seed of box `box`'s detail-pass noise in the image of seed `seed`: a stream apart from the image's own."""
+    return int(np.random.SeedSequence([seed, box]).generate_state(1, np.uint64)[0])
 
 
 @dataclass
@@ -324,22 +341,31 @@ class PACGenPipeline:
         guide = self._scene_guide(photo, region, latents / scheduler.init_noise_sigma)
         encoded = time.perf_counter()
 
-        # 4. Denoise.
-        latents = self._denoise(latents, scheduler, embeds, grounding, masks, plan, settings, callback, guide)
+        # 4. Denoise (progress counts each concept box's detail pass as well).
+        windows = detail.windows(boxes, plan.names, settings.width, settings.height) if settings.detail_steps() else []
+        progress = _Progress(callback, settings.num_inference_steps + len(windows) * settings.detail_steps())
+        latents = self._denoise(latents, scheduler, embeds, grounding, masks, plan, settings, progress, guide)
         denoised = time.perf_counter()
 
-        # 5. Decode, then paste the photo back outside the generated region.
+        # 5. Decode; redraw each small concept box enlarged (the detail pass), then paste the photo back outside the
+        #    generated region.
+        pixels = self._decode(latents)
+        decoded = time.perf_counter()
+        for window in windows:
+            pixels = self._redraw(pixels, window, boxes, embeds, plan, settings, seeds, generator, progress)
+        redrawn = time.perf_counter()
         if photo is None:
-            images = self.decode_latents(latents, output_type)
+            images = self._postprocess(pixels, output_type)
         else:
-            images = self._paste(self.decode_latents(latents, "np"), photo, region, output_type)
+            images = self._paste(self._postprocess(pixels, "np"), photo, region, output_type)
         finished = time.perf_counter()
         used = {"model": self.components.model_id, **asdict(settings), "regional": plan.regional,
                 "negative_prompt": negative_prompt, "scene": guide.mode if photo is not None else None}
         used.pop("seed")
         timings = {
-            "encode_s": encoded - started, "denoise_s": denoised - encoded, "decode_s": finished - denoised,
-            "total_s": finished - started, "step_s": (denoised - encoded) / settings.num_inference_steps,
+            "encode_s": encoded - started, "denoise_s": denoised - encoded, "detail_s": redrawn - decoded,
+            "decode_s": decoded - denoised + finished - redrawn, "total_s": finished - started,
+            "step_s": (denoised - encoded) / settings.num_inference_steps,
         }
         return GenerationResult(images, seeds, plan.prompt, boxes, branch_prompts, used, timings, plan.warnings,
                                 photo)
@@ -408,17 +434,18 @@ class PACGenPipeline:
         return noise * init_noise_sigma, seeds
 
     def _denoise(self, latents: torch.Tensor, scheduler, embeds: dict[str, torch.Tensor], grounding: tuple,
-                 masks: torch.Tensor, plan: _Plan, settings: SampleSettings, callback: StepCallback | None,
-                 guide: SceneGuide | None = None) -> torch.Tensor:
+                 masks: torch.Tensor, plan: _Plan, settings: SampleSettings, progress: _Progress,
+                 guide: SceneGuide | None = None, start: int = 0) -> torch.Tensor:
         """Regional steps batch u, b, c_1..c_N (each concept row through its own LoRA, after its own u_i under "own"
         concept guidance); whole-image steps batch u and one row with every concept's LoRA on. Boxes steer the first
         `grounding_fraction` of the steps; a scene photo's `guide` steers the latents outside the generated region
-        around each step."""
+        around each step. From step `start` on, when latents were renoised to that step (the detail pass)."""
         comp = self.components
         n = settings.num_images
-        timesteps = scheduler.timesteps
-        grounded_steps = int(settings.grounding_fraction * len(timesteps))
-        regional_steps = int(settings.regional_fraction * len(timesteps)) if plan.regional else 0
+        total = len(scheduler.timesteps)
+        grounded_steps = max(0, int(settings.grounding_fraction * total) - start)
+        regional_steps = max(0, int(settings.regional_fraction * total) - start) if plan.regional else 0
+        timesteps = scheduler.timesteps[start:]
         adapter_of = {name: self.concepts[name].adapter_name for name in plan.names}
         adapters = list(adapter_of.values())
         planned = settings.regional_rows(plan.names)
@@ -456,8 +483,7 @@ class PACGenPipeline:
                 latents = scheduler.step(eps, t, latents).prev_sample
                 if guide is not None:
                     latents = guide.after_step(latents, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None)
-                if callback is not None:
-                    callback(i + 1, len(timesteps))
+                progress.step()
         watch.check(latents, comp.dtype)
         return latents
 
@@ -466,12 +492,14 @@ class PACGenPipeline:
         """Whether the UNet is GLIGEN's inpainting one: its input carries the photo's latents and a mask as well."""
         return gligen.is_inpainting(self.components.unet.config, self.components.vae.config.latent_channels)
 
-    @torch.no_grad()  # not inference mode: training feeds these latents to a UNet that records gradients
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         """Latents of images (the mean of the VAE's posterior: one encoding each, no RNG), 16 at a time."""
+        return self._encode_pixels(self.image_processor.preprocess(images))
+
+    @torch.no_grad()  # not inference mode: training feeds these latents to a UNet that records gradients
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         comp = self.components
-        pixels = self.image_processor.preprocess(images).to(comp.device, comp.dtype)
-        chunks = [comp.vae.encode(chunk).latent_dist.mean for chunk in pixels.split(16)]
+        chunks = [comp.vae.encode(chunk).latent_dist.mean for chunk in pixels.to(comp.device, comp.dtype).split(16)]
         return torch.cat(chunks) * comp.vae.config.scaling_factor
 
     def _scene_guide(self, photo: Image.Image | None, region: np.ndarray | None,
@@ -496,11 +524,48 @@ class PACGenPipeline:
         return [image.astype(np.float32) / 255 for image in pasted]
 
     @torch.inference_mode()
-    def decode_latents(self, latents: torch.Tensor, output_type: str = "pil") -> list:
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] (N×3×H×W), refused when not finite."""
         vae = self.components.vae
         decoded = vae.decode(latents / vae.config.scaling_factor).sample
         check_decoded(decoded)
-        return list(self.image_processor.postprocess(decoded.float(), output_type=output_type))
+        return decoded
+
+    def _postprocess(self, pixels: torch.Tensor, output_type: str) -> list:
+        return list(self.image_processor.postprocess(pixels.float(), output_type=output_type))
+
+    def _redraw(self, pixels: torch.Tensor, window: detail.Window, boxes: list[Box], embeds: dict[str, torch.Tensor],
+                plan: _Plan, settings: SampleSettings, seeds: list[int | None], generator: Generators | None,
+                progress: _Progress) -> torch.Tensor:
+        """The detail pass of one concept box (`pacgen.detail`): its window enlarged to the full size, renoised to
+        `detail_strength`, denoised as a one-concept regional request with every box seen in the window, shrunk
+        back and pasted over the box. The renoising draws from a generator of its own per image and box (or the
+        caller's generators, continued), so image k of a batch still equals a single run with seed + k."""
+        comp, width, height = self.components, settings.width, settings.height
+        scheduler = self.make_scheduler(settings.scheduler)
+        scheduler.set_timesteps(settings.num_inference_steps, device=comp.device)
+        start = settings.num_inference_steps - settings.detail_steps()
+        if hasattr(scheduler, "set_begin_index"):  # schedulers that count their steps start counting at `start`
+            scheduler.set_begin_index(start)
+        clean = self._encode_pixels(detail.enlarge(pixels, window, width, height))
+        if generator is None:
+            generator = [torch.Generator("cpu").manual_seed(_stream_seed(seed, window.index)) for seed in seeds]
+        noise = randn_tensor(clean.shape, generator=generator, device=comp.device, dtype=comp.dtype)
+        latents = scheduler.add_noise(clean, noise, scheduler.timesteps[start:start + 1].repeat(len(clean)))
+        # The window holds the concept and its scenery alone: the prompt without the other concepts and the phrases
+        # of the boxes beside it, which are not grounded either.
+        others = [name for name in plan.names if name != window.concept]
+        beside = [p for p in plan.phrases if p not in {b.label for b in window.scenery}]
+        own = _Plan(without_concepts(without_phrases(plan.prompt, beside), others), [window.concept], True, [], [])
+        texts = {row: text for row, text in self._branch_prompts(own, "").items() if row not in (UNCOND, "all concepts")}
+        rows = dict(zip(texts, self.encode_prompts(list(texts.values()))), **{UNCOND: embeds[UNCOND]})
+        grounding = self._grounding_tokens([window.box, *window.scenery], settings.grounding_phrase)
+        masks = self._concept_masks([window.box], own.names, *latents.shape[2:], settings.feather)
+        guide = self._scene_guide(None, None, noise)
+        regional = replace(settings, regional_fraction=1.0)  # the concept's weights stay inside its box here too
+        latents = self._denoise(latents, scheduler, rows, grounding, masks, own, regional, progress, guide, start)
+        alpha = detail.paste_alpha(boxes, window, width, height)
+        return detail.paste(pixels, self._decode(latents), window, alpha)
 
     def _grounding_tokens(self, boxes: list[Box], phrase_kind: str) -> gligen.Grounding:
         """The grounding adapter's tokens for one image: each box with its phrase (a concept's class noun, or its

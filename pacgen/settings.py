@@ -13,6 +13,7 @@ from typing import Any
 
 from .augment import AugmentConfig
 from .errors import PACGenError
+from .layout import Box, boxed_concepts
 from .methods import METHODS
 
 UNCOND = "negative"  # the name of an unconditional row in a batch of UNet rows
@@ -151,6 +152,12 @@ class SampleSettings(_Checked):
     grounding_phrase: str = setting("class", "what a concept's box is grounded with: its class noun, or its "
                                     "identifier and class noun", choices=("class", "identifier"),
                                     label="Grounding phrase")
+    detail_strength: float = setting(
+        0.0, "redraw each concept enlarged: its box and some context around it are cut out, enlarged to the image's "
+        "size, renoised to this strength and denoised again with the concept, then shrunk back into place (as "
+        "ADetailer redraws faces), so a small box keeps detail the model cannot draw at its size. 0 = off; a box over "
+        "57% of the image's side is left as drawn; each redrawn box costs about strength × steps more steps; "
+        "models may set their own", low=0.0, high=1.0, label="Concept detail pass")
     scheduler: str = setting("dpm++", "the sampler", choices=SCHEDULER_NAMES, label="Scheduler")
     seed: int | None = setting(None, "seed of the first image (image k uses seed + k); empty or -1: random",
                                low=0, high=MAX_SEED, label="Seed (-1 = random)")
@@ -177,6 +184,17 @@ class SampleSettings(_Checked):
     def unet_rows(self, concepts: int) -> int:
         """UNet rows per regional denoising step with this many concepts."""
         return len(self.regional_rows([str(k) for k in range(concepts)]))
+
+    def detail_steps(self) -> int:
+        """Denoising steps of each concept box's detail pass (0: none)."""
+        return int(self.detail_strength * self.num_inference_steps)
+
+    def row_steps(self, boxes: list[Box]) -> int:
+        """UNet rows one image of a request with these boxes runs, at most: every regional step's rows, then each
+        concept box's detail pass, a one-concept request of `detail_steps` (boxes too large for it are skipped)."""
+        concept_boxes = [b for b in boxes if b.concept]
+        return (self.num_inference_steps * self.unet_rows(len(boxed_concepts(boxes)))
+                + len(concept_boxes) * self.detail_steps() * self.unet_rows(1))
 
     def _cross_checks(self) -> None:
         if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:

@@ -3,7 +3,7 @@ import torch
 
 from pacgen.layout import (
     Box, LayoutError, cell_mask, expand_prompt, parse_box, region_masks, check_boxes, clamp_box, with_concept_refs,
-    without_phrases,
+    without_concepts, without_phrases,
 )
 
 
@@ -99,3 +99,13 @@ def test_missing_concept_references_are_appended():
 ])
 def test_without_phrases_drops_the_other_boxes_words(prompt, phrases, expected):
     assert without_phrases(prompt, phrases) == expected
+
+
+@pytest.mark.parametrize("prompt, names, expected", [
+    ("a photo of <x> and <y> on grass", ["y"], "a photo of <x> on grass"),
+    ("<y>, <x> beside <z>", ["y", "z"], "<x>"),
+    ("<x> and <y+>", ["y+"], "<x>"),  # names are text, not patterns
+    ("<x> and <xy>", ["x"], "<xy>"),
+])
+def test_without_concepts_drops_the_other_concepts_with_their_joining_words(prompt, names, expected):
+    assert without_concepts(prompt, names) == expected

@@ -84,8 +84,8 @@ def test_a_concept_in_several_boxes_costs_as_one_since_it_is_one_unet_row():
     boxes = [Box("<dog>", (0, 0, 0.4, 0.4)), Box("a ball", (0.5, 0.5, 1, 1)), Box("<dog>", (0.6, 0, 1, 0.4))]
     assert boxed_concepts(boxes) == ["dog"]
     default = SampleSettings(width=64, height=64)
-    assert generation_cost(default, len(boxed_concepts(boxes)), default) == 1.0
-    assert generation_cost(default, len(boxed_concepts(boxes + [Box("<cat>", (0, 0.5, 0.4, 1))])), default) > 1.0
+    assert generation_cost(default, boxes, default) == 1.0
+    assert generation_cost(default, boxes + [Box("<cat>", (0, 0.5, 0.4, 1))], default) > 1.0
 
 
 def test_the_hourly_training_quota_says_when_the_next_one_may_start(shared):

@@ -206,11 +206,12 @@ def test_full_trains_in_chunks_on_a_small_model_and_is_refused_where_its_checkpo
 
 
 def test_durations_come_from_the_arguments_and_stay_within_a_call(spaces):
-    small = zerogpu.generation_seconds(SampleSettings(num_inference_steps=25), 1, step_s=0.05)
-    bigger = zerogpu.generation_seconds(SampleSettings(num_inference_steps=25, num_images=4, width=768), 2, 0.05)
+    one, two, three = ([Box(f"<c{k}>", (0.1 * k, 0.1, 0.1 * k + 0.3, 0.4)) for k in range(n)] for n in (1, 2, 3))
+    small = zerogpu.generation_seconds(SampleSettings(num_inference_steps=25), one, step_s=0.05)
+    bigger = zerogpu.generation_seconds(SampleSettings(num_inference_steps=25, num_images=4, width=768), two, 0.05)
     assert zerogpu.GENERATION_MARGIN_S < small < bigger <= zerogpu.MAX_CALL_S
     with pytest.raises(zerogpu.ZeroGPUError, match="more than one ZeroGPU call allows"):
-        zerogpu.generation_seconds(SampleSettings(num_inference_steps=200, num_images=16), 3, 0.05)
+        zerogpu.generation_seconds(SampleSettings(num_inference_steps=200, num_images=16), three, 0.05)
 
     @zerogpu.gpu_task(duration=lambda steps: steps * 10.0)
     def work(steps):

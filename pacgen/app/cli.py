@@ -139,8 +139,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     for ref in args.concept:
         pipe.load_concept(library.resolve(ref))
     with tqdm(total=settings.num_inference_steps, desc="generating", unit="step", delay=0.5) as bar:
+        def advance(step: int, total: int) -> None:  # the total counts the detail passes too
+            bar.total = total
+            bar.update(step - bar.n)
+
         result = pipe(args.prompt, boxes=boxes, negative_prompt=args.negative_prompt, settings=settings,
-                      callback=lambda step, total: bar.update(1), scene=args.scene)
+                      callback=advance, scene=args.scene)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for image, seed, path in zip(result.images, result.seeds, output_paths(args.out, len(result.images))):

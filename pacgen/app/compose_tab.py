@@ -9,7 +9,6 @@ import gradio as gr
 from gradio_image_annotation import image_annotator
 
 from ..errors import PACGenError
-from ..layout import boxed_concepts
 from ..scene import load_scene
 from ..settings import SampleSettings, surfaced
 from . import views
@@ -161,7 +160,7 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
 
     def seconds_needed(caller, prompt, negative_prompt, boxes, settings, scene, progress=None) -> float:
         """The GPU time a call declares on ZeroGPU, from its own arguments."""
-        return generation_seconds(settings, len(boxed_concepts(boxes)), ZERO_GPU_RATES.sample_step_s,
+        return generation_seconds(settings, boxes, ZERO_GPU_RATES.sample_step_s,
                                   ZERO_GPU_RATES.size)
 
     @gpu_task(duration=seconds_needed)

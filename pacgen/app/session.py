@@ -28,7 +28,7 @@ from ..defaults import ModelDefaults
 from ..disk import StorageError, os_error_message
 from ..errors import PACGenError
 from ..hub import HubError, push_concept
-from ..layout import Box, boxed_concepts
+from ..layout import Box
 from ..lora import check_lora_fits
 from ..models import DEFAULT_MODEL, EMBEDDED_MODEL, MINI_DIR, ModelLoadError, model_names
 from ..photos import PhotoSource, load_photos
@@ -522,11 +522,11 @@ class Studio:
             # Line breaks and tabs are only spacing in a prompt; other control characters are refused.
             check_text(f"the {label}", " ".join(text.split()) if isinstance(text, str) else text, limit)
         if self.policy.max_cost is not None:
-            cost = generation_cost(settings, len(boxed_concepts(boxes)), self.pipe.settings())
+            cost = generation_cost(settings, boxes, self.pipe.settings())
             if cost > self.policy.max_cost:
                 raise LimitError(
                     f"this request costs {cost:.1f}× a default generation (steps × images × image size × concepts "
-                    f"placed); this app allows {self.policy.max_cost:g}×: lower the steps, images or size")
+                    f"placed and redrawn); this app allows {self.policy.max_cost:g}×: lower the steps, images or size")
 
     def generate(self, prompt: str, negative_prompt: str, boxes: list[Box], settings: SampleSettings,
                  progress: Callable[[int, int], None] | None = None,

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 from ..checkpoints import checkpoints_root
 from ..concepts import ConceptLibrary
 from ..errors import PACGenError
+from ..layout import Box
 from ..settings import SampleSettings
 
 LOCAL = "local"  # the one visitor of a single-user app
@@ -115,15 +116,15 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def generation_cost(settings: SampleSettings, concepts: int, default: SampleSettings) -> float:
-    """A request's cost in default generations: steps × images × pixels × UNet rows, relative to the model's
-    default settings with one concept. Rows: see `SampleSettings.unet_rows` (one per concept, however many boxes
-    place it: `layout.boxed_concepts`)."""
+def generation_cost(settings: SampleSettings, boxes: list[Box], default: SampleSettings) -> float:
+    """A request's cost in default generations: UNet rows over all steps × images × pixels, relative to the model's
+    default settings with one concept in one box. Rows: see `SampleSettings.row_steps` (one per concept, however many
+    boxes place it, and a detail pass per concept box)."""
 
-    def units(s: SampleSettings, count: int) -> float:
-        return s.num_inference_steps * s.num_images * s.width * s.height * s.unet_rows(count)
+    def units(s: SampleSettings, placed: list[Box]) -> float:
+        return s.row_steps(placed) * s.num_images * s.width * s.height
 
-    return units(settings, concepts) / units(default, 1)
+    return units(settings, boxes) / units(default, [Box("<concept>", (0.0, 0.0, 0.5, 0.5))])
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 from ..checkpoints import checkpoint_dir
 from ..concepts import ConceptLibrary, check_name
 from ..errors import PACGenError
+from ..layout import Box
 from ..photos import PhotoSource
 from ..sampling import PACGenPipeline
 from ..settings import SampleSettings, TrainSettings
@@ -74,12 +75,12 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def generation_seconds(settings: SampleSettings, concepts: int, step_s: float, size: int = 512) -> float:
-    """The duration a Compose call declares: steps × images × pixels × UNet rows at `step_s` (one sampling step of
-    two rows at `size` px, measured or nominal), with a margin. Refuses a request no single call can hold."""
+def generation_seconds(settings: SampleSettings, boxes: list[Box], step_s: float, size: int = 512) -> float:
+    """The duration a Compose call declares: UNet rows over all steps (`SampleSettings.row_steps`) × images ×
+    pixels at `step_s` (one sampling step of two rows at `size` px, measured or nominal), with a margin. Refuses a
+    request no single call can hold."""
     pixels = (settings.width or size) * (settings.height or size) / size ** 2
-    rows = settings.unet_rows(concepts)  # whole-image steps use fewer
-    need = settings.num_inference_steps * settings.num_images * pixels * rows / 2 * step_s
+    need = settings.row_steps(boxes) * settings.num_images * pixels / 2 * step_s
     seconds = GENERATION_MARGIN_S + SAFETY * need
     if seconds > MAX_CALL_S:
         raise ZeroGPUError(f"this request needs about {seconds:.0f} s of GPU, more than one ZeroGPU call allows "

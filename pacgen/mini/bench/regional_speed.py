@@ -17,6 +17,10 @@ the process CPU time from the first UNet call to the last step (robust to preemp
     python -m pacgen.mini.bench.regional_speed --model sd14-random --size 256 --steps 4 --repeats 1 --threads 1
     python -m pacgen.mini.bench.regional_speed --model tiny --threads 1 --profile  # plus the profiler's top ops, N=3
 
+A second table prices the concept detail pass (`detail_strength`, `pacgen.detail`; every case above runs without
+it): one concept in a medium box, with the pass against without, in whole-request time (its VAE encode and decode
+included); the target is at most 1.1 × the ratio of UNet rows run (`SampleSettings.row_steps`).
+
 --model takes tiny, mini, a local diffusers folder, or sd14-random: SD-1.4 + GLIGEN sized, random weights.
 On a CPU shared with other work, --threads 1 keeps OpenMP threads from waiting on each other.
 """
@@ -44,6 +48,7 @@ MAX_CONCEPTS = 3
 PLAIN_PROMPT = "a photo of a dog and a cat on grass"
 PLAIN_BOXES = [Box("a dog", (0.05, 0.35, 0.45, 0.95)), Box("a cat", (0.55, 0.35, 0.95, 0.95))]
 CONCEPT_BOXES = [(0.02, 0.35, 0.32, 0.95), (0.35, 0.35, 0.65, 0.95), (0.68, 0.35, 0.98, 0.95)]
+DETAIL_BOX = (0.05, 0.1, 0.5, 0.6)  # medium, as the mini benchmark's two-object scenes: small enough to redraw
 
 
 def load(model: str) -> PACGenPipeline:
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--profile", action="store_true", help="also profile one 3-concept call (torch.profiler)")
+    parser.add_argument("--detail", type=float, default=0.5, help="detail_strength of the detail-pass case")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -94,20 +100,27 @@ def main() -> None:
             pipe.load_concept(folder)
 
     size = args.size or pipe.components.default_size
-    settings = {"num_inference_steps": args.steps, "seed": 0, "height": size, "width": size}
+    settings = {"num_inference_steps": args.steps, "seed": 0, "height": size, "width": size, "detail_strength": 0.0}
     cases = {"plain": (0, plain_pipe, PLAIN_PROMPT, PLAIN_BOXES, False),
              "plain + LoRAs": (0, pipe, PLAIN_PROMPT, PLAIN_BOXES, False)}
     cases.update({f"regional {n}": (n, pipe, *regional_request(n), True) for n in range(1, MAX_CONCEPTS + 1)})
+    medium = [Box("<c1>", DETAIL_BOX)]
+    detail_cases = {"medium box": ("a photo of <c1> on grass", medium, {}),
+                    "medium box + detail pass": ("a photo of <c1> on grass", medium, {"detail_strength": args.detail})}
 
     def run(case: str) -> dict[str, float]:
+        if case in detail_cases:
+            prompt, boxes, changes = detail_cases[case]
+            return timed(pipe, prompt, boxes, True, **{**settings, **changes})
         _, case_pipe, prompt, boxes, regional = cases[case]
         return timed(case_pipe, prompt, boxes, regional, **settings)
 
     run("plain")
     run(f"regional {MAX_CONCEPTS}")
-    timings: dict[str, list[dict[str, float]]] = {case: [] for case in cases}
+    run("medium box + detail pass")
+    timings: dict[str, list[dict[str, float]]] = {case: [] for case in [*cases, *detail_cases]}
     for _ in range(args.repeats):
-        for case in cases:
+        for case in timings:
             timings[case].append(run(case))
 
     def median(case: str, key: str) -> float:
@@ -125,6 +138,17 @@ def main() -> None:
         verdict = ", ".join("yes" if r <= target else "NO" for r in (ratio, ratio_cpu))
         print(f"| {case} | {n} | {n + 2} | {median(case, 'denoise_s'):.3f} | {median(case, 'denoise_cpu_s'):.3f} "
               f"| {median(case, 'total_s'):.3f} | {ratio:.2f} | {ratio_cpu:.2f} | {target:.2f} | {verdict} |")
+
+    sampled = pipe.settings(**settings)
+    rows = {case: sampled.override(**changes).row_steps(boxes) for case, (_, boxes, changes) in detail_cases.items()}
+    without, with_pass = detail_cases
+    print(f"\nThe detail pass at strength {args.detail:g}, one concept in the box {DETAIL_BOX}:\n")
+    print("| case | UNet rows, all passes | total s | ratio | target 1.1 × rows ratio | ok? |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for case in detail_cases:
+        ratio, target = median(case, "total_s") / median(without, "total_s"), 1.1 * rows[case] / rows[without]
+        print(f"| {case} | {rows[case]} | {median(case, 'total_s'):.3f} | {ratio:.2f} | {target:.2f} "
+              f"| {'yes' if ratio <= target else 'NO'} |")
 
     if args.profile:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
