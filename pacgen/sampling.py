@@ -538,7 +538,7 @@ class PACGenPipeline:
                 plan: _Plan, settings: SampleSettings, seeds: list[int | None], generator: Generators | None,
                 progress: _Progress) -> torch.Tensor:
         """The detail pass of one concept box (`pacgen.detail`): its window enlarged to the full size, renoised to
-        `detail_strength`, denoised as a one-concept regional request with every box seen in the window, shrunk
+        `detail_strength`, denoised as a one-concept regional request (with the phrase boxes that hold it), shrunk
         back and pasted over the box. The renoising draws from a generator of its own per image and box (or the
         caller's generators, continued), so image k of a batch still equals a single run with seed + k."""
         comp, width, height = self.components, settings.width, settings.height

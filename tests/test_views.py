@@ -34,6 +34,10 @@ def test_results_say_prompt_seed_and_settings_in_plain_text():
     assert lines[1] == "Negative prompt: blurry &lt;x&gt;"
     assert lines[2].startswith("Seeds: 7, Size: 64x32, Steps: 2, Guidance scale: 7.5") and "Model: tiny" in lines[2]
     assert lines[3] == "Time: 1.2 s (40 ms/step)" and lines[4] == "⚠️ the prompt is long"
+    redrawn = result(detail_strength=0.7)
+    redrawn.timings["detail_s"] = 0.5
+    assert "Concept detail pass: 0.7" in views.describe(redrawn)
+    assert views.describe(redrawn).split("  \n")[3] == "Time: 1.2 s (40 ms/step; detail pass 0.5 s)"
 
 
 def test_drawing_order_survives_the_annotators_newest_first_list():
