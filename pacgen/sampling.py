@@ -363,9 +363,10 @@ class PACGenPipeline:
                 "negative_prompt": negative_prompt, "scene": guide.mode if photo is not None else None}
         used.pop("seed")
         timings = {
-            "encode_s": encoded - started, "denoise_s": denoised - encoded, "detail_s": redrawn - decoded,
+            "encode_s": encoded - started, "denoise_s": denoised - encoded,
             "decode_s": decoded - denoised + finished - redrawn, "total_s": finished - started,
             "step_s": (denoised - encoded) / settings.num_inference_steps,
+            **({"detail_s": redrawn - decoded} if windows else {}),  # only where a box was redrawn
         }
         return GenerationResult(images, seeds, plan.prompt, boxes, branch_prompts, used, timings, plan.warnings,
                                 photo)

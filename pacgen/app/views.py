@@ -344,7 +344,7 @@ def describe(result: GenerationResult) -> str:
         lines.append(f"Negative prompt: {negative}")
     lines.append(", ".join([f"Seeds: {', '.join(map(str, result.seeds))}", f"Size: {size}", *settings]
                            + ([f"Model: {model}"] if model else [])))
-    redrawn = f"; detail pass {t['detail_s']:.1f} s" if t.get("detail_s") else ""
+    redrawn = f"; detail pass {t['detail_s']:.1f} s" if "detail_s" in t else ""
     lines.append(f"Time: {t['total_s']:.1f} s ({t['step_s'] * 1000:.0f} ms/step{redrawn})")
     lines += [f"⚠️ {w}" for w in result.warnings]
     return "  \n".join(plain(line) for line in lines)
