@@ -93,6 +93,9 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
         prior += f", the weights averaged (`ema_steps` {defaults.training.ema_steps})"
     sampling = (f"guidance scale {defaults.sampling.guidance_scale}, concept guidance "
                 f"`{defaults.sampling.concept_guidance}`, grounding fraction {defaults.sampling.grounding_fraction}")
+    if defaults.sampling.detail_strength:
+        sampling += (f", every concept box small enough redrawn enlarged (the detail pass, `detail_strength` "
+                     f"{defaults.sampling.detail_strength})")
     lines = [
         "# mini benchmark: does a concept keep its look away from the photos' framing?", "",
         f"`python -m pacgen.mini.bench --model {args.model} --concepts {n} --steps {args.steps} --seeds {args.seeds}"
