@@ -558,7 +558,8 @@ class PACGenPipeline:
         others = [name for name in plan.names if name != window.concept]
         beside = [p for p in plan.phrases if p not in {b.label for b in window.scenery}]
         own = _Plan(without_concepts(without_phrases(plan.prompt, beside), others), [window.concept], True, [], [])
-        texts = {row: text for row, text in self._branch_prompts(own, "").items() if row not in (UNCOND, "all concepts")}
+        texts = {row: text for row, text in self._branch_prompts(own, "").items()
+                 if row not in (UNCOND, "all concepts")}
         rows = dict(zip(texts, self.encode_prompts(list(texts.values()))), **{UNCOND: embeds[UNCOND]})
         grounding = self._grounding_tokens([window.box, *window.scenery], settings.grounding_phrase)
         masks = self._concept_masks([window.box], own.names, *latents.shape[2:], settings.feather)

@@ -160,8 +160,7 @@ def wire(tab: ComposeTab, studio: Studio) -> None:
 
     def seconds_needed(caller, prompt, negative_prompt, boxes, settings, scene, progress=None) -> float:
         """The GPU time a call declares on ZeroGPU, from its own arguments."""
-        return generation_seconds(settings, boxes, ZERO_GPU_RATES.sample_step_s,
-                                  ZERO_GPU_RATES.size)
+        return generation_seconds(settings, boxes, ZERO_GPU_RATES.sample_step_s, ZERO_GPU_RATES.size)
 
     @gpu_task(duration=seconds_needed)
     def run(caller, prompt, negative_prompt, boxes, settings, scene, progress=None):
