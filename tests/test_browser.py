@@ -42,20 +42,30 @@ def draw_box(page, label, start, size):
     """Drag a box on the canvas, from `start` (pixels from the canvas's top centre) by `size`, and label it."""
     from playwright.sync_api import expect
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     canvas = page.locator("#canvas canvas").first
     expect(canvas).to_be_visible()
-    area = canvas.bounding_box()
-    for _ in range(50):  # a tab just opened may still be laying out: drag where the canvas has come to rest
-        page.wait_for_timeout(100)
-        area, before = canvas.bounding_box(), area
-        if area == before:
-            break
-    x, y = area["x"] + area["width"] / 2 + start[0], area["y"] + start[1]
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x + size[0], y + size[1], steps=10)
-    page.mouse.up()
     dialog = page.get_by_role("listbox", name="Label")
+    for attempt in range(3):  # on a loaded machine the canvas can take a drag before it listens: drag again
+        area, still = canvas.bounding_box(), 0
+        for _ in range(50):  # a tab just opened may still be laying out: drag where the canvas has come to rest
+            page.wait_for_timeout(100)
+            area, before = canvas.bounding_box(), area
+            still = still + 1 if area == before else 0
+            if still == 3:
+                break
+        x, y = area["x"] + area["width"] / 2 + start[0], area["y"] + start[1]
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + size[0], y + size[1], steps=10)
+        page.mouse.up()
+        try:
+            dialog.wait_for(state="visible", timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     dialog.fill(label)
     dialog.press("Enter")  # confirms the label and closes the dialog
     expect(page.locator("#boxes")).to_contain_text(label, timeout=10_000)
