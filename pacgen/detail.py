@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layout import Box, region_masks
+from .layout import Box, clamp_box, region_masks
+from .scene import scene_mask
 
 CONTEXT = 0.2  # of the box's side, on each side: what the redraw sees around the object, and where it fades out
 MIN_ENLARGEMENT = 1.25  # a window at least this close to the image's size has nothing to gain from a redraw
@@ -53,7 +54,7 @@ def window(boxes: list[Box], index: int, width: int, height: int) -> Window | No
         a0, b0, a1, b1 = box.xyxy
         inside = ((a0 * width - x0) / (x1 - x0), (b0 * height - y0) / (y1 - y0),
                   (a1 * width - x0) / (x1 - x0), (b1 * height - y0) / (y1 - y0))
-        return Box(box.label, tuple(min(max(v, 0.0), 1.0) for v in inside))  # type: ignore[arg-type]
+        return clamp_box(Box(box.label, inside))
 
     scenery = [mapped(boxes[k]) for k in _scenery(boxes, index)]
     return Window(index, boxes[index].concept or "", (x0, y0, x1, y1), mapped(boxes[index]), scenery)
@@ -79,14 +80,9 @@ def paste_alpha(boxes: list[Box], win: Window, width: int, height: int) -> torch
     redraw's."""
     x0, y0, x1, y1 = win.pixels
     bx0, by0, bx1, by1 = boxes[win.index].xyxy
-    side = min((bx1 - bx0) * width, (by1 - by0) * height)
-    ramp = max(1.0, CONTEXT / 2 * side)
-    cols = torch.arange(x0, x1, dtype=torch.float32) + 0.5
-    rows = torch.arange(y0, y1, dtype=torch.float32) + 0.5
-    dx = torch.clamp(torch.maximum(bx0 * width - cols, cols - bx1 * width), min=0)
-    dy = torch.clamp(torch.maximum(by0 * height - rows, rows - by1 * height), min=0)
-    distance = torch.maximum(dy[:, None], dx[None, :])  # Chebyshev: the faded band keeps the box's rectangle
-    alpha = (1 - (distance - ramp).clamp(min=0) / ramp).clamp(0, 1)
+    ramp = max(1.0, CONTEXT / 2 * min((bx1 - bx0) * width, (by1 - by0) * height))
+    # The grown box with a linear seam, as a scene photo's generated region is (Chebyshev: it stays a rectangle).
+    alpha = torch.from_numpy(scene_mask([boxes[win.index]], width, height, ramp, ramp)[y0:y1, x0:x1])
     masks = region_masks(boxes, height, width)
     kept = [win.index, *_scenery(boxes, win.index)]
     others = masks.sum(0) - masks[kept].sum(0)

@@ -59,7 +59,7 @@ def check_scene_boxes(boxes: list[Box]) -> None:
                               "(they must be in [0, 1] of the fitted photo)")
 
 
-def scene_mask(boxes: list[Box], width: int, height: int, margin_px: int, feather_px: int) -> np.ndarray:
+def scene_mask(boxes: list[Box], width: int, height: int, margin_px: float, feather_px: float) -> np.ndarray:
     """The generated region, (height, width) float32 in [0, 1]: 1 within `margin_px` of a box, fading linearly to 0
     over the next `feather_px` pixels, 0 beyond. Measured from pixel centres to the box edges."""
     xs = np.arange(width, dtype=np.float32) + 0.5
