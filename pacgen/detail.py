@@ -26,14 +26,16 @@ MIN_ENLARGEMENT = 1.25  # a window at least this close to the image's size has n
 @dataclass(frozen=True)
 class Window:
     """Where box `index` is redrawn: the pixels cut out (x0, y0, x1, y1, ints), the box in the window's own
-    normalised coordinates, and the *scenery*: the phrase boxes that hold it (a table under a mug), mapped too. The
-    redraw sees only these; a box beside it is left out of the redraw and out of the paste."""
+    normalised coordinates, and the *scenery*: the phrase boxes that hold it (a table under a mug), mapped too, with
+    their indices among the request's boxes. The redraw sees only these; a box beside it is left out of the redraw and
+    out of the paste."""
 
     index: int
     concept: str
     pixels: tuple[int, int, int, int]
     box: Box
     scenery: list[Box]
+    scenery_indices: tuple[int, ...]
 
 
 def window(boxes: list[Box], index: int, width: int, height: int) -> Window | None:
@@ -56,15 +58,16 @@ def window(boxes: list[Box], index: int, width: int, height: int) -> Window | No
                   (a1 * width - x0) / (x1 - x0), (b1 * height - y0) / (y1 - y0))
         return clamp_box(Box(box.label, inside))
 
-    scenery = [mapped(boxes[k]) for k in _scenery(boxes, index)]
-    return Window(index, boxes[index].concept or "", (x0, y0, x1, y1), mapped(boxes[index]), scenery)
+    held_by = _scenery(boxes, index)
+    return Window(index, boxes[index].concept or "", (x0, y0, x1, y1), mapped(boxes[index]),
+                  [mapped(boxes[k]) for k in held_by], held_by)
 
 
-def _scenery(boxes: list[Box], index: int) -> list[int]:
+def _scenery(boxes: list[Box], index: int) -> tuple[int, ...]:
     """The phrase boxes that hold box `index` whole."""
     x0, y0, x1, y1 = boxes[index].xyxy
-    return [k for k, b in enumerate(boxes) if k != index and not b.concept
-            and b.xyxy[0] <= x0 and b.xyxy[1] <= y0 and b.xyxy[2] >= x1 and b.xyxy[3] >= y1]
+    return tuple(k for k, b in enumerate(boxes) if k != index and not b.concept
+                 and b.xyxy[0] <= x0 and b.xyxy[1] <= y0 and b.xyxy[2] >= x1 and b.xyxy[3] >= y1)
 
 
 def windows(boxes: list[Box], concepts: list[str], width: int, height: int) -> list[Window]:
@@ -84,7 +87,7 @@ def paste_alpha(boxes: list[Box], win: Window, width: int, height: int) -> torch
     # The grown box with a linear seam, as a scene photo's generated region is (Chebyshev: it stays a rectangle).
     alpha = torch.from_numpy(scene_mask([boxes[win.index]], width, height, ramp, ramp)[y0:y1, x0:x1])
     masks = region_masks(boxes, height, width)
-    kept = [win.index, *_scenery(boxes, win.index)]
+    kept = [win.index, *win.scenery_indices]
     others = masks.sum(0) - masks[kept].sum(0)
     return alpha * (1 - others[y0:y1, x0:x1].clamp(0, 1))
 

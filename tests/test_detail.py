@@ -78,11 +78,13 @@ def test_the_pass_changes_the_concepts_box_and_nothing_outside_its_window(dog):
 
 def test_a_redrawn_image_k_of_a_batch_equals_a_single_run_with_seed_plus_k(dog):
     # Guidance 1: tiny's random weights under strong guidance blow a batch's last-bit rounding up to visible
-    # differences within a few redraw steps; what is checked here is that each image's renoising is its own.
+    # differences within a few redraw steps; what is checked here is that each image's renoising is its own. A batch
+    # runs other CPU kernels than one image (AVX-512 ones differ by 6e-4 after the redraw), a wrong noise by 0.2 on
+    # average: equal within half an 8-bit level.
     request = dict(REQUEST, guidance_scale=1.0, detail_strength=0.5)
     batch = dog(**{**request, "seed": 10}, num_images=2)
     single = dog(**{**request, "seed": 11})
-    assert np.abs(batch.images[1] - single.images[0]).max() < 1e-4
+    assert np.abs(batch.images[1] - single.images[0]).max() < 0.5 / 255
     again = dog(**{**request, "seed": 11})
     assert np.array_equal(single.images[0], again.images[0])
 
