@@ -64,8 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "not the kit's: for checking defaults on objects they were not chosen on")
     p.add_argument("--rows", choices=tuple(ROWS), default="all",
                    help="all methods; paper: the class phrase and the default method without and with augmentation "
-                        "and regional sampling; quick: the class phrase and the app's default only; levers: paper and the "
-                        "default concept sampled with other sampling settings")
+                        "and regional sampling (with and without the detail pass); quick: the class phrase and the "
+                        "app's default only; levers: paper and the default concept sampled with other sampling "
+                        "settings")
     p.add_argument("--train-set", action="append", default=[], metavar="NAME=VALUE",
                    help="a training setting changed for every trained row (JSON value), e.g. steps=800; "
                         "augment.zoom_out_scale=[0.5,0.9] changes PACGen's augmentation ranges")

@@ -71,6 +71,9 @@ METHODS = (
     Method("DreamBooth (full), no augmentation", Training("full", "plain")),
     Method("PACGen (full) + augmentation", Training("full", "pacgen")),
     Method("PACGen (full) + augmentation + regional", Training("full", "pacgen"), regional=True),
+    # The same concept and images without the detail pass (where a model's default turns it on): what it adds.
+    Method("PACGen (full) + augmentation + regional, no detail pass", Training("full", "pacgen"), regional=True,
+           options=(("detail_strength", 0.0),)),
     Method("LoRA (attention), no augmentation + regional", Training("lora", "plain"), regional=True),
     Method("LoRA (attention) + augmentation + regional", Training("lora", "pacgen"), regional=True),
     Method("LoRA (all layers), no augmentation + regional", Training("lora-all", "plain"), regional=True),
@@ -80,7 +83,7 @@ METHODS = (
 
 def paper_rows(default: str) -> tuple[Method, ...]:
     """`--rows paper`: what the paper's three claims and the gates need: the class phrase, and the default method
-    without augmentation, with it, and with regional sampling too."""
+    without augmentation, with it, and with regional sampling too (with and without the detail pass)."""
     return tuple(m for m in METHODS if m.training is None or m.training.method == default)
 
 
