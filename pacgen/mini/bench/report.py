@@ -99,7 +99,8 @@ def write_report(args: argparse.Namespace, run, minutes: float, stem: str) -> No
     lines = [
         "# mini benchmark: does a concept keep its look away from the photos' framing?", "",
         f"`python -m pacgen.mini.bench --model {args.model} --concepts {n} --steps {args.steps} --seeds {args.seeds}"
-        f"{flags}{' --study' if args.study else ''}` ({minutes:.1f} min, {args.threads} threads; model fingerprint "
+        f"{flags}{' --study' if args.study else ''}` ({minutes:.1f} min, {args.threads} "
+        f"thread{'' if args.threads == 1 else 's'}; model fingerprint "
         f"`{bench.pipe.components.fingerprint}`, VAE `{bench.pipe.components.vae_digest}`).", "",
         header, rule, *[results[m.name].row(m.name) for m in main_rows], "",
         *(["Study: each row changes one default of the app's default row.", "", header, rule,
