@@ -40,9 +40,8 @@ def url(tmp_path_factory):
 
 def draw_box(page, label, start, size):
     """Drag a box on the canvas, from `start` (pixels from the canvas's top centre) by `size`, and label it."""
-    from playwright.sync_api import expect
-
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
 
     canvas = page.locator("#canvas canvas").first
     expect(canvas).to_be_visible()
